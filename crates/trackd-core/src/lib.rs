@@ -1,0 +1,28 @@
+//! trackd's domain: what a valid request is and what it means. No HTTP, no SQL.
+//!
+//! Reading order:
+//! - [`json`]: the strict JSON reader every body goes through, and the canonical form.
+//! - [`identity`]: user ids, emails and the user key.
+//! - [`event`]: a track request becomes a [`TrackedEvent`] with its event key and dedup key.
+//! - [`project`]: projects, tracking tokens and secret keys.
+//! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
+//! - [`store`]: the [`Store`] trait the backends implement.
+//! - [`error`]: field errors and store errors.
+
+pub mod error;
+pub mod event;
+pub mod identity;
+pub mod json;
+pub mod project;
+pub mod store;
+pub mod time;
+
+pub use error::{FieldError, StoreError};
+pub use event::{DedupKey, EventKey, EventName, TrackRequest, TrackedEvent};
+pub use identity::{Email, Identity, UserId};
+pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
+pub use store::{DynStore, InsertOutcome, Store, StoreFuture};
+pub use time::{Clock, SystemClock, Timestamp};
+
+/// How deep a body may nest objects and arrays, the body itself being level 1.
+pub const MAX_JSON_DEPTH: usize = 64;

@@ -1,0 +1,72 @@
+//! The [`Store`] trait: what the server needs from storage, whatever the backend.
+
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::event::TrackedEvent;
+use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
+
+/// What became of a tracked event. A duplicate is an outcome, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored, with its dedup record, in a committed transaction.
+    Inserted,
+    /// An accepted event with the same dedup key was received within the window: not stored.
+    Duplicate,
+}
+
+/// A future returned by a [`Store`] method.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Storage for events, users, projects and credentials.
+///
+/// Every write resolves only after its transaction committed: a caller that gets `Ok` may
+/// answer 200. Implementations batch concurrent writes (group commit).
+pub trait Store: Send + Sync + 'static {
+    /// Dedups and appends an event (creating or touching its user), in one transaction
+    /// with its dedup record.
+    fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome>;
+
+    /// Every active credential, and the version of the credential set they were read at.
+    fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)>;
+
+    /// The current version of the credential set: it changes whenever a credential is
+    /// added or revoked, by this process or another.
+    fn credentials_version(&self) -> StoreFuture<'_, u64>;
+
+    /// Creates a project.
+    fn create_project(&self, name: &str) -> StoreFuture<'_, Project>;
+
+    /// Every project, by name.
+    fn projects(&self) -> StoreFuture<'_, Vec<Project>>;
+
+    /// The project named `name`.
+    fn project(&self, name: &str) -> StoreFuture<'_, Project>;
+
+    /// Adds a credential to a project.
+    fn add_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Revokes a project's credential of `kind`; [`StoreError::NotFound`] when the project
+    /// has no such active credential.
+    fn revoke_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Whether writes currently succeed.
+    fn ready(&self) -> bool;
+
+    /// Stops taking writes, commits what is queued and waits for the writer to finish.
+    fn shutdown(&self) -> StoreFuture<'_, ()>;
+}
+
+/// A shared store, as the server holds it.
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,175 @@
+//! Credentials: where a request's token is found, and the in-memory cache of active
+//! credentials that keeps the lookup off the database.
+//!
+//! The cache is reloaded whenever the store's credential version changes: checked every
+//! second in the background (so a revocation takes effect within a second), and on a miss
+//! (so a token created a moment ago works at once), at most ten times a second so unknown
+//! tokens cannot turn into database load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap};
+use serde_json::{Map, Value};
+use trackd_core::{Credential, CredentialKind, DynStore, StoreError, Token, TokenHash};
+
+use super::error::ApiError;
+
+/// Where a credential was found, in the order they are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// `?auth_token=` or `?tracking_api_key=`.
+    Query(&'static str),
+    /// `auth_token` or `tracking_api_key` in the body.
+    Body(&'static str),
+    /// `Authorization: Bearer`.
+    Header,
+}
+
+impl Location {
+    fn field(self) -> &'static str {
+        match self {
+            Location::Query(name) | Location::Body(name) => name,
+            Location::Header => "authorization",
+        }
+    }
+}
+
+const NAMES: [&str; 2] = ["auth_token", "tracking_api_key"];
+
+/// Finds the credential, first found wins: query `auth_token`, query `tracking_api_key`,
+/// body `auth_token`, body `tracking_api_key`, `Authorization: Bearer`. Empty values count
+/// as absent.
+pub fn find(
+    query: &[(String, String)],
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+) -> Result<Option<(Token, Location)>, ApiError> {
+    for name in NAMES {
+        if let Some((_, v)) = query.iter().find(|(k, v)| k == name && !v.is_empty()) {
+            return Ok(Some((Token::presented(v), Location::Query(name))));
+        }
+    }
+    for name in NAMES {
+        match body.get(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => return Ok(Some((Token::presented(s), Location::Body(name)))),
+            Some(_) => return Err(ApiError::BadRequest(format!("{name}: must be a string"))),
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    Ok(bearer.map(|t| (Token::presented(t), Location::Header)))
+}
+
+/// Active credentials by hash, refreshed from the store.
+pub struct CredentialCache {
+    store: DynStore,
+    map: RwLock<Arc<HashMap<TokenHash, Credential>>>,
+    version: AtomicU64,
+    last_miss_check: Mutex<Option<Instant>>,
+}
+
+/// The least time between two reloads caused by unknown tokens.
+const MISS_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often the background task looks for changes (revocations).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+impl CredentialCache {
+    /// Loads every active credential.
+    pub async fn load(store: DynStore) -> Result<Arc<Self>, StoreError> {
+        let (version, creds) = store.credentials().await?;
+        Ok(Arc::new(CredentialCache {
+            store,
+            map: RwLock::new(Arc::new(index(creds))),
+            version: AtomicU64::new(version),
+            last_miss_check: Mutex::new(None),
+        }))
+    }
+
+    fn get(&self, hash: &TokenHash) -> Option<Credential> {
+        let map = self.map.read().ok()?.clone();
+        map.get(hash).cloned()
+    }
+
+    /// Reloads when the store's credential version moved.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let current = self.store.credentials_version().await?;
+        if current != self.version.load(Ordering::Acquire) {
+            let (version, creds) = self.store.credentials().await?;
+            if let Ok(mut map) = self.map.write() {
+                *map = Arc::new(index(creds));
+            }
+            self.version.store(version, Ordering::Release);
+            tracing::info!(version, "credentials reloaded");
+        }
+        Ok(())
+    }
+
+    /// Looks a token up, reloading on a miss if the last miss-reload is old enough.
+    pub async fn lookup(&self, token: &Token) -> Result<Option<Credential>, StoreError> {
+        let hash = token.hash();
+        if let Some(found) = self.get(&hash) {
+            return Ok(Some(found));
+        }
+        let due = match self.last_miss_check.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| t.elapsed() >= MISS_CHECK_EVERY);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            self.refresh().await?;
+            return Ok(self.get(&hash));
+        }
+        Ok(None)
+    }
+}
+
+fn index(creds: Vec<Credential>) -> HashMap<TokenHash, Credential> {
+    creds.into_iter().map(|c| (c.hash, c)).collect()
+}
+
+/// Resolves the credential of a Vero (tracking) route.
+pub async fn tracking_credential(
+    cache: &CredentialCache,
+    found: Option<(Token, Location)>,
+) -> Result<Credential, ApiError> {
+    let Some((token, location)) = found else {
+        return Err(ApiError::Unauthorized(
+            "auth_token: missing (send it as ?auth_token=, ?tracking_api_key=, in the body, \
+             or as Authorization: Bearer)"
+                .into(),
+        ));
+    };
+    let field = location.field();
+    let credential = cache.lookup(&token).await?;
+    let Some(credential) = credential else {
+        tracing::debug!(token = %token.hash().fingerprint(), "unknown credential");
+        return Err(ApiError::Unauthorized(format!(
+            "{field}: unknown credential"
+        )));
+    };
+    match (credential.kind, location) {
+        (CredentialKind::Tracking, _) => Ok(credential),
+        (CredentialKind::Secret, Location::Query(_)) => Err(ApiError::BadRequest(format!(
+            "{field}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
+        ))),
+        (CredentialKind::Secret, _) => Err(ApiError::Forbidden(format!(
+            "{field}: a secret key is not accepted here, use a tracking token"
+        ))),
+    }
+}

@@ -1,0 +1,146 @@
+//! Reading a request body: size limit, `Content-Encoding: gzip`, and decoding to a JSON
+//! object from JSON (whatever the content type says) or from a form whose object and array
+//! fields are JSON-encoded strings.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Map, Value};
+use trackd_core::json;
+
+use super::error::ApiError;
+
+/// Form fields that carry JSON (objects and arrays) as strings.
+const JSON_FORM_FIELDS: &[&str] = &[
+    "identity", "data", "extras", "changes", "add", "remove", "channels",
+];
+
+/// Reads the whole body, at most `limit` bytes before and after decompression.
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("body: larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(_) => return Err(ApiError::BadRequest("body: could not be read".into())),
+    };
+    match content_encoding(headers)? {
+        Encoding::Identity => Ok(bytes.to_vec()),
+        Encoding::Gzip => gunzip(&bytes, limit),
+    }
+}
+
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match value.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "content-encoding: '{}' is not supported, use gzip or none",
+            other.escape_debug()
+        ))),
+    }
+}
+
+/// Inflates at most `limit` bytes: a gzip bomb stops at the cap, it never inflates past it.
+fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    let read = flate2::read::GzDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out);
+    match read {
+        Ok(n) if n > limit => Err(ApiError::PayloadTooLarge(format!(
+            "body: larger than {limit} bytes after decompression"
+        ))),
+        Ok(_) => Ok(out),
+        Err(_) => Err(ApiError::BadRequest("body: invalid gzip data".into())),
+    }
+}
+
+/// Decodes a body into a JSON object: a form when the content type says so, JSON otherwise
+/// (browsers' `sendBeacon` sends JSON as `text/plain`).
+pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if is_form {
+        decode_form(bytes)
+    } else {
+        json::parse_object(bytes, "", trackd_core::MAX_JSON_DEPTH)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+}
+
+fn decode_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let mut map = Map::new();
+    for (key, value) in form_pairs(bytes, "body")? {
+        if map.contains_key(&key) {
+            return Err(ApiError::BadRequest(format!("{key}: duplicate key")));
+        }
+        let value = if JSON_FORM_FIELDS.contains(&key.as_str()) {
+            if value.is_empty() {
+                Value::Null
+            } else {
+                // The form is level 1, so a JSON field starts at level 2.
+                json::parse_value(value.as_bytes(), &key, trackd_core::MAX_JSON_DEPTH - 1)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?
+            }
+        } else {
+            if value.contains('\0') {
+                return Err(ApiError::BadRequest(format!(
+                    "{key}: contains a NUL character (\\u0000)"
+                )));
+            }
+            Value::String(value)
+        };
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// Splits `application/x-www-form-urlencoded` text (a body or a query string) into decoded
+/// pairs; a pair that does not decode to UTF-8 is a 400 naming `what`.
+pub fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &[u8]| -> Result<String, ApiError> {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| ApiError::BadRequest(format!("{what}: invalid UTF-8 in form encoding")))
+    };
+    bytes
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}

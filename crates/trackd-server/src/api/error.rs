@@ -1,0 +1,114 @@
+//! The one place that knows HTTP status codes: every refusal is an [`ApiError`], answered as
+//! `{"status":<code>,"message":"<field path>: <what is wrong>"}` with the same status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use trackd_core::{FieldError, StoreError};
+
+/// Why a request was refused.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed body, missing or invalid field, secret key in a query string.
+    BadRequest(String),
+    /// 401: credential missing or unknown.
+    Unauthorized(String),
+    /// 403: credential valid but not allowed here.
+    Forbidden(String),
+    /// 404: no such route.
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed {
+        /// The request path.
+        path: String,
+        /// The methods the route takes, for the `Allow` header.
+        allow: &'static str,
+    },
+    /// 413: body too large, before or after decompression.
+    PayloadTooLarge(String),
+    /// 415: a content encoding trackd does not decode.
+    UnsupportedMediaType(String),
+    /// 503: the write queue is full; retry later.
+    Overloaded,
+    /// 503: the store cannot commit; retry later. The cause is logged, never sent.
+    Unavailable(StoreError),
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Overloaded => ApiError::Overloaded,
+            other => ApiError::Unavailable(other),
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message, retry) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, false),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m, false),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m, false),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, false),
+            ApiError::MethodNotAllowed { path, allow } => {
+                let mut response = json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{path}: method not allowed, use {allow}"),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                return response;
+            }
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, false),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m, false),
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server: overloaded, retry later".to_owned(),
+                true,
+            ),
+            ApiError::Unavailable(e) => {
+                // Logged once here; the client gets an opaque message.
+                tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "storage unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server: storage unavailable, retry later".to_owned(),
+                    true,
+                )
+            }
+        };
+        let mut response = json_response(status, &message);
+        if retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+/// `{"status":<code>,"message":...}` with the same HTTP status.
+pub fn json_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "status": status.as_u16(), "message": message });
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The success answer, the same bytes Vero sends.
+pub const SUCCESS_BODY: &str = r#"{"status":200,"message":"Success."}"#;

@@ -1,0 +1,332 @@
+//! The `trackd` command line: `serve`, and the admin commands for projects, tracking tokens
+//! and secret keys. Admin commands work on the data directory directly, also while a server
+//! runs on it; running servers pick the change up without a restart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tokio::net::TcpListener;
+use trackd_core::project::validate_project_name;
+use trackd_core::{CredentialKind, DynStore, Project, StoreError, SystemClock, Token};
+use trackd_store::{SqliteConfig, SqliteStore};
+
+use crate::api::Limits;
+use crate::App;
+
+/// trackd: a self-hosted, Vero-compatible customer event tracking server.
+#[derive(Debug, Parser)]
+#[command(name = "trackd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create and list projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Add and revoke tracking tokens (write only, safe in browser JavaScript).
+    #[command(subcommand)]
+    Token(CredentialCommand),
+    /// Add and revoke secret keys (read and admin).
+    #[command(subcommand)]
+    Key(CredentialCommand),
+}
+
+/// Where the data lives.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Data directory (SQLite database).
+    #[arg(long, env = "TRACKD_DATA_DIR", default_value = "./trackd-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `trackd serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, env = "TRACKD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Dedup window in seconds (0 turns dedup off).
+    #[arg(long, env = "TRACKD_DEDUP_WINDOW", default_value_t = 180)]
+    dedup_window: u64,
+    /// Requests that may wait for the writer before new ones get 503.
+    #[arg(long, env = "TRACKD_WRITE_QUEUE", default_value_t = 50_000)]
+    write_queue: usize,
+    /// Largest request body in bytes, before and after decompression.
+    #[arg(long, env = "TRACKD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+/// `trackd project ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project with one tracking token and one secret key (printed once).
+    Create {
+        /// Project name: letters, digits, '-', '_', '.'.
+        name: String,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List projects.
+    List {
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print a JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `trackd token ...` and `trackd key ...`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Add one (printed once).
+    Add {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// Import an existing token string as is (an old Vero token); tokens only.
+        #[arg(long)]
+        value: Option<String>,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one.
+    Revoke {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// The token or key to revoke.
+        value: String,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// A command's failure, printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// I/O (binding the listener, serving).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<trackd_core::FieldError> for CliError {
+    fn from(e: trackd_core::FieldError) -> Self {
+        CliError::Invalid(e.to_string())
+    }
+}
+
+fn open_store(
+    args: &StoreArgs,
+    dedup_window: Duration,
+    queue: usize,
+) -> Result<DynStore, CliError> {
+    let store = SqliteStore::open(SqliteConfig {
+        data_dir: args.data_dir.clone(),
+        dedup_window,
+        queue_capacity: queue,
+        clock: Arc::new(SystemClock),
+    })?;
+    Ok(Arc::new(store))
+}
+
+fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    open_store(args, Duration::from_secs(180), 16)
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Project(ProjectCommand::Create { name, store, json }) => {
+            let store = admin_store(&store)?;
+            let created = create_project(&store, &name).await;
+            store.shutdown().await?;
+            let (project, tracking, secret) = created?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": project.id.get(), "name": project.name,
+                           "tracking_token": tracking.expose(), "secret_key": secret.expose()})
+                );
+            } else {
+                print_created(&project, &tracking, &secret);
+            }
+            Ok(())
+        }
+        Command::Project(ProjectCommand::List { store, json }) => {
+            let store = admin_store(&store)?;
+            let projects = store.projects().await;
+            store.shutdown().await?;
+            let projects = projects?;
+            if json {
+                let list: Vec<_> = projects
+                    .iter()
+                    .map(|p| json!({"id": p.id.get(), "name": p.name}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for p in projects {
+                    println!("{}", p.name);
+                }
+            }
+            Ok(())
+        }
+        Command::Token(cmd) => credential(cmd, CredentialKind::Tracking).await,
+        Command::Key(cmd) => credential(cmd, CredentialKind::Secret).await,
+    }
+}
+
+async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), CliError> {
+    let label = match kind {
+        CredentialKind::Tracking => "tracking_token",
+        CredentialKind::Secret => "secret_key",
+    };
+    match cmd {
+        CredentialCommand::Add {
+            project,
+            value,
+            store,
+            json,
+        } => {
+            let token = match (value, kind) {
+                (Some(v), CredentialKind::Tracking) => Token::import(&v)?,
+                (Some(_), CredentialKind::Secret) => {
+                    return Err(CliError::Invalid(
+                        "secret keys are generated, --value is for tracking tokens".into(),
+                    ))
+                }
+                (None, kind) => Token::generate(kind),
+            };
+            let store = admin_store(&store)?;
+            let added = async {
+                let p = store.project(&project).await?;
+                store.add_credential(p.id, kind, &token).await
+            }
+            .await;
+            store.shutdown().await?;
+            added?;
+            if json {
+                println!("{}", json!({"project": project, label: token.expose()}));
+            } else {
+                println!("{}", token.expose());
+            }
+            Ok(())
+        }
+        CredentialCommand::Revoke {
+            project,
+            value,
+            store,
+        } => {
+            let store = admin_store(&store)?;
+            let revoked = async {
+                let p = store.project(&project).await?;
+                store
+                    .revoke_credential(p.id, kind, &Token::presented(&value))
+                    .await
+            }
+            .await;
+            store.shutdown().await?;
+            revoked?;
+            eprintln!("revoked");
+            Ok(())
+        }
+    }
+}
+
+async fn create_project(store: &DynStore, name: &str) -> Result<(Project, Token, Token), CliError> {
+    validate_project_name(name)?;
+    let project = store.create_project(name).await?;
+    let tracking = Token::generate(CredentialKind::Tracking);
+    let secret = Token::generate(CredentialKind::Secret);
+    store
+        .add_credential(project.id, CredentialKind::Tracking, &tracking)
+        .await?;
+    store
+        .add_credential(project.id, CredentialKind::Secret, &secret)
+        .await?;
+    Ok((project, tracking, secret))
+}
+
+fn print_created(project: &Project, tracking: &Token, secret: &Token) {
+    println!("project {} created; these are shown once:", project.name);
+    println!("  tracking token: {}", tracking.expose());
+    println!("  secret key:     {}", secret.expose());
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let store = open_store(
+        &args.store,
+        Duration::from_secs(args.dedup_window),
+        args.write_queue,
+    )?;
+    // First start on an empty data dir: a project to send to at once.
+    if store.projects().await?.is_empty() {
+        let (project, tracking, secret) = create_project(&store, "default").await?;
+        print_created(&project, &tracking, &secret);
+    }
+    let listener = TcpListener::bind(args.listen).await?;
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+    };
+    let app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
+    tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),
+        dedup_window_secs = args.dedup_window, "trackd listening");
+    app.run(shutdown_signal()).await?;
+    tracing::info!("trackd stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

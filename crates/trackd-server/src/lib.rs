@@ -1,0 +1,14 @@
+//! trackd's server: the HTTP API, configuration and command line around the domain
+//! ([`trackd_core`]) and the stores ([`trackd_store`]).
+//!
+//! Reading order:
+//! - [`app`]: [`App`], built from a config and a store, served on a bound listener until a
+//!   shutdown future resolves.
+//! - [`api`]: routes, body decoding, credentials, error mapping.
+//! - [`cli`]: the `trackd` command line.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+
+pub use app::App;

@@ -1,0 +1,25 @@
+//! The `trackd` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use trackd_server::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Logs go to stderr, so `--json` output stays alone on stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("TRACKD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match cli::run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

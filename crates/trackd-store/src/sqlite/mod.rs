@@ -1,0 +1,347 @@
+//! [`SqliteStore`]: the embedded store. One database file in the data directory, WAL mode,
+//! `synchronous=FULL`; one writer thread ([`writer`]) commits batches, while admin work and
+//! reads use their own connection.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+use trackd_core::error::Cause;
+use trackd_core::{
+    Clock, Credential, CredentialKind, InsertOutcome, Project, ProjectId, Store, StoreError,
+    StoreFuture, Token, TokenHash, TrackedEvent,
+};
+
+use writer::{Job, Writer};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "trackd.db";
+
+/// How a [`SqliteStore`] is opened.
+pub struct SqliteConfig {
+    /// The data directory; created if missing.
+    pub data_dir: PathBuf,
+    /// The dedup window; zero turns dedup off.
+    pub dedup_window: Duration,
+    /// How many writes may wait for the writer before new ones are refused as overloaded.
+    pub queue_capacity: usize,
+    /// The clock receive times are compared with when purging.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    jobs: SyncSender<Job>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// For admin writes and reads; SQLite serialises it with the writer (busy timeout).
+    admin: Arc<Mutex<Connection>>,
+    ready: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+}
+
+/// How long a connection waits for another writer (the CLI, another process) to finish.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (WAL fsynced) before it returns, so a 200 survives a power
+    // cut, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -16_384)?; // KiB
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `config.data_dir`, applies migrations and
+    /// starts the writer thread.
+    pub fn open(config: SqliteConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(StoreError::unavailable)?;
+        let path = config.data_dir.join(DB_FILE);
+        let mut conn = open_connection(&path).map_err(StoreError::unavailable)?;
+        schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
+        let admin = open_connection(&path).map_err(StoreError::unavailable)?;
+        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
+        let ready = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            conn,
+            jobs: rx,
+            clock: config.clock.clone(),
+            window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+            ready: ready.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("trackd-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::unavailable)?;
+        Ok(SqliteStore {
+            jobs: tx,
+            writer: Mutex::new(Some(handle)),
+            admin: Arc::new(Mutex::new(admin)),
+            ready,
+            clock: config.clock,
+        })
+    }
+
+    /// Runs `f` on the admin connection on the blocking pool.
+    fn admin<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    {
+        let admin = self.admin.clone();
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = admin
+                    .lock()
+                    .map_err(|_| StoreError::unavailable(Cause("admin connection poisoned")))?;
+                f(&mut conn, now)
+            })
+            .await
+            .map_err(StoreError::unavailable)?
+        })
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::unavailable(e)
+}
+
+fn bump_credentials_version(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'",
+        [],
+    )?;
+    Ok(())
+}
+
+fn read_version(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'credentials_version'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+}
+
+impl Store for SqliteStore {
+    fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.jobs.try_send(Job::Track {
+            event: Box::new(event),
+            reply,
+        });
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::unavailable(Cause("writer stopped")))
+                }
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
+        })
+    }
+
+    fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)> {
+        self.admin(|conn, _| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let version = read_version(&tx).map_err(unavailable)?;
+            let mut stmt = tx
+                .prepare("SELECT hash, project_id, kind FROM credentials")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash, project, kind) = row.map_err(unavailable)?;
+                let (Ok(hash), Some(kind)) = (
+                    <[u8; 32]>::try_from(hash.as_slice()),
+                    CredentialKind::from_stored(&kind),
+                ) else {
+                    continue;
+                };
+                out.push(Credential {
+                    hash: TokenHash::from_bytes(hash),
+                    project: ProjectId::new(project),
+                    kind,
+                });
+            }
+            Ok((version, out))
+        })
+    }
+
+    fn credentials_version(&self) -> StoreFuture<'_, u64> {
+        self.admin(|conn, _| read_version(conn).map_err(unavailable))
+    }
+
+    fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {
+        let name = name.to_owned();
+        self.admin(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM projects WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(unavailable)?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(format!("project {name}")));
+            }
+            tx.execute(
+                "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map_err(unavailable)?;
+            let id = tx.last_insert_rowid();
+            tx.commit().map_err(unavailable)?;
+            Ok(Project {
+                id: ProjectId::new(id),
+                name,
+            })
+        })
+    }
+
+    fn projects(&self) -> StoreFuture<'_, Vec<Project>> {
+        self.admin(|conn, _| {
+            let mut stmt = conn
+                .prepare("SELECT id, name FROM projects ORDER BY name")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Project {
+                        id: ProjectId::new(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn project(&self, name: &str) -> StoreFuture<'_, Project> {
+        let name = name.to_owned();
+        self.admin(move |conn, _| {
+            conn.query_row(
+                "SELECT id, name FROM projects WHERE name = ?1",
+                [&name],
+                |r| {
+                    Ok(Project {
+                        id: ProjectId::new(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
+        })
+    }
+
+    fn add_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()> {
+        let hash = token.hash();
+        self.admin(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO credentials (hash, project_id, kind, created_at) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (hash) DO NOTHING",
+                    params![&hash.as_bytes()[..], project.get(), kind.as_str(), now],
+                )
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {}",
+                    hash.fingerprint()
+                )));
+            }
+            bump_credentials_version(&tx).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+    }
+
+    fn revoke_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()> {
+        let hash = token.hash();
+        self.admin(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let deleted = tx
+                .execute(
+                    "DELETE FROM credentials WHERE hash = ?1 AND project_id = ?2 AND kind = ?3",
+                    params![&hash.as_bytes()[..], project.get(), kind.as_str()],
+                )
+                .map_err(unavailable)?;
+            if deleted == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{} credential {}",
+                    kind.as_str(),
+                    hash.fingerprint()
+                )));
+            }
+            bump_credentials_version(&tx).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(&self) -> StoreFuture<'_, ()> {
+        // A full queue still drains: the shutdown marker waits its turn.
+        let sent = self.jobs.send(Job::Shutdown);
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        Box::pin(async move {
+            if sent.is_err() {
+                return Ok(());
+            }
+            if let Some(handle) = handle {
+                tokio::task::spawn_blocking(move || handle.join())
+                    .await
+                    .map_err(StoreError::unavailable)?
+                    .map_err(|_| StoreError::unavailable(Cause("writer panicked")))?;
+            }
+            Ok(())
+        })
+    }
+}

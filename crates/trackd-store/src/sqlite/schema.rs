@@ -1,0 +1,87 @@
+//! The SQLite schema, as ordered migrations tracked by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry takes the schema from version `i` to `i + 1`. Append only: a released
+/// migration never changes.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE projects (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+
+-- Tokens and secret keys, by SHA-256 hash: the database never holds one in clear.
+CREATE TABLE credentials (
+    hash       BLOB PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    kind       TEXT NOT NULL CHECK (kind IN ('tracking', 'secret')),
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Small named values: `credentials_version` changes on every credential change so running
+-- servers reload their credential cache.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('credentials_version', 0);
+
+CREATE TABLE users (
+    id         INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    user_key   TEXT NOT NULL,   -- the id when known, else the email
+    user_id    TEXT,
+    email      TEXT,
+    first_seen INTEGER NOT NULL, -- receive times, microseconds since the epoch
+    last_seen  INTEGER NOT NULL,
+    UNIQUE (project_id, user_key)
+);
+
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    project_id  INTEGER NOT NULL,
+    user_ref    INTEGER NOT NULL, -- users.id: a reidentify renames the user, not its events
+    event_name  TEXT NOT NULL,
+    event_key   TEXT NOT NULL,
+    data        TEXT NOT NULL,    -- compact JSON, numbers as sent
+    source      TEXT,
+    created_at  INTEGER NOT NULL, -- event time, microseconds since the epoch (UTC)
+    received_at INTEGER NOT NULL
+);
+
+-- One row per dedup key received within the window. `user_ref` lets a user's deletion
+-- remove its records; expired rows are purged in the background.
+CREATE TABLE dedup (
+    project_id  INTEGER NOT NULL,
+    key         BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    user_ref    INTEGER,
+    PRIMARY KEY (project_id, key)
+) WITHOUT ROWID;
+CREATE INDEX dedup_by_received_at ON dedup(received_at);
+
+-- Running totals that survive restarts: accepted and duplicate events per project.
+CREATE TABLE counters (
+    project_id INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    value      INTEGER NOT NULL,
+    PRIMARY KEY (project_id, name)
+) WITHOUT ROWID;
+"#];
+
+/// Brings the database to the latest schema, each step in its own transaction. Safe to run
+/// from several processes at once: the first takes the write lock, the others then see the
+/// new version and skip.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    for (version, sql) in MIGRATIONS.iter().enumerate() {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current <= version {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version + 1)?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
