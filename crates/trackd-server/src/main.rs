@@ -1,5 +1,6 @@
 //! The `trackd` binary.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +12,7 @@ async fn main() -> ExitCode {
     // Logs go to stderr, so `--json` output stays alone on stdout.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("TRACKD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -1,1 +1,8 @@
-fn main() {}
+//! Black-box tests: the real server on port 0 with its own data directory, over HTTP.
+
+mod cli;
+mod compat;
+mod dedup;
+mod durability;
+mod helpers;
+mod track;

@@ -1,0 +1,230 @@
+//! The command line: projects, tokens and keys, on a running server's data directory; and
+//! the log hygiene of the server it runs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{event, run_cli, ChildServer};
+
+async fn status_of(client: &reqwest::Client, url: &str, body: String) -> u16 {
+    client
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
+}
+
+/// Polls until `status_of` gives `want`, for at most 5 s: credential changes reach a running
+/// server through its cache (on a miss at once, revocations within a second).
+async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let got = status_of(client, url, event("poll", n).to_string()).await;
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn project_create_json_prints_one_object_with_its_credentials() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, stdout, _) = run_cli(&["project", "create", "shop", "--data-dir", d, "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(stdout.trim()).expect("one JSON object on stdout");
+    assert_eq!(v["name"], "shop");
+    assert!(v["tracking_token"]
+        .as_str()
+        .expect("token")
+        .starts_with("tk_"));
+    assert!(v["secret_key"].as_str().expect("key").starts_with("sk_"));
+    let (ok, _, stderr) = run_cli(&["project", "create", "shop", "--data-dir", d]);
+    assert!(!ok);
+    assert!(stderr.contains("project shop already exists"), "{stderr}");
+    let (ok, _, stderr) = run_cli(&["project", "create", "bad name", "--data-dir", d]);
+    assert!(!ok);
+    assert!(stderr.contains("name: must be 1 to 64"), "{stderr}");
+    let (ok, stdout, _) = run_cli(&["project", "list", "--data-dir", d, "--json"]);
+    assert!(ok);
+    let list: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(list[0]["name"], "shop");
+    // The database holds hashes, never the credentials themselves.
+    let bytes = std::fs::read(dir.path().join("trackd.db")).expect("db file");
+    let wal = std::fs::read(dir.path().join("trackd.db-wal")).unwrap_or_default();
+    for secret in [v["tracking_token"].as_str(), v["secret_key"].as_str()]
+        .into_iter()
+        .flatten()
+    {
+        let needle = secret.as_bytes();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        assert!(!wal.windows(needle.len()).any(|w| w == needle));
+    }
+}
+
+#[tokio::test]
+async fn tokens_added_and_revoked_take_effect_on_a_running_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{}/api/v2/events/track?auth_token=TOKEN_abc123",
+        server.addr
+    );
+    assert_eq!(
+        status_of(&client, &url, event("u", 1).to_string()).await,
+        401
+    );
+
+    let (ok, stdout, stderr) = run_cli(&[
+        "token",
+        "add",
+        "--project",
+        "default",
+        "--value",
+        "TOKEN_abc123",
+        "--data-dir",
+        d,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(v["tracking_token"], "TOKEN_abc123");
+    assert_eq!(wait_for_status(&client, &url, 200).await, 200);
+
+    let (ok, _, stderr) = run_cli(&[
+        "token",
+        "revoke",
+        "--project",
+        "default",
+        "TOKEN_abc123",
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(wait_for_status(&client, &url, 401).await, 401);
+
+    // A revoked token that does not exist is an error, not a silent success.
+    let (ok, _, stderr) = run_cli(&[
+        "token",
+        "revoke",
+        "--project",
+        "default",
+        "TOKEN_abc123",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("not found"), "{stderr}");
+    let (ok, _, _) = run_cli(&["token", "add", "--project", "nope", "--data-dir", d]);
+    assert!(!ok);
+}
+
+#[tokio::test]
+async fn secret_keys_are_added_and_revoked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let (ok, stdout, _) = run_cli(&[
+        "key",
+        "add",
+        "--project",
+        "default",
+        "--data-dir",
+        d,
+        "--json",
+    ]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(stdout.trim()).expect("json");
+    let key = v["secret_key"].as_str().expect("key").to_owned();
+    assert!(key.starts_with("sk_"));
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v2/events/track", server.addr);
+    let send = || {
+        client
+            .post(&url)
+            .bearer_auth(&key)
+            .body(event("u", 1).to_string())
+            .send()
+    };
+    assert_eq!(send().await.expect("sent").status(), 403);
+    let (ok, _, _) = run_cli(&[
+        "key",
+        "revoke",
+        "--project",
+        "default",
+        &key,
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = send().await.expect("sent").status().as_u16();
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401);
+    let (ok, _, stderr) = run_cli(&[
+        "key",
+        "add",
+        "--project",
+        "default",
+        "--value",
+        "x",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--value is for tracking tokens"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn first_start_prints_credentials_on_stdout_and_logs_never_hold_secrets_or_users() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::spawn(dir.path(), &[("TRACKD_LOG", "trace")]);
+    let token = server.printed("tracking token:");
+    let secret = server.printed("secret key:");
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v2/events/track?auth_token={token}", server.addr);
+    let body = serde_json::json!({"identity": {"id": "user-7731", "email": "secret.person@example.com"},
+                                  "event_name": "e", "data": {"payload": "confidential-payload"}});
+    assert_eq!(status_of(&client, &url, body.to_string()).await, 200);
+    let bad = format!(
+        "{}/api/v2/events/track?auth_token=wrong-token-123",
+        server.addr
+    );
+    assert_eq!(status_of(&client, &bad, body.to_string()).await, 401);
+    let with_secret = format!("{}/api/v2/events/track?auth_token={secret}", server.addr);
+    assert_eq!(
+        status_of(&client, &with_secret, body.to_string()).await,
+        400
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = server.stderr.lock().expect("lock").clone();
+    assert!(logs.contains("trackd listening"), "{logs}");
+    for needle in [
+        token.as_str(),
+        secret.as_str(),
+        "wrong-token-123",
+        "user-7731",
+        "secret.person",
+        "confidential-payload",
+    ] {
+        assert!(!logs.contains(needle), "log holds {needle}:\n{logs}");
+    }
+}

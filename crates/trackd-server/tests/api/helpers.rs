@@ -1,0 +1,376 @@
+//! `TestApp`: a real trackd on port 0 with a fresh data directory and a manual clock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use trackd_core::time::ManualClock;
+use trackd_core::{CredentialKind, DynStore, Timestamp, Token};
+use trackd_server::api::Limits;
+use trackd_server::App;
+use trackd_store::{SqliteConfig, SqliteStore};
+
+/// 2026-11-26T12:00:00Z.
+pub const START: Timestamp = Timestamp::from_micros(1_795_694_400_000_000);
+
+/// How a test server is configured.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub dedup_window: Duration,
+    pub limits: Limits,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            dedup_window: Duration::from_secs(180),
+            limits: Limits::default(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub token: String,
+    pub secret: String,
+    pub config: TestConfig,
+    dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// An answer, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("answer body is JSON")
+    }
+
+    /// Asserts an error answer: this status, and the JSON body `{"status", "message"}`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, message: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(
+            self.json(),
+            serde_json::json!({"status": status, "message": message})
+        );
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+    }
+
+    /// Asserts Vero's success answer, and whether it was a duplicate.
+    #[track_caller]
+    pub fn assert_success(&self, duplicate: bool) {
+        assert_eq!(self.status, 200, "body: {}", self.body);
+        assert_eq!(self.body, r#"{"status":200,"message":"Success."}"#);
+        assert_eq!(
+            self.headers.get("trackd-duplicate").is_some(),
+            duplicate,
+            "trackd-duplicate header"
+        );
+    }
+}
+
+fn open_store(dir: &Path, config: &TestConfig, clock: Arc<ManualClock>) -> DynStore {
+    Arc::new(
+        SqliteStore::open(SqliteConfig {
+            data_dir: dir.to_path_buf(),
+            dedup_window: config.dedup_window,
+            queue_capacity: 50_000,
+            clock,
+        })
+        .expect("store opens"),
+    )
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(TestConfig::default()).await
+    }
+
+    pub async fn spawn_with(config: TestConfig) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(START));
+        let store = open_store(dir.path(), &config, clock.clone());
+        let project = store.create_project("test").await.expect("project");
+        let token = Token::generate(CredentialKind::Tracking);
+        let secret = Token::generate(CredentialKind::Secret);
+        store
+            .add_credential(project.id, CredentialKind::Tracking, &token)
+            .await
+            .expect("token");
+        store
+            .add_credential(project.id, CredentialKind::Secret, &secret)
+            .await
+            .expect("key");
+        let mut app = TestApp {
+            addr: String::new(),
+            client: reqwest::Client::new(),
+            clock,
+            token: token.expose().to_owned(),
+            secret: secret.expose().to_owned(),
+            config,
+            dir,
+            stop: None,
+            server: None,
+        };
+        app.start(store).await;
+        app
+    }
+
+    async fn start(&mut self, store: DynStore) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = App::build(listener, store, self.clock.clone(), self.config.limits)
+            .await
+            .expect("app builds");
+        self.addr = format!("http://{}", app.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.server = Some(tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        }));
+    }
+
+    /// Stops the server gracefully (everything committed) and starts a new one on the same
+    /// data directory, as a restart would.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let store = open_store(self.dir.path(), &self.config, self.clock.clone());
+        self.start(store).await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.addr, path)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.expect("body read");
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POSTs a raw JSON body to `events/track` with the token in the query.
+    pub async fn track_raw(&self, body: impl Into<String>) -> Answer {
+        let url = self.url(&format!("/api/v2/events/track?auth_token={}", self.token));
+        self.send(
+            self.client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.into()),
+        )
+        .await
+    }
+
+    pub async fn track(&self, body: &Value) -> Answer {
+        self.track_raw(body.to_string()).await
+    }
+
+    /// A read-only connection to the data directory's database.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("trackd.db")).expect("db opens")
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// Every stored event as (user_id, event_name, event_key, data, source, created_at µs).
+    pub fn events(&self) -> Vec<StoredEvent> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT u.user_key, u.email, e.event_name, e.event_key, e.data, e.source, \
+                 e.created_at, e.received_at FROM events e JOIN users u ON u.id = e.user_ref \
+                 ORDER BY e.id",
+            )
+            .expect("prepare");
+        stmt.query_map([], |r| {
+            Ok(StoredEvent {
+                user_key: r.get(0)?,
+                email: r.get(1)?,
+                name: r.get(2)?,
+                key: r.get(3)?,
+                data: r.get(4)?,
+                source: r.get(5)?,
+                created_at: r.get(6)?,
+                received_at: r.get(7)?,
+            })
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub user_key: String,
+    pub email: Option<String>,
+    pub name: String,
+    pub key: String,
+    pub data: String,
+    pub source: Option<String>,
+    pub created_at: i64,
+    pub received_at: i64,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A small valid track body for user `user`.
+pub fn event(user: &str, n: i64) -> Value {
+    serde_json::json!({
+        "identity": {"id": user, "email": format!("{user}@example.com")},
+        "event_name": "Viewed product",
+        "data": {"product_name": "Red T-shirt", "n": n},
+    })
+}
+
+/// The `trackd` binary built for these tests.
+pub fn trackd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trackd")
+}
+
+/// A `trackd serve` child process on port 0, for what only a real process shows: kill -9,
+/// signals, stdout and stderr.
+pub struct ChildServer {
+    pub process: std::process::Child,
+    pub addr: String,
+    /// The bootstrap lines printed on stdout (first start only).
+    pub stdout: Arc<std::sync::Mutex<String>>,
+    /// Everything logged so far.
+    pub stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildServer {
+    pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ChildServer {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut process = Command::new(trackd_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trackd starts");
+        let stdout = Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let out = process.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let err = process.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = addr_tx.send(addr);
+                }
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("trackd logs its address");
+        ChildServer {
+            process,
+            addr: format!("http://{addr}"),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The value printed after `label:` on stdout at first start.
+    pub fn printed(&self, label: &str) -> String {
+        let out = self.stdout.lock().expect("lock").clone();
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {label} in stdout: {out}"))
+    }
+
+    pub fn kill9(&mut self) {
+        self.process.kill().expect("SIGKILL");
+        self.process.wait().expect("reaped");
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Runs the `trackd` binary with `args`, returning (success, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(trackd_bin())
+        .args(args)
+        .output()
+        .expect("trackd runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,659 @@
+//! `events/track`: every status it can give, every credential location and body encoding.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::helpers::{event, TestApp, START};
+
+const SEED: &str = r#"
+{
+  "identity": {
+    "id": 1000,
+    "email": "test@example.com"
+  },
+  "event_name": "Viewed product",
+  "data": {
+    "product_name": "Red T-shirt",
+    "product_url": "http://www.yourdomain.com/products/red-t-shirt"
+  },
+  "extras": {
+    "source": "Segment.com",
+    "created_at": "2023-05-30T04:46:31+0000"
+  }
+}
+"#;
+
+#[tokio::test]
+async fn seed_example_from_vero_docs_is_answered_exactly_and_stored() {
+    let app = TestApp::spawn().await;
+    app.track_raw(SEED).await.assert_success(false);
+    let events = app.events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.user_key, "1000");
+    assert_eq!(e.email.as_deref(), Some("test@example.com"));
+    assert_eq!(e.name, "Viewed product");
+    assert_eq!(e.key, "viewed_product");
+    assert_eq!(
+        e.data,
+        r#"{"product_name":"Red T-shirt","product_url":"http://www.yourdomain.com/products/red-t-shirt"}"#
+    );
+    assert_eq!(e.source.as_deref(), Some("Segment.com"));
+    assert_eq!(e.created_at, 1_685_421_991_000_000);
+    assert_eq!(e.received_at, START.as_micros());
+}
+
+#[tokio::test]
+async fn every_path_variant_is_served() {
+    let app = TestApp::spawn().await;
+    for (i, path) in [
+        "/api/v2/events/track",
+        "/api/v2/events/track.json",
+        "/api/v2/events/track/",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let url = app.url(&format!("{path}?auth_token={}", app.token));
+        app.send(app.client.post(url).body(event("u", i as i64).to_string()))
+            .await
+            .assert_success(false);
+    }
+    assert_eq!(app.count("events"), 3);
+}
+
+#[tokio::test]
+async fn credential_is_found_in_each_location() {
+    let app = TestApp::spawn().await;
+    let body = |n: i64, extra: Option<(&str, &str)>| {
+        let mut v = event("u", n);
+        if let Some((k, t)) = extra {
+            v[k] = json!(t);
+        }
+        v.to_string()
+    };
+    let track = app.url("/api/v2/events/track");
+    let cases = [
+        app.client
+            .post(format!("{track}?auth_token={}", app.token))
+            .body(body(1, None)),
+        app.client
+            .post(format!("{track}?tracking_api_key={}", app.token))
+            .body(body(2, None)),
+        app.client
+            .post(&track)
+            .body(body(3, Some(("auth_token", &app.token)))),
+        app.client
+            .post(&track)
+            .body(body(4, Some(("tracking_api_key", &app.token)))),
+        app.client
+            .post(&track)
+            .bearer_auth(&app.token)
+            .body(body(5, None)),
+        // Vero's own curl example sends an empty `?auth_token=`: it counts as absent.
+        app.client
+            .post(format!("{track}?auth_token="))
+            .bearer_auth(&app.token)
+            .body(body(6, None)),
+    ];
+    for request in cases {
+        app.send(request).await.assert_success(false);
+    }
+    assert_eq!(app.count("events"), 6);
+}
+
+#[tokio::test]
+async fn first_credential_found_wins_even_when_a_later_one_is_valid() {
+    let app = TestApp::spawn().await;
+    let mut body = event("u", 1);
+    body["auth_token"] = json!(app.token);
+    let url = app.url("/api/v2/events/track?tracking_api_key=wrong");
+    app.send(app.client.post(url).body(body.to_string()))
+        .await
+        .assert_error(401, "tracking_api_key: unknown credential");
+    let mut body = event("u", 2);
+    body["auth_token"] = json!("wrong");
+    let url = app.url("/api/v2/events/track");
+    app.send(
+        app.client
+            .post(url)
+            .bearer_auth(&app.token)
+            .body(body.to_string()),
+    )
+    .await
+    .assert_error(401, "auth_token: unknown credential");
+    assert_eq!(app.count("events"), 0);
+}
+
+#[tokio::test]
+async fn missing_or_unknown_credential_is_401_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/api/v2/events/track");
+    app.send(app.client.post(&url).body(event("u", 1).to_string()))
+        .await
+        .assert_error(
+            401,
+            "auth_token: missing (send it as ?auth_token=, ?tracking_api_key=, in the body, \
+             or as Authorization: Bearer)",
+        );
+    app.send(
+        app.client
+            .post(&url)
+            .bearer_auth("nope")
+            .body(event("u", 1).to_string()),
+    )
+    .await
+    .assert_error(401, "authorization: unknown credential");
+    assert_eq!(app.count("events"), 0);
+    assert_eq!(app.count("users"), 0);
+}
+
+#[tokio::test]
+async fn secret_key_is_403_on_a_tracking_route_and_400_in_a_query() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/api/v2/events/track");
+    app.send(
+        app.client
+            .post(&url)
+            .bearer_auth(&app.secret)
+            .body(event("u", 1).to_string()),
+    )
+    .await
+    .assert_error(
+        403,
+        "authorization: a secret key is not accepted here, use a tracking token",
+    );
+    app.send(
+        app.client
+            .post(format!("{url}?auth_token={}", app.secret))
+            .body(event("u", 1).to_string()),
+    )
+    .await
+    .assert_error(
+        400,
+        "auth_token: a secret key must never be sent in a query string (revoke it: URLs are logged)",
+    );
+    assert_eq!(app.count("events"), 0);
+}
+
+#[tokio::test]
+async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    let long = "x".repeat(255);
+    let cases: Vec<(String, &str)> = vec![
+        ("".into(), "body: empty, expected a JSON object"),
+        ("{".into(), "body: invalid JSON: expected a string key at byte 1"),
+        ("[1]".into(), "body: must be a JSON object"),
+        (r#"{"event_name":"x"}"#.into(), "identity: an id or an email is required"),
+        (r#"{"identity":{"id":"1"}}"#.into(), "event_name: is required"),
+        (r#"{"identity":{"id":"1"},"event_name":""}"#.into(), "event_name: is empty"),
+        (
+            format!(r#"{{"identity":{{"id":"1"}},"event_name":"{long}"}}"#),
+            "event_name: longer than 254 characters",
+        ),
+        (
+            format!(r#"{{"identity":{{"id":"{long}"}},"event_name":"x"}}"#),
+            "identity.id: longer than 254 characters",
+        ),
+        (
+            r#"{"identity":{"email":"not-an-email"},"event_name":"x"}"#.into(),
+            "identity.email: not a valid email address",
+        ),
+        (
+            r#"{"identity":{"id":1.5},"event_name":"x"}"#.into(),
+            "identity.id: must be a string or an integer",
+        ),
+        (
+            r#"{"identity":{"id":"1","id":"2"},"event_name":"x"}"#.into(),
+            "identity.id: duplicate key",
+        ),
+        (
+            r#"{"identity":{"id":"1"},"event_name":"x","data":{"a":"\u0000"}}"#.into(),
+            "data.a: contains a NUL character (\\u0000)",
+        ),
+        (
+            r#"{"identity":{"id":"1"},"event_name":"x","data":{"a":"\ud800"}}"#.into(),
+            "data.a: contains a lone surrogate",
+        ),
+        (
+            r#"{"identity":{"id":"1"},"event_name":"x","data":"s"}"#.into(),
+            "data: must be an object",
+        ),
+        (
+            r#"{"identity":{"id":"1"},"event_name":"x","extras":{"created_at":"tomorrow"}}"#.into(),
+            "extras.created_at: not an ISO 8601 time between years 1 and 9999",
+        ),
+        (
+            format!(
+                r#"{{"identity":{{"id":"1"}},"event_name":"x","data":{{"d":{}0{}}}}}"#,
+                "[".repeat(63),
+                "]".repeat(63)
+            ),
+            "data.d[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nested deeper than 64 levels",
+        ),
+    ];
+    for (body, message) in cases {
+        let mut with_token = body.clone();
+        // Put the token in the query so a body error is what is reported.
+        let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+        app.send(app.client.post(url).body(std::mem::take(&mut with_token)))
+            .await
+            .assert_error(400, message);
+    }
+    assert_eq!(app.count("events"), 0);
+    assert_eq!(app.count("users"), 0);
+    assert_eq!(app.count("dedup"), 0);
+}
+
+#[tokio::test]
+async fn nesting_up_to_64_levels_is_accepted() {
+    let app = TestApp::spawn().await;
+    let body = format!(
+        r#"{{"identity":{{"id":"1"}},"event_name":"x","data":{{"d":{}0{}}}}}"#,
+        "[".repeat(62),
+        "]".repeat(62)
+    );
+    app.track_raw(body).await.assert_success(false);
+}
+
+#[tokio::test]
+async fn identity_and_event_name_of_254_characters_are_accepted() {
+    let app = TestApp::spawn().await;
+    let id = "é".repeat(254);
+    let name = "n".repeat(254);
+    let local = "a".repeat(254 - "@example.com".len());
+    app.track(&json!({"identity": {"id": id, "email": format!("{local}@example.com")}, "event_name": name}))
+        .await
+        .assert_success(false);
+    assert_eq!(app.events()[0].user_key, id);
+}
+
+#[tokio::test]
+async fn data_is_stored_without_loss() {
+    let app = TestApp::spawn().await;
+    app.track_raw(
+        r#"{"identity":{"id":"1"},"event_name":"x","data":{"big":12345678901234567890123,"f":1.50,"e":1e400,"s":"é\n\"q\"","z":{"b":[1,{"c":null}],"a":true}}}"#,
+    )
+    .await
+    .assert_success(false);
+    // Digits are kept as sent; an exponent is written with its sign (the same value).
+    assert_eq!(
+        app.events()[0].data,
+        r#"{"big":12345678901234567890123,"f":1.50,"e":1e+400,"s":"é\n\"q\"","z":{"b":[1,{"c":null}],"a":true}}"#
+    );
+}
+
+#[tokio::test]
+async fn created_at_in_each_form_is_stored_in_utc() {
+    let app = TestApp::spawn().await;
+    let forms = [
+        json!("2023-05-30T04:46:31Z"),
+        json!("2023-05-30T06:46:31+02:00"),
+        json!("2023-05-30T04:46:31+0000"),
+        json!("2023-05-30T04:46:31.000"),
+        json!(1_685_421_991),
+    ];
+    for (i, created_at) in forms.iter().enumerate() {
+        app.track(
+            &json!({"identity": {"id": "1"}, "event_name": "x", "data": {"i": i},
+                          "extras": {"created_at": created_at}}),
+        )
+        .await
+        .assert_success(false);
+    }
+    let times: Vec<i64> = app.events().iter().map(|e| e.created_at).collect();
+    assert_eq!(times, vec![1_685_421_991_000_000; 5]);
+}
+
+#[tokio::test]
+async fn top_level_id_and_email_are_used_without_identity() {
+    let app = TestApp::spawn().await;
+    app.track(
+        &json!({"id": "nd-1", "email": "nd@example.com", "event_name": "Signed up",
+                      "data": {}, "development_mode": false}),
+    )
+    .await
+    .assert_success(false);
+    let e = &app.events()[0];
+    assert_eq!(
+        (e.user_key.as_str(), e.email.as_deref()),
+        ("nd-1", Some("nd@example.com"))
+    );
+}
+
+#[tokio::test]
+async fn email_only_identity_uses_the_email_as_user_key() {
+    let app = TestApp::spawn().await;
+    app.track(&json!({"identity": {"email": "only@example.com"}, "event_name": "x"}))
+        .await
+        .assert_success(false);
+    assert_eq!(app.events()[0].user_key, "only@example.com");
+}
+
+#[tokio::test]
+async fn json_is_accepted_whatever_the_content_type_says() {
+    let app = TestApp::spawn().await;
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    for (i, ct) in [
+        "text/plain;charset=UTF-8",
+        "application/json",
+        "application/octet-stream",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        app.send(
+            app.client
+                .post(&url)
+                .header("content-type", ct)
+                .body(event("u", i as i64).to_string()),
+        )
+        .await
+        .assert_success(false);
+    }
+    // No content type at all.
+    app.send(app.client.post(&url).body(event("u", 9).to_string()))
+        .await
+        .assert_success(false);
+    assert_eq!(app.count("events"), 4);
+}
+
+#[tokio::test]
+async fn form_encoded_body_with_json_string_fields_is_accepted() {
+    let app = TestApp::spawn().await;
+    let body = format!(
+        "auth_token={}&event_name=Viewed+product&identity=%7B%22id%22%3A1234%2C%22email%22%3A%22f%40example.com%22%7D&data=%7B%22price%22%3A20%7D&extras=%7B%22source%22%3A%22web%22%7D",
+        app.token
+    );
+    app.send(
+        app.client
+            .post(app.url("/api/v2/events/track"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body),
+    )
+    .await
+    .assert_success(false);
+    let e = &app.events()[0];
+    assert_eq!(e.user_key, "1234");
+    assert_eq!(e.name, "Viewed product");
+    assert_eq!(e.data, r#"{"price":20}"#);
+    assert_eq!(e.source.as_deref(), Some("web"));
+}
+
+#[tokio::test]
+async fn form_errors_name_the_field() {
+    let app = TestApp::spawn().await;
+    let form = |body: String| {
+        app.client
+            .post(app.url("/api/v2/events/track"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let t = &app.token;
+    app.send(form(format!("auth_token={t}&event_name=x&identity=%7B")))
+        .await
+        .assert_error(
+            400,
+            "identity: invalid JSON: expected a string key at byte 1",
+        );
+    app.send(form(format!(
+        "auth_token={t}&event_name=x&event_name=y&identity=%7B%22id%22%3A1%7D"
+    )))
+    .await
+    .assert_error(400, "event_name: duplicate key");
+    app.send(form(format!(
+        "auth_token={t}&event_name=%FF&identity=%7B%22id%22%3A1%7D"
+    )))
+    .await
+    .assert_error(400, "body: invalid UTF-8 in form encoding");
+    app.send(form(format!(
+        "auth_token={t}&event_name=x&identity=%7B%22id%22%3A1%7D&data=%7B%22a%22%3A1%2C%22a%22%3A2%7D"
+    )))
+    .await
+    .assert_error(400, "data.a: duplicate key");
+    assert_eq!(app.count("events"), 0);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_decoded() {
+    let app = TestApp::spawn().await;
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    app.send(
+        app.client
+            .post(url)
+            .header("content-encoding", "gzip")
+            .body(gzip(event("u", 1).to_string().as_bytes())),
+    )
+    .await
+    .assert_success(false);
+    assert_eq!(app.count("events"), 1);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_before_and_after_decompression() {
+    let app = TestApp::spawn().await;
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    let limit = 1024 * 1024;
+    // Exactly at the limit: valid JSON padded with whitespace is accepted.
+    let mut at_limit = event("u", 1).to_string().into_bytes();
+    at_limit.resize(limit, b' ');
+    app.send(app.client.post(&url).body(at_limit.clone()))
+        .await
+        .assert_success(false);
+    let mut over = at_limit.clone();
+    over.push(b' ');
+    app.send(app.client.post(&url).body(over.clone()))
+        .await
+        .assert_error(413, "body: larger than 1048576 bytes");
+    // A gzip bomb: tiny on the wire, past the limit inflated.
+    app.send(
+        app.client
+            .post(&url)
+            .header("content-encoding", "gzip")
+            .body(gzip(&over)),
+    )
+    .await
+    .assert_error(413, "body: larger than 1048576 bytes after decompression");
+    // Inflating to exactly the limit is fine.
+    let mut at_limit2 = event("u", 2).to_string().into_bytes();
+    at_limit2.resize(limit, b' ');
+    app.send(
+        app.client
+            .post(&url)
+            .header("content-encoding", "gzip")
+            .body(gzip(&at_limit2)),
+    )
+    .await
+    .assert_success(false);
+    assert_eq!(app.count("events"), 2);
+}
+
+#[tokio::test]
+async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
+    let app = TestApp::spawn().await;
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    app.send(
+        app.client
+            .post(&url)
+            .header("content-encoding", "br")
+            .body(event("u", 1).to_string()),
+    )
+    .await
+    .assert_error(
+        415,
+        "content-encoding: 'br' is not supported, use gzip or none",
+    );
+    app.send(
+        app.client
+            .post(&url)
+            .header("content-encoding", "gzip")
+            .body("not gzip"),
+    )
+    .await
+    .assert_error(400, "body: invalid gzip data");
+    assert_eq!(app.count("events"), 0);
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
+    let app = TestApp::spawn().await;
+    let answer = app
+        .send(app.client.get(app.url("/api/v2/events/track")))
+        .await;
+    answer.assert_error(405, "/api/v2/events/track: method not allowed, use POST");
+    assert_eq!(
+        answer.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    app.send(app.client.put(app.url("/api/v2/events/track.json")))
+        .await
+        .assert_error(
+            405,
+            "/api/v2/events/track.json: method not allowed, use POST",
+        );
+    app.send(app.client.post(app.url("/api/v2/events/nope")))
+        .await
+        .assert_error(404, "/api/v2/events/nope: no such route");
+    app.send(app.client.get(app.url("/")))
+        .await
+        .assert_error(404, "/: no such route");
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_for_any_origin_on_every_variant() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/api/v2/events/track",
+        "/api/v2/events/track.json",
+        "/api/v2/events/track/",
+        "/api/v2/heartbeat",
+    ] {
+        let answer = app
+            .send(
+                app.client
+                    .request(
+                        reqwest::Method::OPTIONS,
+                        app.url(&format!("{path}?tracking_api_key=x")),
+                    )
+                    .header("origin", "http://shop.example.com")
+                    .header("access-control-request-method", "POST")
+                    .header("access-control-request-headers", "content-type"),
+            )
+            .await;
+        assert!(
+            (200..300).contains(&answer.status),
+            "{path}: {}",
+            answer.status
+        );
+        let h = |name: &str| {
+            answer
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(h("access-control-allow-origin").as_deref(), Some("*"));
+        let allowed = h("access-control-allow-headers").unwrap_or_default();
+        for header in ["content-type", "accept", "authorization"] {
+            assert!(allowed.contains(header), "{path}: {allowed}");
+        }
+        assert!(h("access-control-allow-methods")
+            .unwrap_or_default()
+            .contains("POST"));
+        assert_eq!(h("access-control-allow-credentials"), None);
+    }
+    // The actual request carries the header too, so the browser can read errors.
+    let answer = app
+        .send(
+            app.client
+                .post(app.url("/api/v2/events/track"))
+                .header("origin", "http://a.example")
+                .body(event("u", 1).to_string()),
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer
+            .headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*")
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_needs_no_credential() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/api/v2/heartbeat",
+        "/api/v2/heartbeat.json",
+        "/api/v2/heartbeat/",
+    ] {
+        app.send(app.client.get(app.url(path)))
+            .await
+            .assert_success(false);
+    }
+    app.send(app.client.post(app.url("/api/v2/heartbeat")))
+        .await
+        .assert_error(405, "/api/v2/heartbeat: method not allowed, use GET");
+}
+
+#[tokio::test]
+async fn an_event_creates_its_user_and_later_ones_touch_it() {
+    let app = TestApp::spawn().await;
+    app.track(&json!({"identity": {"id": "42", "email": null}, "event_name": "a"}))
+        .await
+        .assert_success(false);
+    app.clock.advance_secs(10);
+    app.track(&json!({"identity": {"id": "42", "email": "ann@example.com"}, "event_name": "b"}))
+        .await
+        .assert_success(false);
+    let (email, first, last): (Option<String>, i64, i64) = app
+        .db()
+        .query_row(
+            "SELECT email, first_seen, last_seen FROM users WHERE user_key = '42'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("user");
+    assert_eq!(email.as_deref(), Some("ann@example.com"));
+    assert_eq!(first, START.as_micros());
+    assert_eq!(last, START.as_micros() + 10_000_000);
+    assert_eq!(app.count("users"), 1);
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
+    let app = TestApp::spawn().await;
+    // A real failure inside the writer's transaction, injected from outside the server.
+    app.db()
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .expect("trigger");
+    let answer = app.track(&event("u", 1)).await;
+    answer.assert_error(503, "server: storage unavailable, retry later");
+    assert_eq!(
+        answer
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(app.count("events"), 0);
+    assert_eq!(app.count("dedup"), 0, "no dedup record without its event");
+    assert_eq!(app.count("users"), 0);
+    app.db()
+        .execute_batch("DROP TRIGGER fail;")
+        .expect("drop trigger");
+    // The retry is not a duplicate: the failed attempt left no dedup record.
+    app.track(&event("u", 1)).await.assert_success(false);
+    assert_eq!(app.count("events"), 1);
+}
