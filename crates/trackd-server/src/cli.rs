@@ -19,7 +19,11 @@ use crate::App;
 
 /// trackd: a self-hosted, Vero-compatible customer event tracking server.
 #[derive(Debug, Parser)]
-#[command(name = "trackd", version, about)]
+#[command(
+    name = "trackd",
+    version,
+    about = "trackd: a self-hosted, Vero-compatible customer event tracking server"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! Compatibility replay: the `events/track` requests (and their CORS preflights) of
-//! `reference/client-requests.jsonl`, captured from real Vero clients, against a project
-//! whose token `TOKEN_abc123` was imported with `trackd token add`.
+//! `tests/fixtures/client-requests.jsonl` (a copy of the shared reference file), captured
+//! from real Vero clients, against a project whose token `TOKEN_abc123` was imported with
+//! `trackd token add`.
 
 use std::path::PathBuf;
 
@@ -9,8 +10,7 @@ use serde_json::Value;
 use crate::helpers::{run_cli, ChildServer};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/client-requests.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/client-requests.jsonl")
 }
 
 /// Lines this routes serve: `events/track` and `heartbeat`, with their preflights.
@@ -20,7 +20,7 @@ fn served(path: &str) -> bool {
 
 #[tokio::test]
 async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
-    let text = std::fs::read_to_string(fixtures()).expect("shared/reference/client-requests.jsonl");
+    let text = std::fs::read_to_string(fixtures()).expect("tests/fixtures/client-requests.jsonl");
     let dir = tempfile::tempdir().expect("dir");
     let d = dir.path().to_str().expect("utf-8 path");
     let (ok, _, _) = run_cli(&["project", "create", "default", "--data-dir", d]);
