@@ -173,3 +173,26 @@ async fn expired_dedup_records_are_not_counted_as_duplicates_after_restart() {
     app.track(&event("u", 1)).await.assert_success(false);
     assert_eq!(app.count("events"), 2);
 }
+
+#[tokio::test]
+async fn a_dedup_record_committed_by_another_process_is_honoured() {
+    let app = TestApp::spawn().await;
+    // Warm the writer so its index is built before the outside write.
+    app.track(&event("other", 0)).await.assert_success(false);
+    // What an import running beside the server writes: the event's dedup record.
+    let body = event("u", 1);
+    let serde_json::Value::Object(map) = body.clone() else {
+        panic!("object")
+    };
+    let tracked = trackd_core::TrackRequest::new(map)
+        .validate(trackd_core::ProjectId::new(1), crate::helpers::START)
+        .expect("valid");
+    app.db()
+        .execute(
+            "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (1, ?1, ?2, 0)",
+            rusqlite::params![&tracked.dedup_key.as_bytes()[..], crate::helpers::START.as_micros()],
+        )
+        .expect("outside write");
+    app.track(&body).await.assert_success(true);
+    assert_eq!(app.count("events"), 1);
+}

@@ -2,6 +2,7 @@
 //! `synchronous=FULL`; one writer thread ([`writer`]) commits batches, while admin work and
 //! reads use their own connection.
 
+mod dedup;
 mod schema;
 mod writer;
 
@@ -41,6 +42,8 @@ pub struct SqliteConfig {
 pub struct SqliteStore {
     jobs: SyncSender<Job>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping it stops the checkpointer.
+    checkpointer: Mutex<Option<(SyncSender<()>, JoinHandle<()>)>>,
     /// For admin writes and reads; SQLite serialises it with the writer (busy timeout).
     admin: Arc<Mutex<Connection>>,
     ready: Arc<AtomicBool>,
@@ -64,6 +67,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -16_384)?; // KiB
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // After a checkpoint resets the WAL, truncate the file back to this size.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(conn)
 }
 
@@ -75,16 +80,21 @@ impl SqliteStore {
         let path = config.data_dir.join(DB_FILE);
         let mut conn = open_connection(&path).map_err(StoreError::unavailable)?;
         schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
+        // Checkpoints run on their own thread (below), not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(StoreError::unavailable)?;
+        let checkpointer = spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
         let admin = open_connection(&path).map_err(StoreError::unavailable)?;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
+        let writer = Writer::new(
             conn,
-            jobs: rx,
-            clock: config.clock.clone(),
-            window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
-            ready: ready.clone(),
-        };
+            rx,
+            config.clock.clone(),
+            i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+            ready.clone(),
+        )
+        .map_err(StoreError::unavailable)?;
         let handle = std::thread::Builder::new()
             .name("trackd-writer".into())
             .spawn(move || writer.run())
@@ -92,6 +102,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             jobs: tx,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             admin: Arc::new(Mutex::new(admin)),
             ready,
             clock: config.clock,
@@ -117,6 +128,30 @@ impl SqliteStore {
             .map_err(StoreError::unavailable)?
         })
     }
+}
+
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs passive checkpoints on a connection of its own, so the writer's commits never pay
+/// for copying the WAL into the database (SQLite's default runs them inside the commit that
+/// crosses the threshold). A passive checkpoint never blocks the writer.
+fn spawn_checkpointer(conn: Connection) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
+    let (stop, stopped) = sync_channel::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("trackd-checkpoint".into())
+        .spawn(move || {
+            // Returns when the store drops or signals its end.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "checkpoint failed, retrying later");
+                }
+            }
+        })
+        .map_err(StoreError::unavailable)?;
+    Ok((stop, handle))
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -328,10 +363,14 @@ impl Store for SqliteStore {
     }
 
     fn shutdown(&self) -> StoreFuture<'_, ()> {
-        // A full queue still drains: the shutdown marker waits its turn.
-        let sent = self.jobs.send(Job::Shutdown);
+        let jobs = self.jobs.clone();
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
         Box::pin(async move {
+            // A full queue still drains: the shutdown marker waits its turn (off the runtime).
+            let sent = tokio::task::spawn_blocking(move || jobs.send(Job::Shutdown))
+                .await
+                .map_err(StoreError::unavailable)?;
             if sent.is_err() {
                 return Ok(());
             }
@@ -340,6 +379,13 @@ impl Store for SqliteStore {
                     .await
                     .map_err(StoreError::unavailable)?
                     .map_err(|_| StoreError::unavailable(Cause("writer panicked")))?;
+            }
+            if let Some((stop, handle)) = checkpointer {
+                drop(stop);
+                tokio::task::spawn_blocking(move || handle.join())
+                    .await
+                    .map_err(StoreError::unavailable)?
+                    .map_err(|_| StoreError::unavailable(Cause("checkpointer panicked")))?;
             }
             Ok(())
         })

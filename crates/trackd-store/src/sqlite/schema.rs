@@ -50,16 +50,16 @@ CREATE TABLE events (
     received_at INTEGER NOT NULL
 );
 
--- One row per dedup key received within the window. `user_ref` lets a user's deletion
--- remove its records; expired rows are purged in the background.
+-- One row per accepted event within the dedup window, written in the event's transaction.
+-- Append-only in commit order (lookups use the writer's in-memory index of these rows),
+-- purged by rowid range once expired. `user_ref` lets a user's deletion remove its records.
 CREATE TABLE dedup (
+    id          INTEGER PRIMARY KEY,
     project_id  INTEGER NOT NULL,
-    key         BLOB NOT NULL,
+    key         BLOB NOT NULL,    -- 16 bytes of SHA-256 over project, user, event key, data
     received_at INTEGER NOT NULL,
-    user_ref    INTEGER,
-    PRIMARY KEY (project_id, key)
-) WITHOUT ROWID;
-CREATE INDEX dedup_by_received_at ON dedup(received_at);
+    user_ref    INTEGER NOT NULL
+);
 
 -- Running totals that survive restarts: accepted and duplicate events per project.
 CREATE TABLE counters (

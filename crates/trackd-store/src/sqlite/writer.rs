@@ -11,17 +11,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::{Clock, InsertOutcome, StoreError, TrackedEvent};
 
+use super::dedup::DedupIndex;
+
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
-/// How often expired dedup records are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
-/// The most dedup records deleted per purge transaction, so a purge never holds the write
-/// lock for long.
-const PURGE_CHUNK: i64 = 20_000;
+/// How often expired dedup records are purged: often enough that each purge deletes a
+/// short rowid range.
+const PURGE_EVERY: Duration = Duration::from_secs(5);
 
 /// A queued write and where its answer goes.
 pub(crate) enum Job {
@@ -40,9 +40,35 @@ pub(crate) struct Writer {
     /// Dedup window in microseconds; 0 turns dedup off.
     pub window_micros: i64,
     pub ready: Arc<AtomicBool>,
+    pub dedup: DedupIndex,
+    /// `PRAGMA data_version` at the end of the last batch: it moves when another connection
+    /// committed, and then the dedup index catches up.
+    pub data_version: i64,
 }
 
 impl Writer {
+    /// Opens the writer on `conn`: loads the dedup index from the records inside the window.
+    pub fn new(
+        conn: Connection,
+        jobs: Receiver<Job>,
+        clock: Arc<dyn Clock>,
+        window_micros: i64,
+        ready: Arc<AtomicBool>,
+    ) -> rusqlite::Result<Self> {
+        let cutoff = clock.now().as_micros().saturating_sub(window_micros);
+        let dedup = DedupIndex::load(&conn, cutoff)?;
+        let data_version = data_version(&conn)?;
+        Ok(Writer {
+            conn,
+            jobs,
+            clock,
+            window_micros,
+            ready,
+            dedup,
+            data_version,
+        })
+    }
+
     pub fn run(mut self) {
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         let mut last_purge = Instant::now();
@@ -89,17 +115,24 @@ impl Writer {
                 Job::Shutdown => None,
             })
             .collect();
-        let result = write_events(&mut self.conn, &events, self.window_micros);
         let size = events.len();
+        let result = write_events(
+            &mut self.conn,
+            &events,
+            self.window_micros,
+            &mut self.dedup,
+            &mut self.data_version,
+        );
         match result {
-            Ok(outcomes) => {
+            Ok(written) => {
+                self.dedup.committed(&written.dedup_keys, written.last_dedup_id);
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::debug!(
                     size,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "batch committed"
                 );
-                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                for (job, outcome) in batch.drain(..).zip(written.outcomes) {
                     if let Job::Track { reply, .. } = job {
                         // The requester may have gone away (client disconnected): the event
                         // is committed either way.
@@ -121,56 +154,57 @@ impl Writer {
         }
     }
 
-    /// Deletes dedup records older than the window, in bounded chunks.
+    /// Deletes dedup records older than the window.
     fn purge_expired(&mut self) {
         if self.window_micros == 0 {
             return;
         }
         let cutoff = self.clock.now().as_micros() - self.window_micros;
-        loop {
-            let deleted = self.conn.execute(
-                "DELETE FROM dedup WHERE (project_id, key) IN \
-                 (SELECT project_id, key FROM dedup WHERE received_at <= ?1 LIMIT ?2)",
-                params![cutoff, PURGE_CHUNK],
-            );
-            match deleted {
-                Ok(n) if n as i64 == PURGE_CHUNK => continue,
-                Ok(n) => {
-                    tracing::debug!(deleted = n, "expired dedup records purged");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dedup purge failed, retrying later");
-                    break;
-                }
-            }
+        match self.dedup.purge(&self.conn, cutoff) {
+            Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
+            Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
         }
     }
 }
 
-/// Writes one batch in one transaction: for each event, the dedup upsert, then (when it is
-/// not a duplicate) the user upsert and the event row. Returns each event's outcome, in
-/// order; nothing is written unless everything is.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+/// What a committed batch wrote.
+struct Written {
+    /// Each event's outcome, in order.
+    outcomes: Vec<InsertOutcome>,
+    /// The dedup keys recorded, with their receive times.
+    dedup_keys: Vec<([u8; 16], i64)>,
+    /// The rowid of the last dedup record written.
+    last_dedup_id: i64,
+}
+
+/// Writes one batch in one transaction: for each event that is not a duplicate, the user
+/// upsert, the event row and its dedup record. Nothing is written unless everything is.
 fn write_events(
     conn: &mut Connection,
     events: &[&TrackedEvent],
     window_micros: i64,
-) -> rusqlite::Result<Vec<InsertOutcome>> {
+    index: &mut DedupIndex,
+    seen_version: &mut i64,
+) -> rusqlite::Result<Written> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Under the write lock no other connection can commit: if one did since the last batch
+    // (an import beside the server), its dedup records join the index before any lookup.
+    let version = data_version(&tx)?;
+    if version != *seen_version {
+        index.catch_up(&tx)?;
+        *seen_version = version;
+    }
     let mut outcomes = Vec::with_capacity(events.len());
+    let mut dedup_keys: Vec<([u8; 16], i64)> = Vec::with_capacity(events.len());
+    // Keys accepted earlier in this batch (the index learns them only after the commit).
+    let mut in_batch: HashMap<[u8; 16], i64> = HashMap::new();
     let mut totals: HashMap<i64, (i64, i64)> = HashMap::new();
+    let mut last_dedup_id = 0;
     {
-        // The upsert succeeds only when no record exists or the stored one is older than
-        // the window: one statement decides, so there is no read-then-write race. A
-        // duplicate does not touch the stored receive time, so it never extends the window.
-        let mut dedup = tx.prepare_cached(
-            "INSERT INTO dedup (project_id, key, received_at, user_ref) \
-             VALUES (?1, ?2, ?3, (SELECT id FROM users WHERE project_id = ?1 AND user_key = ?4)) \
-             ON CONFLICT (project_id, key) DO UPDATE \
-               SET received_at = excluded.received_at, user_ref = excluded.user_ref \
-               WHERE dedup.received_at <= ?5 \
-             RETURNING user_ref",
-        )?;
         let mut user = tx.prepare_cached(
             "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
@@ -180,48 +214,38 @@ fn write_events(
                    email = coalesce(excluded.email, email) \
              RETURNING id",
         )?;
-        let mut set_dedup_user =
-            tx.prepare_cached("UPDATE dedup SET user_ref = ?3 WHERE project_id = ?1 AND key = ?2")?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO events \
              (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let mut record = tx.prepare_cached(
+            "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         for event in events {
             let project = event.project.get();
-            let user_key = event.identity.user_key();
-            let key = &event.dedup_key.as_bytes()[..];
+            let key = *event.dedup_key.as_bytes();
             let received = event.received_at.as_micros();
-            // `Some(user_ref)` when the record was written (a new event); `None` when an
-            // unexpired record exists (a duplicate).
-            let written: Option<Option<i64>> = if window_micros > 0 {
-                dedup
-                    .query_row(
-                        params![project, key, received, user_key, received - window_micros],
-                        |r| r.get::<_, Option<i64>>(0),
-                    )
-                    .optional()?
-            } else {
-                Some(None)
-            };
-            let Some(known_user) = written else {
-                outcomes.push(InsertOutcome::Duplicate);
-                totals.entry(project).or_default().1 += 1;
-                continue;
-            };
+            if window_micros > 0 {
+                let last = in_batch.get(&key).copied().or_else(|| index.accepted_at(&key));
+                // A duplicate: an accepted event with this key was received less than the
+                // window ago. Its receive time is not touched, so the window never grows.
+                if last.is_some_and(|at| received - at < window_micros) {
+                    outcomes.push(InsertOutcome::Duplicate);
+                    totals.entry(project).or_default().1 += 1;
+                    continue;
+                }
+            }
             let user_ref: i64 = user.query_row(
                 params![
                     project,
-                    user_key,
+                    event.identity.user_key(),
                     event.identity.id().map(|i| i.as_str()),
                     event.identity.email().map(|e| e.as_str()),
                     received,
                 ],
                 |r| r.get(0),
             )?;
-            if known_user.is_none() && window_micros > 0 {
-                set_dedup_user.execute(params![project, key, user_ref])?;
-            }
             insert.execute(params![
                 project,
                 user_ref,
@@ -232,6 +256,12 @@ fn write_events(
                 event.created_at.as_micros(),
                 received,
             ])?;
+            if window_micros > 0 {
+                record.execute(params![project, &key[..], received, user_ref])?;
+                last_dedup_id = tx.last_insert_rowid();
+                in_batch.insert(key, received);
+                dedup_keys.push((key, received));
+            }
             outcomes.push(InsertOutcome::Inserted);
             totals.entry(project).or_default().0 += 1;
         }
@@ -248,5 +278,9 @@ fn write_events(
         }
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok(Written {
+        outcomes,
+        dedup_keys,
+        last_dedup_id,
+    })
 }
