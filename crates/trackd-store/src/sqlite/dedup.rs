@@ -108,3 +108,76 @@ impl DedupIndex {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut conn = Connection::open(dir.path().join("t.db")).expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        (dir, conn)
+    }
+
+    fn record(conn: &Connection, key: u8, received: i64) -> i64 {
+        conn.execute(
+            "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (1, ?1, ?2, 1)",
+            params![&[key; 16][..], received],
+        )
+        .expect("insert");
+        conn.last_insert_rowid()
+    }
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM dedup", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn load_keeps_records_inside_the_window_and_deletes_the_rest() {
+        let (_dir, conn) = db();
+        record(&conn, 1, 100);
+        record(&conn, 2, 200);
+        let index = DedupIndex::load(&conn, 150).expect("load");
+        assert_eq!(index.accepted_at(&[1; 16]), None);
+        assert_eq!(index.accepted_at(&[2; 16]), Some(200));
+        assert_eq!(rows(&conn), 1);
+    }
+
+    #[test]
+    fn purge_forgets_and_deletes_whole_expired_batches_only() {
+        let (_dir, conn) = db();
+        let mut index = DedupIndex::load(&conn, 0).expect("load");
+        let a = record(&conn, 1, 100);
+        index.committed(&[([1; 16], 100)], a);
+        let b = record(&conn, 2, 300);
+        let c = record(&conn, 3, 150);
+        // One batch whose newest record is 300: not purged while 300 is inside the window,
+        // even though one of its records (150) is older than the cutoff.
+        index.committed(&[([2; 16], 300), ([3; 16], 150)], c.max(b));
+        assert_eq!(index.purge(&conn, 200).expect("purge"), 1);
+        assert_eq!(rows(&conn), 2);
+        assert_eq!(index.accepted_at(&[1; 16]), None);
+        assert_eq!(index.accepted_at(&[3; 16]), None, "expired keys leave the index");
+        assert_eq!(index.accepted_at(&[2; 16]), Some(300));
+        assert_eq!(index.purge(&conn, 300).expect("purge"), 2);
+        assert_eq!(rows(&conn), 0);
+    }
+
+    #[test]
+    fn catch_up_reads_only_rows_past_the_watermark() {
+        let (_dir, conn) = db();
+        let mut index = DedupIndex::load(&conn, 0).expect("load");
+        let mine = record(&conn, 1, 100);
+        index.committed(&[([1; 16], 100)], mine);
+        record(&conn, 2, 110); // written by another connection
+        index.catch_up(&conn).expect("catch up");
+        assert_eq!(index.accepted_at(&[2; 16]), Some(110));
+        assert_eq!(index.accepted_at(&[1; 16]), Some(100));
+        // A key accepted again later keeps its latest time.
+        let again = record(&conn, 1, 500);
+        index.committed(&[([1; 16], 500)], again);
+        assert_eq!(index.accepted_at(&[1; 16]), Some(500));
+    }
+}
