@@ -71,6 +71,24 @@ pub struct ServeArgs {
     /// Largest request body in bytes, before and after decompression.
     #[arg(long, env = "TRACKD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
+    /// writer thread is a core's worth of work of its own].
+    #[arg(long, env = "TRACKD_WORKERS")]
+    workers: Option<usize>,
+}
+
+impl Cli {
+    /// How many async worker threads the runtime should have.
+    pub fn worker_threads(&self) -> usize {
+        let serve_workers = match &self.command {
+            Command::Serve(args) => args.workers,
+            _ => None,
+        };
+        serve_workers.filter(|&n| n > 0).unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cpus.saturating_sub(1).max(1)
+        })
+    }
 }
 
 /// `trackd project ...`.

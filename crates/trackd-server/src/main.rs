@@ -12,8 +12,7 @@ use trackd_server::cli::{self, Cli};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Logs go to stderr, so `--json` output stays alone on stdout.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -22,7 +21,16 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_env("TRACKD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    match cli::run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads())
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(cli::run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -190,7 +190,10 @@ async fn a_dedup_record_committed_by_another_process_is_honoured() {
     app.db()
         .execute(
             "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (1, ?1, ?2, 0)",
-            rusqlite::params![&tracked.dedup_key.as_bytes()[..], crate::helpers::START.as_micros()],
+            rusqlite::params![
+                &tracked.dedup_key.as_bytes()[..],
+                crate::helpers::START.as_micros()
+            ],
         )
         .expect("outside write");
     app.track(&body).await.assert_success(true);

@@ -46,8 +46,8 @@ impl DedupIndex {
 
     /// Reads the records committed by other connections since the last look.
     pub fn catch_up(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let mut stmt =
-            conn.prepare_cached("SELECT id, key, received_at FROM dedup WHERE id > ?1 ORDER BY id")?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, key, received_at FROM dedup WHERE id > ?1 ORDER BY id")?;
         let mut rows = stmt.query([self.last_id])?;
         let mut newest = None;
         while let Some(row) = rows.next()? {
@@ -159,7 +159,11 @@ mod tests {
         assert_eq!(index.purge(&conn, 200).expect("purge"), 1);
         assert_eq!(rows(&conn), 2);
         assert_eq!(index.accepted_at(&[1; 16]), None);
-        assert_eq!(index.accepted_at(&[3; 16]), None, "expired keys leave the index");
+        assert_eq!(
+            index.accepted_at(&[3; 16]),
+            None,
+            "expired keys leave the index"
+        );
         assert_eq!(index.accepted_at(&[2; 16]), Some(300));
         assert_eq!(index.purge(&conn, 300).expect("purge"), 2);
         assert_eq!(rows(&conn), 0);

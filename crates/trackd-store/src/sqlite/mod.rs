@@ -83,7 +83,8 @@ impl SqliteStore {
         // Checkpoints run on their own thread (below), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(StoreError::unavailable)?;
-        let checkpointer = spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
+        let checkpointer =
+            spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
         let admin = open_connection(&path).map_err(StoreError::unavailable)?;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));

@@ -125,7 +125,8 @@ impl Writer {
         );
         match result {
             Ok(written) => {
-                self.dedup.committed(&written.dedup_keys, written.last_dedup_id);
+                self.dedup
+                    .committed(&written.dedup_keys, written.last_dedup_id);
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::debug!(
                     size,
@@ -227,7 +228,10 @@ fn write_events(
             let key = *event.dedup_key.as_bytes();
             let received = event.received_at.as_micros();
             if window_micros > 0 {
-                let last = in_batch.get(&key).copied().or_else(|| index.accepted_at(&key));
+                let last = in_batch
+                    .get(&key)
+                    .copied()
+                    .or_else(|| index.accepted_at(&key));
                 // A duplicate: an accepted event with this key was received less than the
                 // window ago. Its receive time is not touched, so the window never grows.
                 if last.is_some_and(|at| received - at < window_micros) {
