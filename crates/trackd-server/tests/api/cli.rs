@@ -18,14 +18,16 @@ async fn status_of(client: &reqwest::Client, url: &str, body: String) -> u16 {
         .as_u16()
 }
 
-/// Polls until `status_of` gives `want`, for at most 5 s: credential changes reach a running
+/// Polls `status` until it gives `want`, for at most 5 s: credential changes reach a running
 /// server through its cache (on a miss at once, revocations within a second).
-async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> u16 {
+async fn wait_for<F, Fut>(want: u16, status: F) -> u16
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut n = 0;
     loop {
-        n += 1;
-        let got = status_of(client, url, event("poll", n).to_string()).await;
+        let got = status().await;
         if got == want || Instant::now() > deadline {
             return got;
         }
@@ -98,7 +100,8 @@ async fn tokens_added_and_revoked_take_effect_on_a_running_server() {
     assert!(ok, "{stderr}");
     let v: Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(v["tracking_token"], "TOKEN_abc123");
-    assert_eq!(wait_for_status(&client, &url, 200).await, 200);
+    let poll = || status_of(&client, &url, event("poll", 1).to_string());
+    assert_eq!(wait_for(200, poll).await, 200);
 
     let (ok, _, stderr) = run_cli(&[
         "token",
@@ -110,7 +113,7 @@ async fn tokens_added_and_revoked_take_effect_on_a_running_server() {
         d,
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(wait_for_status(&client, &url, 401).await, 401);
+    assert_eq!(wait_for(401, poll).await, 401);
 
     // A revoked token that does not exist is an error, not a silent success.
     let (ok, _, stderr) = run_cli(&[
@@ -166,15 +169,10 @@ async fn secret_keys_are_added_and_revoked() {
         d,
     ]);
     assert!(ok);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut status = 0;
-    while Instant::now() < deadline {
-        status = send().await.expect("sent").status().as_u16();
-        if status == 401 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = wait_for(401, || async {
+        send().await.expect("sent").status().as_u16()
+    })
+    .await;
     assert_eq!(status, 401);
     let (ok, _, stderr) = run_cli(&[
         "key",
