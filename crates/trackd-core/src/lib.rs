@@ -4,6 +4,7 @@
 //! - [`json`]: the strict JSON reader every body goes through, and the canonical form.
 //! - [`identity`]: user ids, emails and the user key.
 //! - [`event`]: a track request becomes a [`TrackedEvent`] with its event key and dedup key.
+//! - [`users`]: profile changes (`users/*`) and their merge rules.
 //! - [`project`]: projects, tracking tokens and secret keys.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
 //! - [`store`]: the [`Store`] trait the backends implement.
@@ -16,6 +17,7 @@ pub mod json;
 pub mod project;
 pub mod store;
 pub mod time;
+pub mod users;
 
 pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, TrackRequest, TrackedEvent};
@@ -23,6 +25,7 @@ pub use identity::{Email, Identity, UserId};
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
 pub use store::{DynStore, InsertOutcome, Store, StoreFuture};
 pub use time::{Clock, SystemClock, Timestamp};
+pub use users::{ProfileChange, ProfileOp, ProfileRequest, UserRef};
 
 /// How deep a body may nest objects and arrays, the body itself being level 1.
 pub const MAX_JSON_DEPTH: usize = 64;

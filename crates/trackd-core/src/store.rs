@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::error::StoreError;
 use crate::event::TrackedEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
+use crate::users::ProfileRequest;
 
 /// What became of a tracked event. A duplicate is an outcome, not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,11 @@ pub trait Store: Send + Sync + 'static {
     /// Dedups and appends an event (creating or touching its user), in one transaction
     /// with its dedup record.
     fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome>;
+
+    /// Applies a profile change, through the same writer as events so an event and a
+    /// profile change for one user never race. [`StoreError::NotFound`] when the change
+    /// needs an existing user and there is none.
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()>;
 
     /// Every active credential, and the version of the credential set they were read at.
     fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)>;

@@ -74,7 +74,8 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Decodes a body into a JSON object: a form when the content type says so, JSON otherwise
-/// (browsers' `sendBeacon` sends JSON as `text/plain`).
+/// (browsers' `sendBeacon` sends JSON as `text/plain`). A "form" that starts with `{` is
+/// JSON sent with curl's default content type: no form field name starts with a brace.
 pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
@@ -84,7 +85,8 @@ pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, A
                 .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         });
-    if is_form {
+    let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_form && !looks_like_json {
         decode_form(bytes)
     } else {
         json::parse_object(bytes, "", trackd_core::MAX_JSON_DEPTH)

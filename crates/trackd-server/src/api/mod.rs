@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, shared state, and the fallbacks that keep every answer JSON.
 //!
-//! - [`track`]: the Vero routes implemented so far.
+//! - [`track`]: the Vero routes: `events/track`, `users/*`, `heartbeat`.
 //! - [`body`]: body limits, gzip, JSON and form decoding.
 //! - [`auth`]: credential locations and the credential cache.
 //! - [`error`]: the one mapping from refusals to HTTP statuses.
@@ -12,11 +12,14 @@ pub mod track;
 
 use std::sync::Arc;
 
-use axum::http::{header, Method, Uri};
-use axum::routing::{get, post, MethodRouter};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, Uri};
+use axum::response::Response;
+use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
-use trackd_core::{Clock, DynStore};
+use trackd_core::{Clock, DynStore, ProfileOp};
 
 use auth::CredentialCache;
 use error::ApiError;
@@ -58,11 +61,61 @@ fn vero_paths(name: &str) -> [String; 3] {
     ]
 }
 
+/// The handler of one `users/*` operation.
+fn profile(
+    op: ProfileOp,
+) -> impl Fn(State<AppState>, Uri, HeaderMap, Body) -> BoxFuture<Result<Response, ApiError>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |State(state), uri, headers, body| Box::pin(track::profile(op, state, uri, headers, body))
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let mut vero = Router::new();
-    let routes: [(&str, MethodRouter<AppState>, &'static str); 2] = [
+    let put_post = MethodFilter::PUT.or(MethodFilter::POST);
+    let post_delete = MethodFilter::POST.or(MethodFilter::DELETE);
+    let routes: [(&str, MethodRouter<AppState>, &'static str); 9] = [
         ("events/track", post(track::track), "POST"),
+        (
+            "users/track",
+            on(MethodFilter::POST, profile(ProfileOp::Track)),
+            "POST",
+        ),
+        (
+            "users/edit",
+            on(put_post, profile(ProfileOp::Edit)),
+            "PUT, POST",
+        ),
+        (
+            "users/tags/edit",
+            on(put_post, profile(ProfileOp::Tags)),
+            "PUT, POST",
+        ),
+        (
+            "users/unsubscribe",
+            on(MethodFilter::POST, profile(ProfileOp::Unsubscribe)),
+            "POST",
+        ),
+        (
+            "users/resubscribe",
+            on(MethodFilter::POST, profile(ProfileOp::Resubscribe)),
+            "POST",
+        ),
+        (
+            "users/delete",
+            on(post_delete, profile(ProfileOp::Delete)),
+            "POST, DELETE",
+        ),
+        (
+            "users/reidentify",
+            on(put_post, profile(ProfileOp::Reidentify)),
+            "PUT, POST",
+        ),
         ("heartbeat", get(track::heartbeat), "GET"),
     ];
     for (name, method_router, allow) in routes {

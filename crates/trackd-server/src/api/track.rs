@@ -1,10 +1,14 @@
-//! `POST /api/v2/events/track` and `GET /api/v2/heartbeat`.
+//! The Vero routes: `events/track`, the `users/*` profile changes, and `heartbeat`.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use trackd_core::{InsertOutcome, TrackRequest};
+use serde_json::{Map, Value};
+use trackd_core::{
+    Credential, InsertOutcome, ProfileChange, ProfileOp, ProfileRequest, StoreError, Timestamp,
+    TrackRequest,
+};
 
 use super::error::{ApiError, SUCCESS_BODY};
 use super::{auth, body, AppState};
@@ -12,22 +16,63 @@ use super::{auth, body, AppState};
 /// Set on the answer to a duplicate: it was accepted (200) but not stored again.
 pub static DUPLICATE_HEADER: HeaderName = HeaderName::from_static("trackd-duplicate");
 
-/// Decode, authenticate, validate, then dedup and store; answers after the commit.
+/// What every Vero route does first: stamp the receive time, read and decode the body, and
+/// resolve the tracking credential (which may be in the body).
+async fn decode_authenticated(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    request_body: Body,
+) -> Result<(Timestamp, Credential, Map<String, Value>), ApiError> {
+    let received_at = state.clock.now();
+    let query = body::form_pairs(uri.query().unwrap_or("").as_bytes(), "query")?;
+    let bytes = body::read(headers, request_body, state.limits.max_body_bytes).await?;
+    let decoded = body::decode(headers, &bytes)?;
+    let found = auth::find(&query, &decoded, headers)?;
+    let credential = auth::tracking_credential(&state.credentials, found).await?;
+    Ok((received_at, credential, decoded))
+}
+
+/// `POST events/track`: decode, authenticate, validate, then dedup and store; answers after
+/// the commit.
 pub async fn track(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
-    let received_at = state.clock.now();
-    let query = body::form_pairs(uri.query().unwrap_or("").as_bytes(), "query")?;
-    let bytes = body::read(&headers, request_body, state.limits.max_body_bytes).await?;
-    let decoded = body::decode(&headers, &bytes)?;
-    let found = auth::find(&query, &decoded, &headers)?;
-    let credential = auth::tracking_credential(&state.credentials, found).await?;
+    let (received_at, credential, decoded) =
+        decode_authenticated(&state, &uri, &headers, request_body).await?;
     let event = TrackRequest::new(decoded).validate(credential.project, received_at)?;
     let outcome = state.store.track(event).await?;
     Ok(success(outcome))
+}
+
+/// `users/*`: decode, authenticate, validate, then apply through the writer; answers after
+/// the commit.
+pub async fn profile(
+    op: ProfileOp,
+    state: AppState,
+    uri: Uri,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Result<Response, ApiError> {
+    let (received_at, credential, decoded) =
+        decode_authenticated(&state, &uri, &headers, request_body).await?;
+    let request = ProfileRequest::parse(op, &decoded, credential.project, received_at)?;
+    let field = match &request.change {
+        ProfileChange::Track { .. } => "id",
+        ProfileChange::Reidentify { .. } => "id",
+        ProfileChange::Edit { user, .. }
+        | ProfileChange::Tags { user, .. }
+        | ProfileChange::Subscription { user, .. }
+        | ProfileChange::Delete { user } => user.field(),
+    };
+    match state.store.change_profile(request).await {
+        Ok(()) => Ok(success(InsertOutcome::Inserted)),
+        Err(StoreError::NotFound(_)) => Err(ApiError::NotFound(format!("{field}: no such user"))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn success(outcome: InsertOutcome) -> Response {

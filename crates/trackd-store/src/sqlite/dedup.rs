@@ -44,6 +44,27 @@ impl DedupIndex {
         Ok(index)
     }
 
+    /// The largest rowid of the `dedup` table this index has seen.
+    pub fn last_id(&self) -> i64 {
+        self.last_id
+    }
+
+    /// The (key, receive time) of every record past rowid `after`.
+    pub fn records_after(conn: &Connection, after: i64) -> rusqlite::Result<Vec<([u8; 16], i64)>> {
+        let mut stmt = conn.prepare_cached("SELECT key, received_at FROM dedup WHERE id > ?1")?;
+        let rows = stmt.query_map([after], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, received) = row?;
+            if let Ok(key) = <[u8; 16]>::try_from(key.as_slice()) {
+                out.push((key, received));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads the records committed by other connections since the last look.
     pub fn catch_up(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let mut stmt = conn
@@ -76,18 +97,25 @@ impl DedupIndex {
         self.accepted.get(key).copied()
     }
 
-    /// Applies a committed batch: its keys, and the rowid range its records took.
-    pub fn committed(&mut self, keys: &[([u8; 16], i64)], last_id: i64) {
-        if keys.is_empty() {
-            return;
+    /// Applies a committed batch: the keys it recorded (`Some(receive time)`) or deleted
+    /// (`None`), and the last rowid its records took.
+    pub fn committed(&mut self, changes: &Overlay, last_id: i64) {
+        let mut newest = None;
+        for (&key, &change) in &changes.0 {
+            match change {
+                Some(received) => {
+                    self.remember(key, received);
+                    newest = Some(newest.map_or(received, |n: i64| n.max(received)));
+                }
+                None => {
+                    self.accepted.remove(&key);
+                }
+            }
         }
-        let mut newest = i64::MIN;
-        for &(key, received) in keys {
-            self.remember(key, received);
-            newest = newest.max(received);
+        if let Some(newest) = newest {
+            self.last_id = self.last_id.max(last_id);
+            self.segments.push_back((newest, self.last_id));
         }
-        self.last_id = self.last_id.max(last_id);
-        self.segments.push_back((newest, self.last_id));
     }
 
     /// Forgets keys received at or before `cutoff` and deletes their records, by whole
@@ -106,6 +134,31 @@ impl DedupIndex {
             Some(id) => conn.execute("DELETE FROM dedup WHERE id <= ?1", params![id]),
             None => Ok(0),
         }
+    }
+}
+
+/// A batch's changes to the index, visible to the batch's own later lookups before the
+/// commit and applied to the index only after it.
+#[derive(Default)]
+pub(crate) struct Overlay(HashMap<[u8; 16], Option<i64>>);
+
+impl Overlay {
+    /// When the key was last accepted, as this batch sees it.
+    pub fn accepted_at(&self, index: &DedupIndex, key: &[u8; 16]) -> Option<i64> {
+        match self.0.get(key) {
+            Some(change) => *change,
+            None => index.accepted_at(key),
+        }
+    }
+
+    /// The batch recorded `key` at `received`.
+    pub fn record(&mut self, key: [u8; 16], received: i64) {
+        self.0.insert(key, Some(received));
+    }
+
+    /// The batch deleted the record of `key`.
+    pub fn forget(&mut self, key: [u8; 16]) {
+        self.0.insert(key, None);
     }
 }
 
@@ -150,12 +203,12 @@ mod tests {
         let (_dir, conn) = db();
         let mut index = DedupIndex::load(&conn, 0).expect("load");
         let a = record(&conn, 1, 100);
-        index.committed(&[([1; 16], 100)], a);
-        let b = record(&conn, 2, 300);
+        index.committed(&overlay(&[(1, Some(100))]), a);
+        record(&conn, 2, 300);
         let c = record(&conn, 3, 150);
         // One batch whose newest record is 300: not purged while 300 is inside the window,
         // even though one of its records (150) is older than the cutoff.
-        index.committed(&[([2; 16], 300), ([3; 16], 150)], c.max(b));
+        index.committed(&overlay(&[(2, Some(300)), (3, Some(150))]), c);
         assert_eq!(index.purge(&conn, 200).expect("purge"), 1);
         assert_eq!(rows(&conn), 2);
         assert_eq!(index.accepted_at(&[1; 16]), None);
@@ -174,14 +227,28 @@ mod tests {
         let (_dir, conn) = db();
         let mut index = DedupIndex::load(&conn, 0).expect("load");
         let mine = record(&conn, 1, 100);
-        index.committed(&[([1; 16], 100)], mine);
+        index.committed(&overlay(&[(1, Some(100))]), mine);
         record(&conn, 2, 110); // written by another connection
         index.catch_up(&conn).expect("catch up");
         assert_eq!(index.accepted_at(&[2; 16]), Some(110));
         assert_eq!(index.accepted_at(&[1; 16]), Some(100));
         // A key accepted again later keeps its latest time.
         let again = record(&conn, 1, 500);
-        index.committed(&[([1; 16], 500)], again);
+        index.committed(&overlay(&[(1, Some(500))]), again);
         assert_eq!(index.accepted_at(&[1; 16]), Some(500));
+        // A deleted record (the user was deleted) leaves the index.
+        index.committed(&overlay(&[(1, None)]), again);
+        assert_eq!(index.accepted_at(&[1; 16]), None);
+    }
+
+    fn overlay(changes: &[(u8, Option<i64>)]) -> Overlay {
+        let mut o = Overlay::default();
+        for &(k, change) in changes {
+            match change {
+                Some(t) => o.record([k; 16], t),
+                None => o.forget([k; 16]),
+            }
+        }
+        o
     }
 }

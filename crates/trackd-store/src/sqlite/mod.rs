@@ -3,6 +3,7 @@
 //! reads use their own connection.
 
 mod dedup;
+mod profile;
 mod schema;
 mod writer;
 
@@ -17,8 +18,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
 use trackd_core::{
-    Clock, Credential, CredentialKind, InsertOutcome, Project, ProjectId, Store, StoreError,
-    StoreFuture, Token, TokenHash, TrackedEvent,
+    Clock, Credential, CredentialKind, InsertOutcome, ProfileRequest, Project, ProjectId, Store,
+    StoreError, StoreFuture, Token, TokenHash, TrackedEvent,
 };
 
 use writer::{Job, Writer};
@@ -181,6 +182,26 @@ impl Store for SqliteStore {
         let (reply, answer) = oneshot::channel();
         let sent = self.jobs.try_send(Job::Track {
             event: Box::new(event),
+            reply,
+        });
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::unavailable(Cause("writer stopped")))
+                }
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
+        })
+    }
+
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.jobs.try_send(Job::Profile {
+            request: Box::new(request),
             reply,
         });
         Box::pin(async move {

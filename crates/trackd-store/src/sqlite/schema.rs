@@ -28,15 +28,24 @@ CREATE TABLE meta (
 INSERT INTO meta(key, value) VALUES ('credentials_version', 0);
 
 CREATE TABLE users (
-    id         INTEGER PRIMARY KEY,
-    project_id INTEGER NOT NULL,
-    user_key   TEXT NOT NULL,   -- the id when known, else the email
-    user_id    TEXT,
-    email      TEXT,
-    first_seen INTEGER NOT NULL, -- receive times, microseconds since the epoch
-    last_seen  INTEGER NOT NULL,
+    id           INTEGER PRIMARY KEY,
+    project_id   INTEGER NOT NULL,
+    user_key     TEXT NOT NULL,   -- the id when known, else the email
+    user_id      TEXT,
+    email        TEXT,
+    phone_number TEXT,
+    channels     TEXT NOT NULL DEFAULT '[]', -- JSON array of {type, address, platform}
+    properties   TEXT NOT NULL DEFAULT '{}', -- JSON object
+    tags         TEXT NOT NULL DEFAULT '[]', -- JSON array, sorted, no repeats
+    subscribed   INTEGER NOT NULL DEFAULT 1,
+    first_seen   INTEGER NOT NULL, -- receive times, microseconds since the epoch
+    last_seen    INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
     UNIQUE (project_id, user_key)
 );
+-- Operations that name a user by email alone fall back to the email field.
+CREATE INDEX users_by_email ON users(project_id, email) WHERE email IS NOT NULL;
 
 CREATE TABLE events (
     id          INTEGER PRIMARY KEY,
@@ -49,6 +58,8 @@ CREATE TABLE events (
     created_at  INTEGER NOT NULL, -- event time, microseconds since the epoch (UTC)
     received_at INTEGER NOT NULL
 );
+-- A user's events: deleting or merging a user, and its timeline.
+CREATE INDEX events_by_user ON events(user_ref, created_at);
 
 -- One row per accepted event within the dedup window, written in the event's transaction.
 -- Append-only in commit order (lookups use the writer's in-memory index of these rows),

@@ -11,11 +11,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
-use trackd_core::{Clock, InsertOutcome, StoreError, TrackedEvent};
+use trackd_core::error::Cause;
+use trackd_core::{Clock, InsertOutcome, ProfileChange, ProfileRequest, StoreError, TrackedEvent};
 
-use super::dedup::DedupIndex;
+use super::dedup::{DedupIndex, Overlay};
+use super::profile;
 
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -28,6 +30,10 @@ pub(crate) enum Job {
     Track {
         event: Box<TrackedEvent>,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    Profile {
+        request: Box<ProfileRequest>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Commit everything queued before it, then stop.
     Shutdown,
@@ -108,47 +114,74 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<Job>) {
         let started = Instant::now();
-        let events: Vec<&TrackedEvent> = batch
-            .iter()
-            .filter_map(|j| match j {
-                Job::Track { event, .. } => Some(&**event),
-                Job::Shutdown => None,
-            })
-            .collect();
-        let size = events.len();
-        let result = write_events(
-            &mut self.conn,
-            &events,
-            self.window_micros,
-            &mut self.dedup,
-            &mut self.data_version,
-        );
+        let size = batch.len();
+        // A deletion overwrites what it frees, so a deleted user's data is gone from the file.
+        let deletes = batch.iter().any(|j| {
+            matches!(j, Job::Profile { request, .. }
+                if matches!(request.change, ProfileChange::Delete { .. }))
+        });
+        let result = (|| {
+            if deletes {
+                self.conn.pragma_update(None, "secure_delete", true)?;
+            }
+            write_batch(
+                &mut self.conn,
+                batch,
+                self.window_micros,
+                &self.dedup,
+                &mut self.data_version,
+            )
+        })();
+        if deletes {
+            if let Err(e) = self.conn.pragma_update(None, "secure_delete", false) {
+                tracing::warn!(error = %e, "could not turn secure_delete off");
+            }
+        }
         match result {
             Ok(written) => {
+                // Records other connections committed (seen under the write lock) first,
+                // then this batch's own.
+                if let Some(catch_up) = written.catch_up {
+                    if let Err(e) = self.dedup.catch_up(&self.conn) {
+                        tracing::error!(error = %e, "dedup index catch-up failed");
+                    }
+                    self.data_version = catch_up;
+                }
                 self.dedup
-                    .committed(&written.dedup_keys, written.last_dedup_id);
+                    .committed(&written.overlay, written.last_dedup_id);
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::debug!(
                     size,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "batch committed"
                 );
-                for (job, outcome) in batch.drain(..).zip(written.outcomes) {
-                    if let Job::Track { reply, .. } = job {
-                        // The requester may have gone away (client disconnected): the event
-                        // is committed either way.
-                        let _ = reply.send(Ok(outcome));
+                for (job, done) in batch.drain(..).zip(written.done) {
+                    // A requester may have gone away (client disconnected): what it asked
+                    // for is committed either way.
+                    match (job, done) {
+                        (Job::Track { reply, .. }, Done::Event(outcome)) => {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        (Job::Profile { reply, .. }, Done::Profile(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        _ => {}
                     }
                 }
             }
             Err(e) => {
                 self.ready.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, size, "batch failed, nothing committed");
+                let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
                 for job in batch.drain(..) {
-                    if let Job::Track { reply, .. } = job {
-                        let _ = reply.send(Err(StoreError::Unavailable(Box::new(
-                            trackd_core::error::Cause("commit failed"),
-                        ))));
+                    match job {
+                        Job::Track { reply, .. } => {
+                            let _ = reply.send(Err(failed()));
+                        }
+                        Job::Profile { reply, .. } => {
+                            let _ = reply.send(Err(failed()));
+                        }
+                        Job::Shutdown => {}
                     }
                 }
             }
@@ -172,119 +205,161 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
-/// What a committed batch wrote.
-struct Written {
-    /// Each event's outcome, in order.
-    outcomes: Vec<InsertOutcome>,
-    /// The dedup keys recorded, with their receive times.
-    dedup_keys: Vec<([u8; 16], i64)>,
-    /// The rowid of the last dedup record written.
-    last_dedup_id: i64,
+/// What became of one job of a committed batch.
+enum Done {
+    Event(InsertOutcome),
+    Profile(Result<(), StoreError>),
+    Nothing,
 }
 
-/// Writes one batch in one transaction: for each event that is not a duplicate, the user
-/// upsert, the event row and its dedup record. Nothing is written unless everything is.
-fn write_events(
+/// What a committed batch wrote.
+struct Written {
+    /// Each job's result, in order.
+    done: Vec<Done>,
+    /// The dedup records it wrote and deleted.
+    overlay: Overlay,
+    /// The rowid of the last dedup record written.
+    last_dedup_id: i64,
+    /// `Some(data_version)` when another connection had committed since the last batch:
+    /// the index must catch up before taking this batch's changes.
+    catch_up: Option<i64>,
+}
+
+/// Writes one batch in one transaction, job by job in arrival order: events (the dedup
+/// decision; then the user upsert, the event row and its dedup record) and profile changes.
+/// Nothing is written unless everything is.
+fn write_batch(
     conn: &mut Connection,
-    events: &[&TrackedEvent],
+    jobs: &[Job],
     window_micros: i64,
-    index: &mut DedupIndex,
+    index: &DedupIndex,
     seen_version: &mut i64,
 ) -> rusqlite::Result<Written> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Under the write lock no other connection can commit: if one did since the last batch
-    // (an import beside the server), its dedup records join the index before any lookup.
+    // (an import beside the server), its dedup records are read before any lookup.
     let version = data_version(&tx)?;
+    let mut catch_up = None;
+    let mut overlay = Overlay::default();
     if version != *seen_version {
-        index.catch_up(&tx)?;
-        *seen_version = version;
+        catch_up = Some(version);
+        for (key, received) in DedupIndex::records_after(&tx, index.last_id())? {
+            overlay.record(key, received);
+        }
     }
-    let mut outcomes = Vec::with_capacity(events.len());
-    let mut dedup_keys: Vec<([u8; 16], i64)> = Vec::with_capacity(events.len());
-    // Keys accepted earlier in this batch (the index learns them only after the commit).
-    let mut in_batch: HashMap<[u8; 16], i64> = HashMap::new();
+    let mut done = Vec::with_capacity(jobs.len());
     let mut totals: HashMap<i64, (i64, i64)> = HashMap::new();
     let mut last_dedup_id = 0;
-    {
-        let mut user = tx.prepare_cached(
-            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+    for job in jobs {
+        match job {
+            Job::Track { event, .. } => {
+                let project = event.project.get();
+                let outcome = track_event(
+                    &tx,
+                    event,
+                    window_micros,
+                    index,
+                    &mut overlay,
+                    &mut last_dedup_id,
+                )?;
+                let count = totals.entry(project).or_default();
+                match outcome {
+                    InsertOutcome::Inserted => count.0 += 1,
+                    InsertOutcome::Duplicate => count.1 += 1,
+                }
+                done.push(Done::Event(outcome));
+            }
+            Job::Profile { request, .. } => {
+                let result = profile::apply(&tx, request, index, &mut overlay)?;
+                done.push(Done::Profile(result));
+            }
+            Job::Shutdown => done.push(Done::Nothing),
+        }
+    }
+    let mut count = tx.prepare_cached(
+        "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (project_id, name) DO UPDATE SET value = value + excluded.value",
+    )?;
+    for (project, (accepted, duplicates)) in totals {
+        for (name, n) in [("accepted", accepted), ("duplicates", duplicates)] {
+            if n > 0 {
+                count.execute(params![project, name, n])?;
+            }
+        }
+    }
+    drop(count);
+    tx.commit()?;
+    Ok(Written {
+        done,
+        overlay,
+        last_dedup_id,
+        catch_up,
+    })
+}
+
+/// One event: the dedup decision, then the user upsert, the event row and its dedup record.
+fn track_event(
+    tx: &Transaction<'_>,
+    event: &TrackedEvent,
+    window_micros: i64,
+    index: &DedupIndex,
+    overlay: &mut Overlay,
+    last_dedup_id: &mut i64,
+) -> rusqlite::Result<InsertOutcome> {
+    let project = event.project.get();
+    let key = *event.dedup_key.as_bytes();
+    let received = event.received_at.as_micros();
+    if window_micros > 0 {
+        // A duplicate: an accepted event with this key was received less than the window
+        // ago. Its receive time is not touched, so the window never grows.
+        let last = overlay.accepted_at(index, &key);
+        if last.is_some_and(|at| received - at < window_micros) {
+            return Ok(InsertOutcome::Duplicate);
+        }
+    }
+    let user_ref: i64 = tx
+        .prepare_cached(
+            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
+                                created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
              ON CONFLICT (project_id, user_key) DO UPDATE \
                SET last_seen = max(last_seen, excluded.last_seen), \
                    user_id = coalesce(excluded.user_id, user_id), \
                    email = coalesce(excluded.email, email) \
              RETURNING id",
-        )?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events \
-             (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut record = tx.prepare_cached(
-            "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for event in events {
-            let project = event.project.get();
-            let key = *event.dedup_key.as_bytes();
-            let received = event.received_at.as_micros();
-            if window_micros > 0 {
-                let last = in_batch
-                    .get(&key)
-                    .copied()
-                    .or_else(|| index.accepted_at(&key));
-                // A duplicate: an accepted event with this key was received less than the
-                // window ago. Its receive time is not touched, so the window never grows.
-                if last.is_some_and(|at| received - at < window_micros) {
-                    outcomes.push(InsertOutcome::Duplicate);
-                    totals.entry(project).or_default().1 += 1;
-                    continue;
-                }
-            }
-            let user_ref: i64 = user.query_row(
-                params![
-                    project,
-                    event.identity.user_key(),
-                    event.identity.id().map(|i| i.as_str()),
-                    event.identity.email().map(|e| e.as_str()),
-                    received,
-                ],
-                |r| r.get(0),
-            )?;
-            insert.execute(params![
+        )?
+        .query_row(
+            params![
                 project,
-                user_ref,
-                event.name.as_str(),
-                event.key.as_str(),
-                event.data,
-                event.source,
-                event.created_at.as_micros(),
+                event.identity.user_key(),
+                event.identity.id().map(|i| i.as_str()),
+                event.identity.email().map(|e| e.as_str()),
                 received,
-            ])?;
-            if window_micros > 0 {
-                record.execute(params![project, &key[..], received, user_ref])?;
-                last_dedup_id = tx.last_insert_rowid();
-                in_batch.insert(key, received);
-                dedup_keys.push((key, received));
-            }
-            outcomes.push(InsertOutcome::Inserted);
-            totals.entry(project).or_default().0 += 1;
-        }
-        let mut count = tx.prepare_cached(
-            "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (project_id, name) DO UPDATE SET value = value + excluded.value",
+            ],
+            |r| r.get(0),
         )?;
-        for (project, (accepted, duplicates)) in totals {
-            for (name, n) in [("accepted", accepted), ("duplicates", duplicates)] {
-                if n > 0 {
-                    count.execute(params![project, name, n])?;
-                }
-            }
-        }
+    tx.prepare_cached(
+        "INSERT INTO events \
+         (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        project,
+        user_ref,
+        event.name.as_str(),
+        event.key.as_str(),
+        event.data,
+        event.source,
+        event.created_at.as_micros(),
+        received,
+    ])?;
+    if window_micros > 0 {
+        tx.prepare_cached(
+            "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![project, &key[..], received, user_ref])?;
+        *last_dedup_id = tx.last_insert_rowid();
+        overlay.record(key, received);
     }
-    tx.commit()?;
-    Ok(Written {
-        outcomes,
-        dedup_keys,
-        last_dedup_id,
-    })
+    Ok(InsertOutcome::Inserted)
 }
