@@ -197,6 +197,49 @@ impl TestApp {
         .await
     }
 
+    /// Calls a Vero route (`users/edit`, …) with a JSON body and the token in the query.
+    pub async fn call(&self, method: &str, route: &str, body: &Value) -> Answer {
+        let url = self.url(&format!("/api/v2/{route}?auth_token={}", self.token));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.send(
+            self.client
+                .request(method, url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// The stored profile of the user whose key is `key`.
+    pub fn user(&self, key: &str) -> Option<UserRow> {
+        use rusqlite::OptionalExtension;
+        self.db()
+            .query_row(
+                "SELECT id, user_id, email, phone_number, channels, properties, tags, subscribed, \
+                 first_seen, last_seen FROM users WHERE user_key = ?1",
+                [key],
+                |r| {
+                    let json = |i: usize| -> rusqlite::Result<Value> {
+                        Ok(serde_json::from_str(&r.get::<_, String>(i)?).expect("stored JSON"))
+                    };
+                    Ok(UserRow {
+                        rowid: r.get(0)?,
+                        id: r.get(1)?,
+                        email: r.get(2)?,
+                        phone_number: r.get(3)?,
+                        channels: json(4)?,
+                        properties: json(5)?,
+                        tags: json(6)?,
+                        subscribed: r.get(7)?,
+                        first_seen: r.get(8)?,
+                        last_seen: r.get(9)?,
+                    })
+                },
+            )
+            .optional()
+            .expect("query")
+    }
+
     pub async fn track(&self, body: &Value) -> Answer {
         self.track_raw(body.to_string()).await
     }
@@ -238,6 +281,20 @@ impl TestApp {
         .collect::<Result<_, _>>()
         .expect("rows")
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub rowid: i64,
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub channels: Value,
+    pub properties: Value,
+    pub tags: Value,
+    pub subscribed: bool,
+    pub first_seen: i64,
+    pub last_seen: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

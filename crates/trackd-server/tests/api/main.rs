@@ -6,3 +6,4 @@ mod dedup;
 mod durability;
 mod helpers;
 mod track;
+mod users;

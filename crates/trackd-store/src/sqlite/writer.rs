@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::{Clock, InsertOutcome, ProfileChange, ProfileRequest, StoreError, TrackedEvent};
+use trackd_core::{Clock, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
 
 use super::dedup::{DedupIndex, Overlay};
 use super::profile;
@@ -115,28 +115,13 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
-        // A deletion overwrites what it frees, so a deleted user's data is gone from the file.
-        let deletes = batch.iter().any(|j| {
-            matches!(j, Job::Profile { request, .. }
-                if matches!(request.change, ProfileChange::Delete { .. }))
-        });
-        let result = (|| {
-            if deletes {
-                self.conn.pragma_update(None, "secure_delete", true)?;
-            }
-            write_batch(
-                &mut self.conn,
-                batch,
-                self.window_micros,
-                &self.dedup,
-                &mut self.data_version,
-            )
-        })();
-        if deletes {
-            if let Err(e) = self.conn.pragma_update(None, "secure_delete", false) {
-                tracing::warn!(error = %e, "could not turn secure_delete off");
-            }
-        }
+        let result = write_batch(
+            &mut self.conn,
+            batch,
+            self.window_micros,
+            &self.dedup,
+            &mut self.data_version,
+        );
         match result {
             Ok(written) => {
                 // Records other connections committed (seen under the write lock) first,
