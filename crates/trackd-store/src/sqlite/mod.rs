@@ -116,6 +116,28 @@ impl SqliteStore {
         })
     }
 
+    /// Queues a write for the writer without waiting for room: a full queue is
+    /// [`StoreError::Overloaded`] at once. Resolves when the writer answers, after the commit.
+    fn submit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> StoreFuture<'_, T> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.jobs.try_send(job(reply));
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::unavailable(Cause("writer stopped")))
+                }
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
+        })
+    }
+
     /// Runs `f` on the admin connection on the blocking pool.
     fn admin<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
@@ -184,42 +206,16 @@ fn read_version(conn: &Connection) -> rusqlite::Result<u64> {
 
 impl Store for SqliteStore {
     fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome> {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.jobs.try_send(Job::Track {
+        self.submit(|reply| Job::Track {
             event: Box::new(event),
             reply,
-        });
-        Box::pin(async move {
-            match sent {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(StoreError::unavailable(Cause("writer stopped")))
-                }
-            }
-            answer
-                .await
-                .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
         })
     }
 
     fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.jobs.try_send(Job::Profile {
+        self.submit(|reply| Job::Profile {
             request: Box::new(request),
             reply,
-        });
-        Box::pin(async move {
-            match sent {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(StoreError::unavailable(Cause("writer stopped")))
-                }
-            }
-            answer
-                .await
-                .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
         })
     }
 
