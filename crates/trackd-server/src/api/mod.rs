@@ -15,8 +15,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::response::Response;
-use axum::routing::{get, on, post, MethodFilter, MethodRouter};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use trackd_core::{Clock, DynStore, ProfileOp};
@@ -61,70 +60,77 @@ fn vero_paths(name: &str) -> [String; 3] {
     ]
 }
 
-/// The handler of one `users/*` operation.
-fn profile(
-    op: ProfileOp,
-) -> impl Fn(State<AppState>, Uri, HeaderMap, Body) -> BoxFuture<Result<Response, ApiError>>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
-    move |State(state), uri, headers, body| Box::pin(track::profile(op, state, uri, headers, body))
+/// What answers a Vero route.
+#[derive(Clone, Copy)]
+enum Handler {
+    Track,
+    Profile(ProfileOp),
+    Heartbeat,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+/// The Vero routes: path, the methods real clients use (also the `Allow` header of a 405),
+/// and what answers.
+const VERO_ROUTES: [(&str, &str, Handler); 9] = [
+    ("events/track", "POST", Handler::Track),
+    ("users/track", "POST", Handler::Profile(ProfileOp::Track)),
+    ("users/edit", "PUT, POST", Handler::Profile(ProfileOp::Edit)),
+    (
+        "users/tags/edit",
+        "PUT, POST",
+        Handler::Profile(ProfileOp::Tags),
+    ),
+    (
+        "users/unsubscribe",
+        "POST",
+        Handler::Profile(ProfileOp::Unsubscribe),
+    ),
+    (
+        "users/resubscribe",
+        "POST",
+        Handler::Profile(ProfileOp::Resubscribe),
+    ),
+    (
+        "users/delete",
+        "POST, DELETE",
+        Handler::Profile(ProfileOp::Delete),
+    ),
+    (
+        "users/reidentify",
+        "PUT, POST",
+        Handler::Profile(ProfileOp::Reidentify),
+    ),
+    ("heartbeat", "GET", Handler::Heartbeat),
+];
+
+fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
+    let filter = allow
+        .split(", ")
+        .filter_map(|m| MethodFilter::try_from(Method::from_bytes(m.as_bytes()).ok()?).ok())
+        .reduce(MethodFilter::or)
+        .unwrap_or(MethodFilter::POST);
+    let router = match handler {
+        Handler::Track => on(filter, track::track),
+        Handler::Heartbeat => on(filter, track::heartbeat),
+        Handler::Profile(op) => on(
+            filter,
+            move |State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body| {
+                track::profile(op, state, uri, headers, body)
+            },
+        ),
+    };
+    router.fallback(move |uri: Uri| async move {
+        ApiError::MethodNotAllowed {
+            path: uri.path().to_owned(),
+            allow,
+        }
+    })
+}
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let mut vero = Router::new();
-    let put_post = MethodFilter::PUT.or(MethodFilter::POST);
-    let post_delete = MethodFilter::POST.or(MethodFilter::DELETE);
-    let routes: [(&str, MethodRouter<AppState>, &'static str); 9] = [
-        ("events/track", post(track::track), "POST"),
-        (
-            "users/track",
-            on(MethodFilter::POST, profile(ProfileOp::Track)),
-            "POST",
-        ),
-        (
-            "users/edit",
-            on(put_post, profile(ProfileOp::Edit)),
-            "PUT, POST",
-        ),
-        (
-            "users/tags/edit",
-            on(put_post, profile(ProfileOp::Tags)),
-            "PUT, POST",
-        ),
-        (
-            "users/unsubscribe",
-            on(MethodFilter::POST, profile(ProfileOp::Unsubscribe)),
-            "POST",
-        ),
-        (
-            "users/resubscribe",
-            on(MethodFilter::POST, profile(ProfileOp::Resubscribe)),
-            "POST",
-        ),
-        (
-            "users/delete",
-            on(post_delete, profile(ProfileOp::Delete)),
-            "POST, DELETE",
-        ),
-        (
-            "users/reidentify",
-            on(put_post, profile(ProfileOp::Reidentify)),
-            "PUT, POST",
-        ),
-        ("heartbeat", get(track::heartbeat), "GET"),
-    ];
-    for (name, method_router, allow) in routes {
-        let method_router = method_router.fallback(move |uri: Uri| async move {
-            ApiError::MethodNotAllowed {
-                path: uri.path().to_owned(),
-                allow,
-            }
-        });
+    for (name, allow, handler) in VERO_ROUTES {
+        let method_router = method_router(allow, handler);
         for path in vero_paths(name) {
             vero = vero.route(&path, method_router.clone());
         }

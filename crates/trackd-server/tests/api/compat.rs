@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::helpers::{run_cli, ChildServer};
+use crate::helpers::{data_dir_with_vero_token, ChildServer};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/client-requests.jsonl")
@@ -17,21 +17,7 @@ fn fixtures() -> PathBuf {
 #[tokio::test]
 async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
     let text = std::fs::read_to_string(fixtures()).expect("tests/fixtures/client-requests.jsonl");
-    let dir = tempfile::tempdir().expect("dir");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let (ok, _, _) = run_cli(&["project", "create", "default", "--data-dir", d]);
-    assert!(ok);
-    let (ok, _, stderr) = run_cli(&[
-        "token",
-        "add",
-        "--project",
-        "default",
-        "--value",
-        "TOKEN_abc123",
-        "--data-dir",
-        d,
-    ]);
-    assert!(ok, "{stderr}");
+    let dir = data_dir_with_vero_token();
     let server = ChildServer::spawn(dir.path(), &[]);
     let client = reqwest::Client::new();
     let mut replayed = 0;
@@ -163,21 +149,7 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
 
 #[tokio::test]
 async fn error_fixtures_are_refused_with_their_status_and_message() {
-    let dir = tempfile::tempdir().expect("dir");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let (ok, _, _) = run_cli(&["project", "create", "default", "--data-dir", d]);
-    assert!(ok);
-    let (ok, _, _) = run_cli(&[
-        "token",
-        "add",
-        "--project",
-        "default",
-        "--value",
-        "TOKEN_abc123",
-        "--data-dir",
-        d,
-    ]);
-    assert!(ok);
+    let dir = data_dir_with_vero_token();
     let server = ChildServer::spawn(dir.path(), &[]);
     let client = reqwest::Client::new();
     let seed = client

@@ -419,6 +419,27 @@ impl Drop for ChildServer {
     }
 }
 
+/// A data dir with project `default` whose tracking token `TOKEN_abc123` was imported with
+/// `trackd token add`, as the reference requests expect.
+pub fn data_dir_with_vero_token() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, _, stderr) = run_cli(&["project", "create", "default", "--data-dir", d]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run_cli(&[
+        "token",
+        "add",
+        "--project",
+        "default",
+        "--value",
+        "TOKEN_abc123",
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok, "{stderr}");
+    dir
+}
+
 /// Runs the `trackd` binary with `args`, returning (success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(trackd_bin())

@@ -83,48 +83,37 @@ impl Profile {
         let channels = Value::Array(std::mem::take(&mut self.channels)).to_string();
         let properties = Value::Object(std::mem::take(&mut self.properties)).to_string();
         let tags = serde_json::json!(self.tags).to_string();
-        if self.id == 0 {
-            tx.prepare_cached(
-                "INSERT INTO users (project_id, user_key, user_id, email, phone_number, channels, \
-                 properties, tags, subscribed, first_seen, last_seen, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+        self.id = tx
+            .prepare_cached(
+                "INSERT INTO users (id, project_id, user_key, user_id, email, phone_number, \
+                 channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
+                 updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
+                 ON CONFLICT (id) DO UPDATE SET user_key = excluded.user_key, \
+                   user_id = excluded.user_id, email = excluded.email, \
+                   phone_number = excluded.phone_number, channels = excluded.channels, \
+                   properties = excluded.properties, tags = excluded.tags, \
+                   subscribed = excluded.subscribed, first_seen = excluded.first_seen, \
+                   last_seen = excluded.last_seen, updated_at = excluded.updated_at \
+                 RETURNING id",
             )?
-            .execute(params![
-                project,
-                self.user_key,
-                self.user_id,
-                self.email,
-                self.phone_number,
-                channels,
-                properties,
-                tags,
-                self.subscribed,
-                self.first_seen,
-                self.last_seen,
-                now,
-            ])?;
-            self.id = tx.last_insert_rowid();
-        } else {
-            tx.prepare_cached(
-                "UPDATE users SET user_key = ?2, user_id = ?3, email = ?4, phone_number = ?5, \
-                 channels = ?6, properties = ?7, tags = ?8, subscribed = ?9, first_seen = ?10, \
-                 last_seen = ?11, updated_at = ?12 WHERE id = ?1",
-            )?
-            .execute(params![
-                self.id,
-                self.user_key,
-                self.user_id,
-                self.email,
-                self.phone_number,
-                channels,
-                properties,
-                tags,
-                self.subscribed,
-                self.first_seen,
-                self.last_seen,
-                now,
-            ])?;
-        }
+            .query_row(
+                params![
+                    (self.id != 0).then_some(self.id),
+                    project,
+                    self.user_key,
+                    self.user_id,
+                    self.email,
+                    self.phone_number,
+                    channels,
+                    properties,
+                    tags,
+                    self.subscribed,
+                    self.first_seen,
+                    self.last_seen,
+                    now,
+                ],
+                |r| r.get(0),
+            )?;
         Ok(self.id)
     }
 }
