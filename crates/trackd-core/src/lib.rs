@@ -6,6 +6,7 @@
 //! - [`event`]: a track request becomes a [`TrackedEvent`] with its event key and dedup key.
 //! - [`users`]: profile changes (`users/*`) and their merge rules.
 //! - [`project`]: projects, tracking tokens and secret keys.
+//! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
 //! - [`store`]: the [`Store`] trait the backends implement.
 //! - [`error`]: field errors and store errors.
@@ -15,6 +16,7 @@ pub mod event;
 pub mod identity;
 pub mod json;
 pub mod project;
+pub mod read;
 pub mod store;
 pub mod time;
 pub mod users;
@@ -23,7 +25,7 @@ pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, TrackRequest, TrackedEvent};
 pub use identity::{Email, Identity, UserId};
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
-pub use store::{DynStore, InsertOutcome, Store, StoreFuture};
+pub use store::{DynStore, EventPage, ExportSink, InsertOutcome, Store, StoreFuture};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use users::{ProfileChange, ProfileOp, ProfileRequest, UserRef};
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::error::StoreError;
 use crate::event::TrackedEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
+use crate::read::{Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use crate::users::ProfileRequest;
 
 /// What became of a tracked event. A duplicate is an outcome, not an error.
@@ -33,6 +34,24 @@ pub trait Store: Send + Sync + 'static {
     /// profile change for one user never race. [`StoreError::NotFound`] when the change
     /// needs an existing user and there is none.
     fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()>;
+
+    /// The profile of the user whose key is `key`.
+    fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>>;
+
+    /// A page of events, newest first, and the cursor of the next page. `None` when the
+    /// query names a user that does not exist.
+    fn events(&self, query: EventQuery) -> StoreFuture<'_, Option<EventPage>>;
+
+    /// Every event of the export, oldest first by receive time, handed to `sink` one by one
+    /// without holding them all, then `None` once at the end; `sink` returns `false` to
+    /// stop. Resolves to the count.
+    fn export(&self, query: ExportQuery, sink: ExportSink) -> StoreFuture<'_, u64>;
+
+    /// Counts per bucket and the running totals.
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats>;
+
+    /// Adds to the project's running totals (refused requests by reason).
+    fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()>;
 
     /// Every active credential, and the version of the credential set they were read at.
     fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)>;
@@ -73,6 +92,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stops taking writes, commits what is queued and waits for the writer to finish.
     fn shutdown(&self) -> StoreFuture<'_, ()>;
 }
+
+/// A page of events and the cursor of the next page, if there is one.
+pub type EventPage = (Vec<EventRow>, Option<Cursor>);
+
+/// Receives exported events, then `None` at the end; returns `false` to stop the export.
+pub type ExportSink = Box<dyn FnMut(Option<&EventRow>) -> bool + Send>;
 
 /// A shared store, as the server holds it.
 pub type DynStore = Arc<dyn Store>;

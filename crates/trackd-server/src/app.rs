@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use trackd_core::{Clock, DynStore, StoreError};
 
 use crate::api::auth::{CredentialCache, REFRESH_EVERY};
-use crate::api::{self, AppState, Limits};
+use crate::api::{self, AppState, Limits, Rejections};
 
 /// A server ready to run.
 pub struct App {
@@ -33,6 +33,7 @@ impl App {
                 credentials,
                 clock,
                 limits,
+                rejections: Arc::default(),
             },
         })
     }
@@ -51,15 +52,39 @@ impl App {
         let App { listener, state } = self;
         let store = state.store.clone();
         let refresher = tokio::spawn(refresh_credentials(state.credentials.clone()));
+        let rejections = state.rejections.clone();
+        let counter = tokio::spawn(flush_rejections(store.clone(), rejections.clone()));
         let router = api::router(state);
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
         refresher.abort();
+        counter.abort();
+        flush(&store, &rejections).await;
         if let Err(e) = store.shutdown().await {
             tracing::error!(error = %e, "store did not shut down cleanly");
         }
         served
+    }
+}
+
+/// How often refusal counts are added to the store's totals.
+const FLUSH_REJECTIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn flush_rejections(store: DynStore, rejections: Arc<Rejections>) {
+    let mut tick = tokio::time::interval(FLUSH_REJECTIONS_EVERY);
+    loop {
+        tick.tick().await;
+        flush(&store, &rejections).await;
+    }
+}
+
+async fn flush(store: &DynStore, rejections: &Rejections) {
+    let counts = rejections.take();
+    if !counts.is_empty() {
+        if let Err(e) = store.add_counters(counts).await {
+            tracing::warn!(error = %e, "refusal counts not saved");
+        }
     }
 }
 

@@ -173,3 +173,38 @@ pub async fn tracking_credential(
         ))),
     }
 }
+
+/// Resolves the secret key of a read route: `Authorization: Bearer` only. A secret key
+/// anywhere in the query string is refused even when the header is right: it has leaked
+/// into URLs and logs and should be revoked.
+pub async fn secret_credential(
+    cache: &CredentialCache,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<Credential, ApiError> {
+    for (name, value) in query {
+        if value.is_empty() {
+            continue;
+        }
+        let found = cache.lookup(&Token::presented(value)).await?;
+        if found.is_some_and(|c| c.kind == CredentialKind::Secret) {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
+            )));
+        }
+    }
+    let Some((token, _)) = find(&[], &Map::new(), headers)? else {
+        return Err(ApiError::Unauthorized(
+            "authorization: missing (send Authorization: Bearer <secret key>)".into(),
+        ));
+    };
+    match cache.lookup(&token).await? {
+        None => Err(ApiError::Unauthorized(
+            "authorization: unknown credential".into(),
+        )),
+        Some(c) if c.kind == CredentialKind::Tracking => Err(ApiError::Forbidden(
+            "authorization: a tracking token cannot read, use a secret key".into(),
+        )),
+        Some(c) => Ok(c),
+    }
+}

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the fallbacks that keep every answer JSON.
 //!
 //! - [`track`]: the Vero routes: `events/track`, `users/*`, `heartbeat`.
+//! - [`read`]: the read API: profiles, events, export, statistics.
 //! - [`body`]: body limits, gzip, JSON and form decoding.
 //! - [`auth`]: credential locations and the credential cache.
 //! - [`error`]: the one mapping from refusals to HTTP statuses.
@@ -8,6 +9,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod read;
 pub mod track;
 
 use std::sync::Arc;
@@ -15,10 +17,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
-use trackd_core::{Clock, DynStore, ProfileOp};
+use trackd_core::{Clock, DynStore, ProfileOp, ProjectId};
 
 use auth::CredentialCache;
 use error::ApiError;
@@ -49,6 +51,31 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Request limits.
     pub limits: Limits,
+    /// Refused requests not yet added to the store's totals.
+    pub rejections: Arc<Rejections>,
+}
+
+/// Counts of refused requests by project and reason, added to the store's running totals
+/// in the background (a burst of bad requests must not become a burst of writes).
+#[derive(Default)]
+pub struct Rejections(std::sync::Mutex<std::collections::HashMap<(ProjectId, String), i64>>);
+
+impl Rejections {
+    /// Counts one refusal of a request for `project` because of `field`.
+    pub fn record(&self, project: ProjectId, field: &str) {
+        if let Ok(mut counts) = self.0.lock() {
+            let reason = format!("rejected:{}", trackd_core::read::rejection_reason(field));
+            *counts.entry((project, reason)).or_default() += 1;
+        }
+    }
+
+    /// Takes the counts gathered so far.
+    pub fn take(&self) -> Vec<(ProjectId, String, i64)> {
+        match self.0.lock() {
+            Ok(mut counts) => counts.drain().map(|((p, name), n)| (p, name, n)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// The Vero v2 path `name` with the variants every client uses: bare, `.json`, trailing `/`.
@@ -118,6 +145,11 @@ fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState
             },
         ),
     };
+    with_allow(router, allow)
+}
+
+/// Answers other methods with a JSON 405 naming the allowed ones.
+fn with_allow(router: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
     router.fallback(move |uri: Uri| async move {
         ApiError::MethodNotAllowed {
             path: uri.path().to_owned(),
@@ -141,7 +173,21 @@ pub fn router(state: AppState) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
+    // The read API: exact paths (no `.json` or trailing-slash variants), no CORS.
+    let reads = Router::new()
+        .route("/api/v2/users/{id}", with_allow(get(read::user), "GET"))
+        .route(
+            "/api/v2/users/{id}/events",
+            with_allow(get(read::user_events), "GET"),
+        )
+        .route("/api/v2/events", with_allow(get(read::events), "GET"))
+        .route(
+            "/api/v2/events/export",
+            with_allow(get(read::export), "GET"),
+        )
+        .route("/api/v2/stats/events", with_allow(get(read::stats), "GET"));
     vero.layer(cors)
+        .merge(reads)
         .fallback(
             |uri: Uri| async move { ApiError::NotFound(format!("{}: no such route", uri.path())) },
         )

@@ -43,7 +43,9 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     let (received_at, credential, decoded) =
         decode_authenticated(&state, &uri, &headers, request_body).await?;
-    let event = TrackRequest::new(decoded).validate(credential.project, received_at)?;
+    let event = TrackRequest::new(decoded)
+        .validate(credential.project, received_at)
+        .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
     let outcome = state.store.track(event).await?;
     Ok(success(outcome))
 }
@@ -59,7 +61,8 @@ pub async fn profile(
 ) -> Result<Response, ApiError> {
     let (received_at, credential, decoded) =
         decode_authenticated(&state, &uri, &headers, request_body).await?;
-    let request = ProfileRequest::parse(op, &decoded, credential.project, received_at)?;
+    let request = ProfileRequest::parse(op, &decoded, credential.project, received_at)
+        .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
     let field = match &request.change {
         ProfileChange::Track { .. } => "id",
         ProfileChange::Reidentify { .. } => "id",

@@ -4,6 +4,7 @@
 
 mod dedup;
 mod profile;
+mod read;
 mod schema;
 mod writer;
 
@@ -17,9 +18,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
+use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
-    Clock, Credential, CredentialKind, InsertOutcome, ProfileRequest, Project, ProjectId, Store,
-    StoreError, StoreFuture, Token, TokenHash, TrackedEvent,
+    Clock, Credential, CredentialKind, EventPage, ExportSink, InsertOutcome, ProfileRequest,
+    Project, ProjectId, Store, StoreError, StoreFuture, Token, TokenHash, TrackedEvent,
 };
 
 use writer::{Job, Writer};
@@ -47,9 +49,16 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<(SyncSender<()>, JoinHandle<()>)>>,
     /// For admin writes and reads; SQLite serialises it with the writer (busy timeout).
     admin: Arc<Mutex<Connection>>,
+    /// Idle reader connections, and a bound on how many queries read at once.
+    readers: Arc<Mutex<Vec<Connection>>>,
+    reading: Arc<tokio::sync::Semaphore>,
+    path: PathBuf,
     ready: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
 }
+
+/// How many queries read at once.
+const MAX_READERS: usize = 8;
 
 /// How long a connection waits for another writer (the CLI, another process) to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +120,9 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             admin: Arc::new(Mutex::new(admin)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            path,
             ready,
             clock: config.clock,
         })
@@ -135,6 +147,37 @@ impl SqliteStore {
             answer
                 .await
                 .map_err(|_| StoreError::unavailable(Cause("writer stopped")))?
+        })
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    fn read<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let reading = self.reading.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let _permit = reading
+                .acquire_owned()
+                .await
+                .map_err(StoreError::unavailable)?;
+            tokio::task::spawn_blocking(move || {
+                let idle = readers.lock().ok().and_then(|mut r| r.pop());
+                let conn = match idle {
+                    Some(conn) => conn,
+                    None => open_connection(&path).map_err(unavailable)?,
+                };
+                let result = f(&conn).map_err(unavailable);
+                if let Ok(mut idle) = readers.lock() {
+                    idle.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(StoreError::unavailable)?
         })
     }
 
@@ -217,6 +260,31 @@ impl Store for SqliteStore {
             request: Box::new(request),
             reply,
         })
+    }
+
+    fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>> {
+        let key = key.to_owned();
+        self.read(move |conn| read::user(conn, project, &key))
+    }
+
+    fn events(&self, query: EventQuery) -> StoreFuture<'_, Option<EventPage>> {
+        self.read(move |conn| read::events(conn, &query))
+    }
+
+    fn export(&self, query: ExportQuery, mut sink: ExportSink) -> StoreFuture<'_, u64> {
+        self.read(move |conn| read::export(conn, &query, &mut sink))
+    }
+
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
+        self.read(move |conn| read::stats(conn, &query))
+    }
+
+    fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()> {
+        let counts = counts
+            .into_iter()
+            .map(|(p, name, n)| (p.get(), name, n))
+            .collect();
+        self.submit(|reply| Job::Counters { counts, reply })
     }
 
     fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)> {

@@ -60,6 +60,11 @@ CREATE TABLE events (
 );
 -- A user's events: deleting or merging a user, and its timeline.
 CREATE INDEX events_by_user ON events(user_ref, created_at);
+-- Reads by event time, by event key and time, and exports by receive time. Live events
+-- arrive with times near now, so these grow at their ends (cheap appends).
+CREATE INDEX events_by_time ON events(project_id, created_at);
+CREATE INDEX events_by_key ON events(project_id, event_key, created_at);
+CREATE INDEX events_by_received ON events(project_id, received_at);
 
 -- One row per accepted event within the dedup window, written in the event's transaction.
 -- Append-only in commit order (lookups use the writer's in-memory index of these rows),
@@ -72,7 +77,8 @@ CREATE TABLE dedup (
     user_ref    INTEGER NOT NULL
 );
 
--- Running totals that survive restarts: accepted and duplicate events per project.
+-- Running totals that survive restarts, per project: `accepted`, `duplicates`, and
+-- `rejected:<reason>` for refused requests.
 CREATE TABLE counters (
     project_id INTEGER NOT NULL,
     name       TEXT NOT NULL,

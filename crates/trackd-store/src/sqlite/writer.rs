@@ -35,6 +35,11 @@ pub(crate) enum Job {
         request: Box<ProfileRequest>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Additions to running totals: (project, counter name, amount).
+    Counters {
+        counts: Vec<(i64, String, i64)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Commit everything queued before it, then stop.
     Shutdown,
 }
@@ -147,7 +152,8 @@ impl Writer {
                         (Job::Track { reply, .. }, Done::Event(outcome)) => {
                             let _ = reply.send(Ok(outcome));
                         }
-                        (Job::Profile { reply, .. }, Done::Profile(result)) => {
+                        (Job::Profile { reply, .. }, Done::Profile(result))
+                        | (Job::Counters { reply, .. }, Done::Profile(result)) => {
                             let _ = reply.send(result);
                         }
                         _ => {}
@@ -163,7 +169,7 @@ impl Writer {
                         Job::Track { reply, .. } => {
                             let _ = reply.send(Err(failed()));
                         }
-                        Job::Profile { reply, .. } => {
+                        Job::Profile { reply, .. } | Job::Counters { reply, .. } => {
                             let _ = reply.send(Err(failed()));
                         }
                         Job::Shutdown => {}
@@ -233,7 +239,7 @@ fn write_batch(
         }
     }
     let mut done = Vec::with_capacity(jobs.len());
-    let mut totals: HashMap<i64, (i64, i64)> = HashMap::new();
+    let mut totals: HashMap<(i64, String), i64> = HashMap::new();
     let mut last_dedup_id = 0;
     for job in jobs {
         match job {
@@ -247,16 +253,22 @@ fn write_batch(
                     &mut overlay,
                     &mut last_dedup_id,
                 )?;
-                let count = totals.entry(project).or_default();
-                match outcome {
-                    InsertOutcome::Inserted => count.0 += 1,
-                    InsertOutcome::Duplicate => count.1 += 1,
-                }
+                let name = match outcome {
+                    InsertOutcome::Inserted => "accepted",
+                    InsertOutcome::Duplicate => "duplicates",
+                };
+                *totals.entry((project, name.to_owned())).or_default() += 1;
                 done.push(Done::Event(outcome));
             }
             Job::Profile { request, .. } => {
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
                 done.push(Done::Profile(result));
+            }
+            Job::Counters { counts, .. } => {
+                for (project, name, n) in counts {
+                    *totals.entry((*project, name.clone())).or_default() += n;
+                }
+                done.push(Done::Profile(Ok(())));
             }
             Job::Shutdown => done.push(Done::Nothing),
         }
@@ -265,12 +277,8 @@ fn write_batch(
         "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
          ON CONFLICT (project_id, name) DO UPDATE SET value = value + excluded.value",
     )?;
-    for (project, (accepted, duplicates)) in totals {
-        for (name, n) in [("accepted", accepted), ("duplicates", duplicates)] {
-            if n > 0 {
-                count.execute(params![project, name, n])?;
-            }
-        }
+    for ((project, name), n) in totals {
+        count.execute(params![project, name, n])?;
     }
     drop(count);
     tx.commit()?;

@@ -1,0 +1,628 @@
+//! The read side: query parameters become typed queries ([`EventQuery`], [`ExportQuery`],
+//! [`StatsQuery`]), keyset cursors, and the JSON shapes answers are written in.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::FieldError;
+use crate::event::EventKey;
+use crate::identity::MAX_IDENTITY_CHARS;
+use crate::project::ProjectId;
+use crate::time::{parse_iso8601, parse_unix_seconds, Timestamp};
+
+/// Events per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit`.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Where a walk of pages stands: the last event returned (newest first by event time, then
+/// id) and the newest event id present when the walk started, so events added during the
+/// walk are never returned by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Event time (µs) of the last event returned.
+    pub created_at: i64,
+    /// Id of the last event returned.
+    pub id: i64,
+    /// The newest event id when the walk started.
+    pub max_id: i64,
+}
+
+impl Cursor {
+    /// The opaque text form handed to clients.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("1.{}.{}.{}", self.created_at, self.id, self.max_id))
+    }
+
+    /// Reads a cursor handed out by [`Cursor::encode`].
+    pub fn decode(text: &str) -> Result<Self, FieldError> {
+        let invalid = || FieldError::new("cursor", "not a cursor this server handed out");
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = text.split('.');
+        if parts.next() != Some("1") {
+            return Err(invalid());
+        }
+        let mut next = || -> Result<i64, FieldError> {
+            parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(invalid)
+        };
+        let cursor = Cursor {
+            created_at: next()?,
+            id: next()?,
+            max_id: next()?,
+        };
+        if parts.next().is_some() {
+            return Err(invalid());
+        }
+        Ok(cursor)
+    }
+}
+
+/// A page of events, newest first.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Whose events.
+    pub project: ProjectId,
+    /// Only this user's (by user key).
+    pub user_key: Option<String>,
+    /// Only events with this event key.
+    pub event_key: Option<EventKey>,
+    /// Event time at or after.
+    pub since: Option<Timestamp>,
+    /// Event time before.
+    pub until: Option<Timestamp>,
+    /// At most this many.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+/// An export: events oldest first by receive time.
+#[derive(Debug, Clone)]
+pub struct ExportQuery {
+    /// Whose events.
+    pub project: ProjectId,
+    /// Received at or after.
+    pub since: Option<Timestamp>,
+    /// Received before.
+    pub until: Option<Timestamp>,
+}
+
+/// Bucket width of [`StatsQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    /// One hour.
+    Hour,
+    /// One day (UTC).
+    Day,
+}
+
+impl Interval {
+    /// The width in microseconds.
+    pub fn micros(self) -> i64 {
+        match self {
+            Interval::Hour => 3_600_000_000,
+            Interval::Day => 86_400_000_000,
+        }
+    }
+}
+
+/// Event counts per bucket of event time, and the project's running totals.
+#[derive(Debug, Clone)]
+pub struct StatsQuery {
+    /// Whose events.
+    pub project: ProjectId,
+    /// Event time at or after.
+    pub since: Option<Timestamp>,
+    /// Event time before.
+    pub until: Option<Timestamp>,
+    /// Bucket width.
+    pub interval: Interval,
+}
+
+/// Query parameters, checked: each known at most once, unknown ones refused.
+pub struct Params<'a> {
+    pairs: &'a [(String, String)],
+}
+
+impl<'a> Params<'a> {
+    /// Checks `pairs` against the names a route `allowed`.
+    pub fn new(pairs: &'a [(String, String)], allowed: &[&str]) -> Result<Self, FieldError> {
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !allowed.contains(&name.as_str()) {
+                return Err(FieldError::new(
+                    name.clone(),
+                    format!(
+                        "unknown parameter (this route takes {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(FieldError::new(name.clone(), "given more than once"));
+            }
+        }
+        Ok(Params { pairs })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.pairs
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn time(&self, name: &str) -> Result<Option<Timestamp>, FieldError> {
+        let Some(text) = self.get(name) else {
+            return Ok(None);
+        };
+        let numeric = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+        let parsed = if numeric {
+            parse_unix_seconds(text)
+        } else {
+            parse_iso8601(text)
+        };
+        parsed.map(Some).ok_or_else(|| {
+            FieldError::new(
+                name,
+                "not an ISO 8601 time or Unix seconds (years 1 to 9999)",
+            )
+        })
+    }
+
+    fn range(&self) -> Result<(Option<Timestamp>, Option<Timestamp>), FieldError> {
+        let since = self.time("since")?;
+        let until = self.time("until")?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if u < s {
+                return Err(FieldError::new("until", "is before since"));
+            }
+        }
+        Ok((since, until))
+    }
+
+    fn limit(&self) -> Result<usize, FieldError> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    FieldError::new("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
+                }),
+        }
+    }
+
+    fn bounded(&self, name: &str) -> Result<Option<String>, FieldError> {
+        match self.get(name) {
+            Some(v) if v.chars().count() > MAX_IDENTITY_CHARS => Err(FieldError::new(
+                name,
+                format!("longer than {MAX_IDENTITY_CHARS} characters"),
+            )),
+            other => Ok(other.map(str::to_owned)),
+        }
+    }
+}
+
+impl EventQuery {
+    /// `GET /events` (`user_key` `None`) or `GET /users/{id}/events` (`Some`).
+    pub fn parse(
+        project: ProjectId,
+        pairs: &[(String, String)],
+        user_key: Option<String>,
+    ) -> Result<Self, FieldError> {
+        let allowed: &[&str] = if user_key.is_some() {
+            &["event_name", "since", "until", "limit", "cursor"]
+        } else {
+            &["event_name", "user_id", "since", "until", "limit", "cursor"]
+        };
+        let params = Params::new(pairs, allowed)?;
+        let (since, until) = params.range()?;
+        Ok(EventQuery {
+            project,
+            user_key: match user_key {
+                Some(key) => Some(key),
+                None => params.bounded("user_id")?,
+            },
+            event_key: params.bounded("event_name")?.map(|n| EventKey::of(&n)),
+            since,
+            until,
+            limit: params.limit()?,
+            cursor: params.get("cursor").map(Cursor::decode).transpose()?,
+        })
+    }
+}
+
+impl ExportQuery {
+    /// `GET /events/export`.
+    pub fn parse(project: ProjectId, pairs: &[(String, String)]) -> Result<Self, FieldError> {
+        let params = Params::new(pairs, &["since", "until"])?;
+        let (since, until) = params.range()?;
+        Ok(ExportQuery {
+            project,
+            since,
+            until,
+        })
+    }
+}
+
+impl StatsQuery {
+    /// `GET /stats/events`.
+    pub fn parse(project: ProjectId, pairs: &[(String, String)]) -> Result<Self, FieldError> {
+        let params = Params::new(pairs, &["since", "until", "interval"])?;
+        let (since, until) = params.range()?;
+        let interval = match params.get("interval") {
+            None | Some("hour") => Interval::Hour,
+            Some("day") => Interval::Day,
+            Some(_) => return Err(FieldError::new("interval", "must be hour or day")),
+        };
+        Ok(StatsQuery {
+            project,
+            since,
+            until,
+            interval,
+        })
+    }
+}
+
+/// A stored event as the store reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// The event's id.
+    pub id: i64,
+    /// The user's id, if known.
+    pub user_id: Option<String>,
+    /// The user's email, if known.
+    pub email: Option<String>,
+    /// The name as sent.
+    pub event_name: String,
+    /// The event key.
+    pub event_key: String,
+    /// `data` as stored (compact JSON).
+    pub data: String,
+    /// `extras.source`.
+    pub source: Option<String>,
+    /// Event time (µs).
+    pub created_at: i64,
+    /// Receive time (µs).
+    pub received_at: i64,
+}
+
+#[derive(Serialize)]
+struct UserOut<'a> {
+    id: Option<&'a str>,
+    email: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    id: i64,
+    user: UserOut<'a>,
+    event_name: &'a str,
+    event_key: &'a str,
+    data: &'a RawValue,
+    source: Option<&'a str>,
+    created_at: String,
+    received_at: String,
+}
+
+impl EventRow {
+    /// Appends the event as one JSON object: `{id, user: {id, email}, event_name,
+    /// event_key, data, source, created_at, received_at}`, `data` exactly as stored.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let empty = RawValue::NULL;
+        let data = serde_json::from_str::<&RawValue>(&self.data).unwrap_or(empty);
+        let event = EventOut {
+            id: self.id,
+            user: UserOut {
+                id: self.user_id.as_deref(),
+                email: self.email.as_deref(),
+            },
+            event_name: &self.event_name,
+            event_key: &self.event_key,
+            data,
+            source: self.source.as_deref(),
+            created_at: Timestamp::from_micros(self.created_at).to_rfc3339(),
+            received_at: Timestamp::from_micros(self.received_at).to_rfc3339(),
+        };
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, &event);
+    }
+}
+
+/// A page of events: `{"events": [...], "next_cursor": "..." | null}`.
+pub fn write_page(events: &[EventRow], next: Option<Cursor>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + events.len() * 400);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        event.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match next {
+        Some(cursor) => {
+            let _ = serde_json::to_writer(&mut out, &cursor.encode());
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+/// A user's profile as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserProfile {
+    /// The id, if known.
+    pub id: Option<String>,
+    /// The email, if known.
+    pub email: Option<String>,
+    /// The phone number, if known.
+    pub phone_number: Option<String>,
+    /// Channels, a JSON array as stored.
+    pub channels: String,
+    /// Properties, a JSON object as stored.
+    pub properties: String,
+    /// Tags, a JSON array as stored.
+    pub tags: String,
+    /// Whether the user is subscribed.
+    pub subscribed: bool,
+    /// First receive time (µs).
+    pub first_seen: i64,
+    /// Last receive time (µs).
+    pub last_seen: i64,
+    /// Creation time (µs).
+    pub created_at: i64,
+    /// Last profile change (µs).
+    pub updated_at: i64,
+    /// How many events the user has.
+    pub event_count: i64,
+}
+
+impl UserProfile {
+    /// The profile as JSON: `{id, email, phone_number, channels, properties, tags,
+    /// subscribed, first_seen, last_seen, created_at, updated_at, event_count}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            id: Option<&'a str>,
+            email: Option<&'a str>,
+            phone_number: Option<&'a str>,
+            channels: &'a RawValue,
+            properties: &'a RawValue,
+            tags: &'a RawValue,
+            subscribed: bool,
+            first_seen: String,
+            last_seen: String,
+            created_at: String,
+            updated_at: String,
+            event_count: i64,
+        }
+        fn raw(s: &str) -> &RawValue {
+            serde_json::from_str::<&RawValue>(s).unwrap_or(RawValue::NULL)
+        }
+        let time = |t: i64| Timestamp::from_micros(t).to_rfc3339();
+        serde_json::to_vec(&Out {
+            id: self.id.as_deref(),
+            email: self.email.as_deref(),
+            phone_number: self.phone_number.as_deref(),
+            channels: raw(&self.channels),
+            properties: raw(&self.properties),
+            tags: raw(&self.tags),
+            subscribed: self.subscribed,
+            first_seen: time(self.first_seen),
+            last_seen: time(self.last_seen),
+            created_at: time(self.created_at),
+            updated_at: time(self.updated_at),
+            event_count: self.event_count,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Counts per bucket and the running totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// (bucket start µs, event key, count), ordered by start then key.
+    pub buckets: Vec<(i64, String, i64)>,
+    /// Accepted events, all time.
+    pub accepted: i64,
+    /// Duplicates dropped, all time.
+    pub duplicates: i64,
+    /// Refused requests by reason, all time.
+    pub rejected: Vec<(String, i64)>,
+}
+
+impl Stats {
+    /// `{"buckets": [{"start", "counts": {event_key: n}}], "totals": {"accepted",
+    /// "duplicates", "rejected": {reason: n}}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut buckets: Vec<serde_json::Value> = Vec::new();
+        let mut current: Option<(i64, serde_json::Map<String, serde_json::Value>)> = None;
+        for (start, key, n) in &self.buckets {
+            if current.as_ref().is_some_and(|(s, _)| s != start) {
+                if let Some((s, counts)) = current.take() {
+                    buckets.push(bucket(s, counts));
+                }
+            }
+            current
+                .get_or_insert_with(|| (*start, serde_json::Map::new()))
+                .1
+                .insert(key.clone(), (*n).into());
+        }
+        if let Some((s, counts)) = current {
+            buckets.push(bucket(s, counts));
+        }
+        let rejected: serde_json::Map<String, serde_json::Value> = self
+            .rejected
+            .iter()
+            .map(|(k, n)| (k.clone(), (*n).into()))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "buckets": buckets,
+            "totals": {"accepted": self.accepted, "duplicates": self.duplicates,
+                       "rejected": rejected},
+        }))
+        .unwrap_or_default()
+    }
+}
+
+fn bucket(start: i64, counts: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({"start": Timestamp::from_micros(start).to_rfc3339(), "counts": counts})
+}
+
+/// The reason a refusal is counted under: the first segment of the field path
+/// (`identity.email` → `identity`, `data.a[0]` → `data`).
+pub fn rejection_reason(field: &str) -> String {
+    let end = field.find(['.', '[']).unwrap_or(field.len());
+    field[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_anything_else() {
+        let c = Cursor {
+            created_at: -5,
+            id: 42,
+            max_id: 1000,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Ok(c));
+        for bad in [
+            "",
+            "x",
+            "MS4yLjM",
+            &URL_SAFE_NO_PAD.encode("2.1.2.3"),
+            &URL_SAFE_NO_PAD.encode("1.1.2.3.4"),
+        ] {
+            assert_eq!(
+                Cursor::decode(bad).expect_err(bad).to_string(),
+                "cursor: not a cursor this server handed out"
+            );
+        }
+    }
+
+    #[test]
+    fn event_query_parameters_are_checked_by_name() {
+        let p = ProjectId::new(1);
+        let q = EventQuery::parse(
+            p,
+            &pairs(&[
+                ("event_name", "Purchased Item"),
+                ("limit", "5"),
+                ("since", "2023-05-30T00:00:00Z"),
+                ("until", "1700000000"),
+            ]),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(
+            q.event_key.as_ref().map(|k| k.as_str()),
+            Some("purchased_item")
+        );
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.since, Some(Timestamp::from_micros(1_685_404_800_000_000)));
+        assert_eq!(q.until, Some(Timestamp::from_micros(1_700_000_000_000_000)));
+        let cases = [
+            (vec![("limit", "0")], "limit: must be an integer from 1 to 1000"),
+            (vec![("limit", "1001")], "limit: must be an integer from 1 to 1000"),
+            (vec![("limit", "ten")], "limit: must be an integer from 1 to 1000"),
+            (vec![("since", "yesterday")], "since: not an ISO 8601 time or Unix seconds (years 1 to 9999)"),
+            (vec![("since", "200"), ("until", "100")], "until: is before since"),
+            (vec![("cursor", "zzz")], "cursor: not a cursor this server handed out"),
+            (vec![("limit", "1"), ("limit", "2")], "limit: given more than once"),
+            (vec![("sort", "asc")], "sort: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)"),
+        ];
+        for (list, message) in cases {
+            assert_eq!(
+                EventQuery::parse(p, &pairs(&list), None)
+                    .expect_err(message)
+                    .to_string(),
+                message
+            );
+        }
+        // A user's timeline takes no user_id.
+        assert!(EventQuery::parse(p, &pairs(&[("user_id", "x")]), Some("u".into())).is_err());
+    }
+
+    #[test]
+    fn stats_and_export_parameters() {
+        let p = ProjectId::new(1);
+        assert_eq!(
+            StatsQuery::parse(p, &pairs(&[("interval", "day")]))
+                .expect("ok")
+                .interval,
+            Interval::Day
+        );
+        assert_eq!(
+            StatsQuery::parse(p, &pairs(&[("interval", "week")]))
+                .expect_err("bad")
+                .to_string(),
+            "interval: must be hour or day"
+        );
+        assert!(ExportQuery::parse(p, &pairs(&[("limit", "1")])).is_err());
+    }
+
+    #[test]
+    fn event_rows_are_written_with_data_as_stored() {
+        let row = EventRow {
+            id: 7,
+            user_id: Some("42".into()),
+            email: None,
+            event_name: "Viewed product".into(),
+            event_key: "viewed_product".into(),
+            data: r#"{"big":12345678901234567890123,"f":1.50}"#.into(),
+            source: None,
+            created_at: 0,
+            received_at: 1_000_000,
+        };
+        let mut out = Vec::new();
+        row.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"id":7,"user":{"id":"42","email":null},"event_name":"Viewed product","event_key":"viewed_product","data":{"big":12345678901234567890123,"f":1.50},"source":null,"created_at":"1970-01-01T00:00:00.000000Z","received_at":"1970-01-01T00:00:01.000000Z"}"#
+        );
+    }
+
+    #[test]
+    fn stats_group_counts_by_bucket() {
+        let stats = Stats {
+            buckets: vec![
+                (0, "a".into(), 2),
+                (0, "b".into(), 1),
+                (3_600_000_000, "a".into(), 5),
+            ],
+            accepted: 8,
+            duplicates: 1,
+            rejected: vec![("identity".into(), 3)],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&stats.to_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"buckets": [
+                {"start": "1970-01-01T00:00:00.000000Z", "counts": {"a": 2, "b": 1}},
+                {"start": "1970-01-01T01:00:00.000000Z", "counts": {"a": 5}}],
+              "totals": {"accepted": 8, "duplicates": 1, "rejected": {"identity": 3}}})
+        );
+        assert_eq!(rejection_reason("identity.email"), "identity");
+        assert_eq!(rejection_reason("data[0]"), "data");
+        assert_eq!(rejection_reason("body"), "body");
+    }
+}

@@ -1,0 +1,152 @@
+//! The read API (secret key, `Authorization: Bearer`): profiles, events by page, NDJSON
+//! export, statistics. No CORS: these routes are for servers, not browsers.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
+use trackd_core::{Credential, ExportSink};
+
+use super::error::ApiError;
+use super::{auth, body, AppState};
+
+async fn authenticate(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Credential, Vec<(String, String)>), ApiError> {
+    let query = body::form_pairs(uri.query().unwrap_or("").as_bytes(), "query")?;
+    let credential = auth::secret_credential(&state.credentials, &query, headers).await?;
+    // The credential never reaches the query parsers below.
+    Ok((credential, query))
+}
+
+fn json(bytes: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `GET /api/v2/users/{id}`.
+pub async fn user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    if let Some((name, _)) = query.first() {
+        return Err(ApiError::BadRequest(format!(
+            "{name}: unknown parameter (this route takes none)"
+        )));
+    }
+    match state.store.user(credential.project, &id).await? {
+        Some(profile) => Ok(json(profile.to_json())),
+        None => Err(ApiError::NotFound("id: no such user".into())),
+    }
+}
+
+/// `GET /api/v2/users/{id}/events`.
+pub async fn user_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let query = EventQuery::parse(credential.project, &query, Some(id))?;
+    match state.store.events(query).await? {
+        Some((events, next)) => Ok(json(trackd_core::read::write_page(&events, next))),
+        None => Err(ApiError::NotFound("id: no such user".into())),
+    }
+}
+
+/// `GET /api/v2/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let query = EventQuery::parse(credential.project, &query, None)?;
+    let (events, next) = state.store.events(query).await?.unwrap_or_default();
+    Ok(json(trackd_core::read::write_page(&events, next)))
+}
+
+/// Bytes of NDJSON gathered before they are handed to the connection.
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks in flight between the reader and the connection: with the chunk size, the bound
+/// on an export's memory whatever its length.
+const EXPORT_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// `GET /api/v2/events/export`: NDJSON, oldest first by receive time, streamed.
+pub async fn export(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let query = ExportQuery::parse(credential.project, &query)?;
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS_IN_FLIGHT);
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let mut buffer = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
+        let chunks = tx.clone();
+        // Runs on the store's blocking thread: a full channel blocks the reader, so a slow
+        // client slows the export instead of growing memory.
+        let sink: ExportSink = Box::new(move |event| {
+            if let Some(event) = event {
+                event.write_json(&mut buffer);
+                buffer.push(b'\n');
+                if buffer.len() < EXPORT_CHUNK_BYTES {
+                    return true;
+                }
+            }
+            if buffer.is_empty() {
+                return true;
+            }
+            let chunk = Bytes::from(std::mem::replace(
+                &mut buffer,
+                Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096),
+            ));
+            chunks.blocking_send(Ok(chunk)).is_ok()
+        });
+        let result = store.export(query, sink).await;
+        match result {
+            Ok(count) => tracing::debug!(count, "export finished"),
+            Err(e) => {
+                tracing::error!(error = %e, "export failed midway");
+                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `GET /api/v2/stats/events`.
+pub async fn stats(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let query = StatsQuery::parse(credential.project, &query)?;
+    Ok(json(state.store.stats(query).await?.to_json()))
+}

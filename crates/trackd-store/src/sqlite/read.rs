@@ -1,0 +1,205 @@
+//! Read queries: profiles, pages of events by keyset, exports, statistics. They run on
+//! reader connections (WAL: readers never block the writer, nor it them).
+
+use rusqlite::{params_from_iter, Connection, OptionalExtension, Row, ToSql};
+use trackd_core::read::{
+    Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
+};
+use trackd_core::{EventPage, ExportSink, ProjectId};
+
+const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
+                             e.source, e.created_at, e.received_at";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        email: r.get(2)?,
+        event_name: r.get(3)?,
+        event_key: r.get(4)?,
+        data: r.get(5)?,
+        source: r.get(6)?,
+        created_at: r.get(7)?,
+        received_at: r.get(8)?,
+    })
+}
+
+fn user_ref(conn: &Connection, project: ProjectId, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM users WHERE project_id = ?1 AND user_key = ?2")?
+        .query_row(rusqlite::params![project.get(), key], |r| r.get(0))
+        .optional()
+}
+
+pub(crate) fn user(
+    conn: &Connection,
+    project: ProjectId,
+    key: &str,
+) -> rusqlite::Result<Option<UserProfile>> {
+    conn.prepare_cached(
+        "SELECT user_id, email, phone_number, channels, properties, tags, subscribed, \
+         first_seen, last_seen, created_at, updated_at, \
+         (SELECT count(*) FROM events WHERE user_ref = users.id) \
+         FROM users WHERE project_id = ?1 AND user_key = ?2",
+    )?
+    .query_row(rusqlite::params![project.get(), key], |r| {
+        Ok(UserProfile {
+            id: r.get(0)?,
+            email: r.get(1)?,
+            phone_number: r.get(2)?,
+            channels: r.get(3)?,
+            properties: r.get(4)?,
+            tags: r.get(5)?,
+            subscribed: r.get(6)?,
+            first_seen: r.get(7)?,
+            last_seen: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+            event_count: r.get(11)?,
+        })
+    })
+    .optional()
+}
+
+/// A page newest first by (event time, id). Only the predicates a query has are in the
+/// SQL, so SQLite picks the matching index: by user, by event key, or by time.
+pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Option<EventPage>> {
+    let mut sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref WHERE ");
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    if let Some(key) = &q.user_key {
+        let Some(user) = user_ref(conn, q.project, key)? else {
+            return Ok(None);
+        };
+        sql.push_str("e.user_ref = ?");
+        args.push(Box::new(user));
+    } else {
+        sql.push_str("e.project_id = ?");
+        args.push(Box::new(q.project.get()));
+    }
+    if let Some(key) = &q.event_key {
+        sql.push_str(" AND e.event_key = ?");
+        args.push(Box::new(key.as_str().to_owned()));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND e.created_at >= ?");
+        args.push(Box::new(since.as_micros()));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(" AND e.created_at < ?");
+        args.push(Box::new(until.as_micros()));
+    }
+    // Events added after the walk started are not part of it.
+    let max_id = match q.cursor {
+        Some(c) => c.max_id,
+        None => conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?,
+    };
+    sql.push_str(" AND e.id <= ?");
+    args.push(Box::new(max_id));
+    if let Some(c) = q.cursor {
+        sql.push_str(" AND (e.created_at, e.id) < (?, ?)");
+        args.push(Box::new(c.created_at));
+        args.push(Box::new(c.id));
+    }
+    sql.push_str(" ORDER BY e.created_at DESC, e.id DESC LIMIT ?");
+    // One more than the page: whether another page follows.
+    args.push(Box::new(q.limit as i64 + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows: Vec<EventRow> = stmt
+        .query_map(params_from_iter(args.iter()), event_row)?
+        .collect::<Result<_, _>>()?;
+    let next = if rows.len() > q.limit {
+        rows.truncate(q.limit);
+        rows.last().map(|last| Cursor {
+            created_at: last.created_at,
+            id: last.id,
+            max_id,
+        })
+    } else {
+        None
+    };
+    Ok(Some((rows, next)))
+}
+
+/// How many events one export statement reads: each chunk is a statement of its own, so a
+/// long export does not pin one WAL snapshot (and the WAL's size) for its whole length.
+const EXPORT_CHUNK: i64 = 10_000;
+
+pub(crate) fn export(
+    conn: &Connection,
+    q: &ExportQuery,
+    sink: &mut ExportSink,
+) -> rusqlite::Result<u64> {
+    let since = q.since.map_or(i64::MIN, |t| t.as_micros());
+    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
+    let mut after: Option<(i64, i64)> = None;
+    let mut count = 0u64;
+    loop {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
+             WHERE e.project_id = ?1 AND e.received_at >= ?2 AND e.received_at < ?3 \
+               AND (e.received_at, e.id) > (?4, ?5) \
+             ORDER BY e.received_at, e.id LIMIT ?6"
+        ))?;
+        let (r, id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let mut rows = stmt.query(rusqlite::params![
+            q.project.get(),
+            since,
+            until,
+            r,
+            id,
+            EXPORT_CHUNK
+        ])?;
+        let mut in_chunk = 0;
+        while let Some(row) = rows.next()? {
+            let event = event_row(row)?;
+            after = Some((event.received_at, event.id));
+            in_chunk += 1;
+            count += 1;
+            if !sink(Some(&event)) {
+                return Ok(count);
+            }
+        }
+        if in_chunk < EXPORT_CHUNK {
+            sink(None);
+            return Ok(count);
+        }
+    }
+}
+
+pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Stats> {
+    let width = q.interval.micros();
+    let since = q.since.map_or(i64::MIN, |t| t.as_micros());
+    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
+    let mut stmt = conn.prepare_cached(
+        "SELECT (created_at - ((created_at % ?4) + ?4) % ?4) AS start, event_key, count(*) \
+         FROM events WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3 \
+         GROUP BY start, event_key ORDER BY start, event_key",
+    )?;
+    let buckets = stmt
+        .query_map(
+            rusqlite::params![q.project.get(), since, until, width],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut stats = Stats {
+        buckets,
+        ..Stats::default()
+    };
+    let mut stmt = conn.prepare_cached("SELECT name, value FROM counters WHERE project_id = ?1")?;
+    let counters = stmt.query_map([q.project.get()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for counter in counters {
+        let (name, value) = counter?;
+        match name.as_str() {
+            "accepted" => stats.accepted = value,
+            "duplicates" => stats.duplicates = value,
+            other => {
+                if let Some(reason) = other.strip_prefix("rejected:") {
+                    stats.rejected.push((reason.to_owned(), value));
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
