@@ -42,6 +42,8 @@ pub struct TestApp {
     pub token: String,
     pub secret: String,
     pub config: TestConfig,
+    /// The running server's store, for setting up what the API cannot (a second project).
+    pub store: Option<DynStore>,
     dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -127,6 +129,7 @@ impl TestApp {
             token: token.expose().to_owned(),
             secret: secret.expose().to_owned(),
             config,
+            store: None,
             dir,
             stop: None,
             server: None,
@@ -136,6 +139,7 @@ impl TestApp {
     }
 
     async fn start(&mut self, store: DynStore) {
+        self.store = Some(store.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let app = App::build(listener, store, self.clock.clone(), self.config.limits)
             .await
@@ -167,6 +171,34 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task");
         }
+    }
+
+    /// Creates another project; returns its (tracking token, secret key).
+    pub async fn add_project(&self, name: &str) -> (String, String) {
+        let store = self.store.as_ref().expect("running");
+        let project = store.create_project(name).await.expect("project");
+        let token = Token::generate(CredentialKind::Tracking);
+        let secret = Token::generate(CredentialKind::Secret);
+        store
+            .add_credential(project.id, CredentialKind::Tracking, &token)
+            .await
+            .expect("token");
+        store
+            .add_credential(project.id, CredentialKind::Secret, &secret)
+            .await
+            .expect("key");
+        (token.expose().to_owned(), secret.expose().to_owned())
+    }
+
+    /// GETs a read route with the secret key as a bearer token.
+    pub async fn read(&self, path_and_query: impl Into<String>) -> Answer {
+        self.read_as(&self.secret, path_and_query).await
+    }
+
+    /// GETs a read route with `key` as a bearer token.
+    pub async fn read_as(&self, key: &str, path_and_query: impl Into<String>) -> Answer {
+        let url = self.url(&path_and_query.into());
+        self.send(self.client.get(url).bearer_auth(key)).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -238,6 +270,13 @@ impl TestApp {
             )
             .optional()
             .expect("query")
+    }
+
+    /// Tracks an event with the given token.
+    pub async fn track_as(&self, token: &str, body: &Value) -> Answer {
+        let url = self.url(&format!("/api/v2/events/track?auth_token={token}"));
+        self.send(self.client.post(url).body(body.to_string()))
+            .await
     }
 
     pub async fn track(&self, body: &Value) -> Answer {

@@ -5,5 +5,6 @@ mod compat;
 mod dedup;
 mod durability;
 mod helpers;
+mod read;
 mod track;
 mod users;
