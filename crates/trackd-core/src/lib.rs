@@ -6,6 +6,7 @@
 //! - [`event`]: a track request becomes a [`TrackedEvent`] with its event key and dedup key.
 //! - [`users`]: profile changes (`users/*`) and their merge rules.
 //! - [`project`]: projects, tracking tokens and secret keys.
+//! - [`import`]: import lines: export lines restored, track bodies ingested.
 //! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
 //! - [`store`]: the [`Store`] trait the backends implement.
@@ -14,6 +15,7 @@
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod import;
 pub mod json;
 pub mod project;
 pub mod read;

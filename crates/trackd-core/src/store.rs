@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::error::StoreError;
 use crate::event::TrackedEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
+use crate::import::RestoredEvent;
 use crate::read::{Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use crate::users::ProfileRequest;
 
@@ -49,6 +50,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts per bucket and the running totals.
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats>;
+
+    /// Stores exported events again as they were (new ids, no dedup records), in one
+    /// transaction.
+    fn restore(&self, events: Vec<RestoredEvent>) -> StoreFuture<'_, ()>;
 
     /// Adds to the project's running totals (refused requests by reason).
     fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()>;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
+use trackd_core::import::RestoredEvent;
 use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
     Clock, Credential, CredentialKind, EventPage, ExportSink, InsertOutcome, ProfileRequest,
@@ -277,6 +278,10 @@ impl Store for SqliteStore {
 
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
         self.read(move |conn| read::stats(conn, &query))
+    }
+
+    fn restore(&self, events: Vec<RestoredEvent>) -> StoreFuture<'_, ()> {
+        self.submit(|reply| Job::Restore { events, reply })
     }
 
     fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()> {

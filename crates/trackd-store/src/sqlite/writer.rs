@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::{Clock, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
+use trackd_core::import::RestoredEvent;
+use trackd_core::{Clock, Identity, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
 
 use super::dedup::{DedupIndex, Overlay};
 use super::profile;
@@ -33,6 +34,11 @@ pub(crate) enum Job {
     },
     Profile {
         request: Box<ProfileRequest>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Exported events to store again as they were.
+    Restore {
+        events: Vec<RestoredEvent>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Additions to running totals: (project, counter name, amount).
@@ -153,7 +159,8 @@ impl Writer {
                             let _ = reply.send(Ok(outcome));
                         }
                         (Job::Profile { reply, .. }, Done::Profile(result))
-                        | (Job::Counters { reply, .. }, Done::Profile(result)) => {
+                        | (Job::Counters { reply, .. }, Done::Profile(result))
+                        | (Job::Restore { reply, .. }, Done::Profile(result)) => {
                             let _ = reply.send(result);
                         }
                         _ => {}
@@ -169,7 +176,9 @@ impl Writer {
                         Job::Track { reply, .. } => {
                             let _ = reply.send(Err(failed()));
                         }
-                        Job::Profile { reply, .. } | Job::Counters { reply, .. } => {
+                        Job::Profile { reply, .. }
+                        | Job::Counters { reply, .. }
+                        | Job::Restore { reply, .. } => {
                             let _ = reply.send(Err(failed()));
                         }
                         Job::Shutdown => {}
@@ -264,6 +273,12 @@ fn write_batch(
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
                 done.push(Done::Profile(result));
             }
+            Job::Restore { events, .. } => {
+                for event in events {
+                    insert_event(&tx, &Stored::from(event))?;
+                }
+                done.push(Done::Profile(Ok(())));
+            }
             Job::Counters { counts, .. } => {
                 for (project, name, n) in counts {
                     *totals.entry((*project, name.clone())).or_default() += n;
@@ -290,6 +305,91 @@ fn write_batch(
     })
 }
 
+/// What an event row is made of, whether it arrived now or is restored from an export.
+struct Stored<'a> {
+    project: i64,
+    identity: &'a Identity,
+    name: &'a str,
+    key: &'a str,
+    data: &'a str,
+    source: Option<&'a str>,
+    created_at: i64,
+    received_at: i64,
+}
+
+impl<'a> From<&'a TrackedEvent> for Stored<'a> {
+    fn from(e: &'a TrackedEvent) -> Self {
+        Stored {
+            project: e.project.get(),
+            identity: &e.identity,
+            name: e.name.as_str(),
+            key: e.key.as_str(),
+            data: &e.data,
+            source: e.source.as_deref(),
+            created_at: e.created_at.as_micros(),
+            received_at: e.received_at.as_micros(),
+        }
+    }
+}
+
+impl<'a> From<&'a RestoredEvent> for Stored<'a> {
+    fn from(e: &'a RestoredEvent) -> Self {
+        Stored {
+            project: e.project.get(),
+            identity: &e.identity,
+            name: e.name.as_str(),
+            key: e.key.as_str(),
+            data: &e.data,
+            source: e.source.as_deref(),
+            created_at: e.created_at.as_micros(),
+            received_at: e.received_at.as_micros(),
+        }
+    }
+}
+
+/// The user upsert (creating the user, or touching it) and the event row; returns the
+/// user's row id.
+fn insert_event(tx: &Transaction<'_>, e: &Stored<'_>) -> rusqlite::Result<i64> {
+    let user_ref: i64 = tx
+        .prepare_cached(
+            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
+                                created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
+             ON CONFLICT (project_id, user_key) DO UPDATE \
+               SET first_seen = min(first_seen, excluded.first_seen), \
+                   last_seen = max(last_seen, excluded.last_seen), \
+                   user_id = coalesce(excluded.user_id, user_id), \
+                   email = coalesce(excluded.email, email) \
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                e.project,
+                e.identity.user_key(),
+                e.identity.id().map(|i| i.as_str()),
+                e.identity.email().map(|e| e.as_str()),
+                e.received_at,
+            ],
+            |r| r.get(0),
+        )?;
+    tx.prepare_cached(
+        "INSERT INTO events \
+         (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.project,
+        user_ref,
+        e.name,
+        e.key,
+        e.data,
+        e.source,
+        e.created_at,
+        e.received_at,
+    ])?;
+    Ok(user_ref)
+}
+
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
 fn track_event(
     tx: &Transaction<'_>,
@@ -310,42 +410,7 @@ fn track_event(
             return Ok(InsertOutcome::Duplicate);
         }
     }
-    let user_ref: i64 = tx
-        .prepare_cached(
-            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
-                                created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
-             ON CONFLICT (project_id, user_key) DO UPDATE \
-               SET last_seen = max(last_seen, excluded.last_seen), \
-                   user_id = coalesce(excluded.user_id, user_id), \
-                   email = coalesce(excluded.email, email) \
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                project,
-                event.identity.user_key(),
-                event.identity.id().map(|i| i.as_str()),
-                event.identity.email().map(|e| e.as_str()),
-                received,
-            ],
-            |r| r.get(0),
-        )?;
-    tx.prepare_cached(
-        "INSERT INTO events \
-         (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        project,
-        user_ref,
-        event.name.as_str(),
-        event.key.as_str(),
-        event.data,
-        event.source,
-        event.created_at.as_micros(),
-        received,
-    ])?;
+    let user_ref = insert_event(tx, &Stored::from(event))?;
     if window_micros > 0 {
         tx.prepare_cached(
             "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",

@@ -1,0 +1,141 @@
+//! Import lines: an export line (`{id, user, event_name, event_key, data, source,
+//! created_at, received_at}`) is restored as it was; anything else is read as a Vero track
+//! body and ingested like an API request.
+
+use serde_json::{Map, Value};
+
+use crate::error::FieldError;
+use crate::event::{EventKey, EventName, TrackRequest, TrackedEvent};
+use crate::identity::Identity;
+use crate::json;
+use crate::project::ProjectId;
+use crate::time::{parse_iso8601, Timestamp};
+
+/// An exported event to put back as it was: same user, name, data, times; a new id; no
+/// dedup record (it is history, not a retry).
+#[derive(Debug, Clone)]
+pub struct RestoredEvent {
+    /// The project it goes to.
+    pub project: ProjectId,
+    /// Who it is about.
+    pub identity: Identity,
+    /// The name as first sent.
+    pub name: EventName,
+    /// The name's event key.
+    pub key: EventKey,
+    /// `data`, compact JSON, numbers and key order as exported.
+    pub data: String,
+    /// `source`.
+    pub source: Option<String>,
+    /// Event time.
+    pub created_at: Timestamp,
+    /// The original receive time.
+    pub received_at: Timestamp,
+}
+
+/// One parsed import line.
+#[derive(Debug, Clone)]
+pub enum ImportItem {
+    /// An export line.
+    Restore(Box<RestoredEvent>),
+    /// A Vero track body.
+    Track(Box<TrackedEvent>),
+}
+
+/// Parses one line for `project`; a track body is received at `now`.
+pub fn parse_line(line: &[u8], project: ProjectId, now: Timestamp) -> Result<ImportItem, FieldError> {
+    let map = json::parse_object(line, "", crate::MAX_JSON_DEPTH)?;
+    if map.contains_key("event_key") && map.contains_key("received_at") {
+        restore(map, project).map(|r| ImportItem::Restore(Box::new(r)))
+    } else {
+        TrackRequest::new(map)
+            .validate(project, now)
+            .map(|t| ImportItem::Track(Box::new(t)))
+    }
+}
+
+fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<RestoredEvent, FieldError> {
+    let identity = match map.get("user") {
+        Some(Value::Object(user)) => Identity::from_fields(user, "user.")?,
+        _ => return Err(FieldError::new("user", "must be an object with id and email")),
+    };
+    let name = EventName::parse(map.get("event_name"))?;
+    let data = match map.remove("data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(data)) => data,
+        Some(_) => return Err(FieldError::new("data", "must be an object")),
+    };
+    let source = match map.get("source") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(FieldError::new("source", "must be a string")),
+    };
+    let time = |field: &str| -> Result<Timestamp, FieldError> {
+        map.get(field)
+            .and_then(Value::as_str)
+            .and_then(parse_iso8601)
+            .ok_or_else(|| FieldError::new(field, "must be an ISO 8601 time"))
+    };
+    Ok(RestoredEvent {
+        project,
+        identity,
+        key: name.key(),
+        name,
+        // Serialising a Value to a String cannot fail.
+        data: serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_owned()),
+        source,
+        created_at: time("created_at")?,
+        received_at: time("received_at")?,
+    })
+}
+
+impl RestoredEvent {
+    /// A track body imported without dedup: stored like an export line, received now.
+    pub fn from_tracked(event: TrackedEvent) -> Self {
+        RestoredEvent {
+            project: event.project,
+            identity: event.identity,
+            name: event.name,
+            key: event.key,
+            data: event.data,
+            source: event.source,
+            created_at: event.created_at,
+            received_at: event.received_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: ProjectId = ProjectId::new(1);
+    const NOW: Timestamp = Timestamp::from_micros(0);
+
+    #[test]
+    fn export_lines_are_restored_as_they_were() {
+        let line = br#"{"id":9,"user":{"id":"42","email":null},"event_name":"Viewed product","event_key":"viewed_product","data":{"big":12345678901234567890123},"source":"web","created_at":"2023-05-30T04:46:31.000000Z","received_at":"2026-11-26T12:00:00.000000Z"}"#;
+        let ImportItem::Restore(r) = parse_line(line, P, NOW).expect("valid") else {
+            panic!("restore")
+        };
+        assert_eq!(r.identity.user_key(), "42");
+        assert_eq!(r.data, r#"{"big":12345678901234567890123}"#);
+        assert_eq!(r.created_at.to_rfc3339(), "2023-05-30T04:46:31.000000Z");
+        assert_eq!(r.received_at.to_rfc3339(), "2026-11-26T12:00:00.000000Z");
+    }
+
+    #[test]
+    fn track_bodies_are_validated_like_requests() {
+        let line = br#"{"identity":{"id":"1"},"event_name":"x"}"#;
+        assert!(matches!(parse_line(line, P, NOW), Ok(ImportItem::Track(_))));
+        let cases: [(&[u8], &str); 4] = [
+            (b"{", "body: invalid JSON: expected a string key at byte 1"),
+            (br#"{"event_name":"x"}"#, "identity: an id or an email is required"),
+            (br#"{"user":1,"event_name":"x","event_key":"x","received_at":"x"}"#, "user: must be an object with id and email"),
+            (br#"{"user":{"id":"1"},"event_name":"x","event_key":"x","created_at":"2020-01-01T00:00:00Z","received_at":"soon"}"#, "received_at: must be an ISO 8601 time"),
+        ];
+        for (line, message) in cases {
+            assert_eq!(parse_line(line, P, NOW).expect_err(message).to_string(), message);
+        }
+    }
+}
