@@ -150,7 +150,8 @@ impl<'a> Params<'a> {
         Ok(Params { pairs })
     }
 
-    fn get(&self, name: &str) -> Option<&'a str> {
+    /// The value of `name`, if given and not empty.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
         self.pairs
             .iter()
             .find(|(n, v)| n == name && !v.is_empty())

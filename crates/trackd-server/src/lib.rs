@@ -5,10 +5,12 @@
 //! - [`app`]: [`App`], built from a config and a store, served on a bound listener until a
 //!   shutdown future resolves.
 //! - [`api`]: routes, body decoding, credentials, error mapping.
+//! - [`import`]: NDJSON import, shared by the import route and `trackd import`.
 //! - [`cli`]: the `trackd` command line.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod import;
 
 pub use app::App;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use trackd_core::{Clock, DynStore, ProfileOp, ProjectId};
@@ -184,6 +184,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v2/events/export",
             with_allow(get(read::export), "GET"),
+        )
+        .route(
+            "/api/v2/events/import",
+            with_allow(post(read::import), "POST"),
         )
         .route("/api/v2/stats/events", with_allow(get(read::stats), "GET"));
     vero.layer(cors)

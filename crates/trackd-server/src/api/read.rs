@@ -1,11 +1,12 @@
 //! The read API (secret key, `Authorization: Bearer`): profiles, events by page, NDJSON
-//! export, statistics. No CORS: these routes are for servers, not browsers.
+//! export and import, statistics. No CORS: these routes are for servers, not browsers.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
+use futures_util::StreamExt;
 use trackd_core::{Credential, ExportSink};
 
 use super::error::ApiError;
@@ -149,4 +150,36 @@ pub async fn stats(
     let (credential, query) = authenticate(&state, &uri, &headers).await?;
     let query = StatsQuery::parse(credential.project, &query)?;
     Ok(json(state.store.stats(query).await?.to_json()))
+}
+
+/// `POST /api/v2/events/import`: NDJSON of export lines or Vero track bodies, streamed
+/// (no body size limit; each line at most 1 MiB). `?dedup=false` stores track bodies
+/// without dedup. Answers the summary once every good line is committed.
+pub async fn import(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let params = trackd_core::read::Params::new(&query, &["dedup"])?;
+    let dedup = match params.get("dedup") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(ApiError::BadRequest("dedup: must be true or false".into())),
+    };
+    let stream = request_body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let input = tokio_util::io::StreamReader::new(stream);
+    let summary = crate::import::run(
+        &state.store,
+        state.clock.as_ref(),
+        credential.project,
+        input,
+        dedup,
+        |_| {},
+    )
+    .await?;
+    Ok(json(serde_json::to_vec(&summary).unwrap_or_default()))
 }

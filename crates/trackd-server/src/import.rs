@@ -1,0 +1,147 @@
+//! Importing NDJSON, the same for `POST /api/v2/events/import` and `trackd import`: export
+//! lines are restored as they were, track bodies are ingested like API requests (dedup on
+//! unless turned off). A bad line is reported with its number and skipped whole.
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use trackd_core::import::{parse_line, ImportItem, RestoredEvent};
+use trackd_core::{Clock, DynStore, InsertOutcome, ProjectId, StoreError};
+
+/// The longest line read; a longer one is a bad line, skipped without holding it.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Restored events per store transaction.
+const RESTORE_BATCH: usize = 2000;
+/// Track bodies waiting for the writer at once (the writer batches them).
+const TRACKS_IN_FLIGHT: usize = 2048;
+/// Bad lines listed in the summary (all are counted).
+const ERRORS_LISTED: usize = 100;
+
+/// A line that was not imported.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: u64,
+    /// `<field>: <problem>`.
+    pub message: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Events stored.
+    pub imported: u64,
+    /// Track bodies that were duplicates within the window (not stored).
+    pub duplicates: u64,
+    /// Bad lines, skipped.
+    pub rejected: u64,
+    /// The first bad lines.
+    pub errors: Vec<LineError>,
+}
+
+/// What the caller hears while an import runs.
+pub enum Progress<'a> {
+    /// This many bytes of input were read so far.
+    Read(u64),
+    /// A line was refused.
+    Bad(&'a LineError),
+}
+
+/// Reads `input` to its end and imports every good line into `project`.
+pub async fn run(
+    store: &DynStore,
+    clock: &dyn Clock,
+    project: ProjectId,
+    mut input: impl AsyncBufRead + Unpin,
+    dedup: bool,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<ImportSummary, StoreError> {
+    let mut summary = ImportSummary::default();
+    let mut restores: Vec<RestoredEvent> = Vec::new();
+    let mut tracks = FuturesUnordered::new();
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    let mut read = 0u64;
+    loop {
+        line.clear();
+        let n = (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(StoreError::unavailable)?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        number += 1;
+        let complete = line.last() == Some(&b'\n');
+        let result = if line.len() > MAX_LINE_BYTES && !complete {
+            // Skip the rest of the overlong line without keeping it.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = (&mut input)
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut rest)
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                read += m as u64;
+                if m == 0 || rest.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            Err(format!("line: longer than {MAX_LINE_BYTES} bytes"))
+        } else {
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            parse_line(text, project, clock.now()).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(ImportItem::Restore(event)) => restores.push(*event),
+            Ok(ImportItem::Track(event)) if !dedup => {
+                restores.push(RestoredEvent::from_tracked(*event));
+            }
+            Ok(ImportItem::Track(event)) => {
+                tracks.push(store.track(*event));
+                if tracks.len() >= TRACKS_IN_FLIGHT {
+                    if let Some(outcome) = tracks.next().await {
+                        count(&mut summary, outcome?);
+                    }
+                }
+            }
+            Err(message) => {
+                let error = LineError {
+                    line: number,
+                    message,
+                };
+                progress(Progress::Bad(&error));
+                summary.rejected += 1;
+                if summary.errors.len() < ERRORS_LISTED {
+                    summary.errors.push(error);
+                }
+            }
+        }
+        if restores.len() >= RESTORE_BATCH {
+            summary.imported += restores.len() as u64;
+            store.restore(std::mem::take(&mut restores)).await?;
+        }
+        progress(Progress::Read(read));
+    }
+    while let Some(outcome) = tracks.next().await {
+        count(&mut summary, outcome?);
+    }
+    if !restores.is_empty() {
+        summary.imported += restores.len() as u64;
+        store.restore(restores).await?;
+    }
+    Ok(summary)
+}
+
+fn count(summary: &mut ImportSummary, outcome: InsertOutcome) {
+    match outcome {
+        InsertOutcome::Inserted => summary.imported += 1,
+        InsertOutcome::Duplicate => summary.duplicates += 1,
+    }
+}
