@@ -43,7 +43,11 @@ pub enum ImportItem {
 }
 
 /// Parses one line for `project`; a track body is received at `now`.
-pub fn parse_line(line: &[u8], project: ProjectId, now: Timestamp) -> Result<ImportItem, FieldError> {
+pub fn parse_line(
+    line: &[u8],
+    project: ProjectId,
+    now: Timestamp,
+) -> Result<ImportItem, FieldError> {
     let map = json::parse_object(line, "", crate::MAX_JSON_DEPTH)?;
     if map.contains_key("event_key") && map.contains_key("received_at") {
         restore(map, project).map(|r| ImportItem::Restore(Box::new(r)))
@@ -57,7 +61,12 @@ pub fn parse_line(line: &[u8], project: ProjectId, now: Timestamp) -> Result<Imp
 fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<RestoredEvent, FieldError> {
     let identity = match map.get("user") {
         Some(Value::Object(user)) => Identity::from_fields(user, "user.")?,
-        _ => return Err(FieldError::new("user", "must be an object with id and email")),
+        _ => {
+            return Err(FieldError::new(
+                "user",
+                "must be an object with id and email",
+            ))
+        }
     };
     let name = EventName::parse(map.get("event_name"))?;
     let data = match map.remove("data") {
@@ -135,7 +144,10 @@ mod tests {
             (br#"{"user":{"id":"1"},"event_name":"x","event_key":"x","created_at":"2020-01-01T00:00:00Z","received_at":"soon"}"#, "received_at: must be an ISO 8601 time"),
         ];
         for (line, message) in cases {
-            assert_eq!(parse_line(line, P, NOW).expect_err(message).to_string(), message);
+            assert_eq!(
+                parse_line(line, P, NOW).expect_err(message).to_string(),
+                message
+            );
         }
     }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::event::TrackedEvent;
-use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
 use crate::import::RestoredEvent;
+use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
 use crate::read::{Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use crate::users::ProfileRequest;
 

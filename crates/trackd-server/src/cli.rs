@@ -44,6 +44,67 @@ pub enum Command {
     /// Add and revoke secret keys (read and admin).
     #[command(subcommand)]
     Key(CredentialCommand),
+    /// Export events as NDJSON, oldest first by receive time.
+    Export(ExportArgs),
+    /// Import NDJSON: export lines are restored as they were, Vero track bodies are
+    /// ingested like API requests.
+    Import(ImportArgs),
+}
+
+/// A running server to talk to instead of the data directory.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Base URL of a running trackd (http://host:port); the project is the key's.
+    #[arg(long, env = "TRACKD_URL", requires = "key")]
+    pub(crate) url: Option<String>,
+    /// Secret key for --url.
+    #[arg(long, env = "TRACKD_KEY", hide_env_values = true)]
+    pub(crate) key: Option<String>,
+}
+
+/// `trackd export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Or a running server.
+    #[command(flatten)]
+    pub(crate) remote: RemoteArgs,
+    /// The project (with --data-dir).
+    #[arg(long, default_value = "default")]
+    pub(crate) project: String,
+    /// Received at or after (ISO 8601 or Unix seconds).
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Received before (ISO 8601 or Unix seconds).
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+    /// Output file [default: stdout].
+    #[arg(short, long)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+/// `trackd import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// NDJSON file to import.
+    pub(crate) file: PathBuf,
+    /// Where the data lives.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Or a running server.
+    #[command(flatten)]
+    pub(crate) remote: RemoteArgs,
+    /// The project (with --data-dir).
+    #[arg(long, default_value = "default")]
+    pub(crate) project: String,
+    /// Store track bodies even when they are duplicates within the window.
+    #[arg(long)]
+    pub(crate) no_dedup: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Where the data lives.
@@ -156,9 +217,12 @@ pub enum CliError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// I/O (binding the listener, serving).
+    /// I/O (binding the listener, serving, files).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Talking to a running server.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl From<trackd_core::FieldError> for CliError {
@@ -181,7 +245,7 @@ fn open_store(
     Ok(Arc::new(store))
 }
 
-fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+pub(crate) fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
     open_store(args, Duration::from_secs(180), 16)
 }
 
@@ -223,6 +287,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Export(args) => crate::transfer::export(args).await,
+        Command::Import(args) => crate::transfer::import(args).await,
         Command::Token(cmd) => credential(cmd, CredentialKind::Tracking).await,
         Command::Key(cmd) => credential(cmd, CredentialKind::Secret).await,
     }

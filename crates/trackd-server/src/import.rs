@@ -3,7 +3,7 @@
 //! unless turned off). A bad line is reported with its number and skipped whole.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use trackd_core::import::{parse_line, ImportItem, RestoredEvent};
 use trackd_core::{Clock, DynStore, InsertOutcome, ProjectId, StoreError};
@@ -18,7 +18,7 @@ const TRACKS_IN_FLIGHT: usize = 2048;
 const ERRORS_LISTED: usize = 100;
 
 /// A line that was not imported.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LineError {
     /// 1-based line number.
     pub line: u64,
@@ -27,7 +27,7 @@ pub struct LineError {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImportSummary {
     /// Events stored.
     pub imported: u64,

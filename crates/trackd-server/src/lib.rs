@@ -6,11 +6,12 @@
 //!   shutdown future resolves.
 //! - [`api`]: routes, body decoding, credentials, error mapping.
 //! - [`import`]: NDJSON import, shared by the import route and `trackd import`.
-//! - [`cli`]: the `trackd` command line.
+//! - [`cli`]: the `trackd` command line; [`transfer`]: its `export` and `import`.
 
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod import;
+pub mod transfer;
 
 pub use app::App;

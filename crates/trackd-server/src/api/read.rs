@@ -5,8 +5,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
 use futures_util::StreamExt;
+use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
 use trackd_core::{Credential, ExportSink};
 
 use super::error::ApiError;

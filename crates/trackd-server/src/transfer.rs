@@ -1,0 +1,221 @@
+//! `trackd export` and `trackd import`: on the data directory directly, or through a
+//! running server (`--url`, `--key`), with a progress bar on a terminal and a summary.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncWriteExt;
+use trackd_core::read::ExportQuery;
+use trackd_core::{ExportSink, SystemClock};
+
+use crate::cli::{admin_store, CliError, ExportArgs, ImportArgs};
+use crate::import::{ImportSummary, Progress};
+
+fn time_params(since: &Option<String>, until: &Option<String>) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    if let Some(s) = since {
+        pairs.push(("since".to_owned(), s.clone()));
+    }
+    if let Some(u) = until {
+        pairs.push(("until".to_owned(), u.clone()));
+    }
+    pairs
+}
+
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{human_pos}} {what} ({{per_sec}}) {{elapsed}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn rate(n: u64, started: Instant) -> f64 {
+    n as f64 / started.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// An error answer of a running server, as its message.
+async fn remote_error(response: reqwest::Response) -> CliError {
+    let status = response.status();
+    let message = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    CliError::Remote(format!("server answered {status}: {message}"))
+}
+
+/// `trackd export`.
+pub async fn export(args: ExportArgs) -> Result<(), CliError> {
+    let pairs = time_params(&args.since, &args.until);
+    let started = Instant::now();
+    let bar = spinner("events");
+    let count = match (&args.remote.url, &args.remote.key) {
+        (Some(url), Some(key)) => {
+            let url = format!("{}/api/v2/events/export", url.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .get(url)
+                .query(&pairs)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map_err(|e| CliError::Remote(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(remote_error(response).await);
+            }
+            let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.output {
+                Some(path) => Box::new(tokio::fs::File::create(path).await?),
+                None => Box::new(tokio::io::stdout()),
+            };
+            let mut out = tokio::io::BufWriter::new(&mut out);
+            let mut stream = response.bytes_stream();
+            let mut count = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| CliError::Remote(e.to_string()))?;
+                let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                count += lines;
+                bar.inc(lines);
+                out.write_all(&chunk).await?;
+            }
+            out.flush().await?;
+            count
+        }
+        _ => {
+            let store = admin_store(&args.store)?;
+            let exported = async {
+                let project = store.project(&args.project).await?;
+                let query = ExportQuery::parse(project.id, &pairs)?;
+                let out: Box<dyn Write + Send> = match &args.output {
+                    Some(path) => Box::new(std::fs::File::create(path)?),
+                    None => Box::new(std::io::stdout()),
+                };
+                let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+                let failed = Arc::new(AtomicBool::new(false));
+                let write_failed = failed.clone();
+                let progress = bar.clone();
+                let mut line = Vec::with_capacity(1024);
+                let sink: ExportSink = Box::new(move |event| {
+                    let written = match event {
+                        Some(event) => {
+                            line.clear();
+                            event.write_json(&mut line);
+                            line.push(b'\n');
+                            progress.inc(1);
+                            out.write_all(&line)
+                        }
+                        None => out.flush(),
+                    };
+                    if written.is_err() {
+                        write_failed.store(true, Ordering::Relaxed);
+                    }
+                    written.is_ok()
+                });
+                let count = store.export(query, sink).await?;
+                if failed.load(Ordering::Relaxed) {
+                    return Err(CliError::Io(std::io::Error::other(
+                        "could not write the output",
+                    )));
+                }
+                Ok::<u64, CliError>(count)
+            }
+            .await;
+            store.shutdown().await?;
+            exported?
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "exported {count} events in {:.1} s ({:.0} events/s)",
+        started.elapsed().as_secs_f64(),
+        rate(count, started)
+    );
+    Ok(())
+}
+
+/// `trackd import`.
+pub async fn import(args: ImportArgs) -> Result<(), CliError> {
+    let started = Instant::now();
+    let file = tokio::fs::File::open(&args.file).await?;
+    let size = file.metadata().await?.len();
+    let bar = ProgressBar::new(size);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+    {
+        bar.set_style(style);
+    }
+    let summary = match (&args.remote.url, &args.remote.key) {
+        (Some(url), Some(key)) => {
+            let url = format!("{}/api/v2/events/import", url.trim_end_matches('/'));
+            let progress = bar.clone();
+            let body = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    progress.inc(bytes.len() as u64);
+                }
+            });
+            let response = reqwest::Client::new()
+                .post(url)
+                .query(&[("dedup", if args.no_dedup { "false" } else { "true" })])
+                .bearer_auth(key)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .map_err(|e| CliError::Remote(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(remote_error(response).await);
+            }
+            let summary: ImportSummary = response
+                .json()
+                .await
+                .map_err(|e| CliError::Remote(e.to_string()))?;
+            for error in &summary.errors {
+                bar.suspend(|| eprintln!("line {}: {}", error.line, error.message));
+            }
+            summary
+        }
+        _ => {
+            let store = admin_store(&args.store)?;
+            let imported = async {
+                let project = store.project(&args.project).await?;
+                let progress = bar.clone();
+                let summary = crate::import::run(
+                    &store,
+                    &SystemClock,
+                    project.id,
+                    tokio::io::BufReader::with_capacity(256 * 1024, file),
+                    !args.no_dedup,
+                    move |event| match event {
+                        Progress::Read(n) => progress.set_position(n),
+                        Progress::Bad(e) => {
+                            progress.suspend(|| eprintln!("line {}: {}", e.line, e.message))
+                        }
+                    },
+                )
+                .await?;
+                Ok::<ImportSummary, CliError>(summary)
+            }
+            .await;
+            store.shutdown().await?;
+            imported?
+        }
+    };
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    }
+    eprintln!(
+        "imported {} events ({} duplicates skipped, {} bad lines) in {:.1} s ({:.0} events/s)",
+        summary.imported,
+        summary.duplicates,
+        summary.rejected,
+        started.elapsed().as_secs_f64(),
+        rate(summary.imported, started)
+    );
+    Ok(())
+}
