@@ -201,6 +201,10 @@ impl TestApp {
         self.send(self.client.get(url).bearer_auth(key)).await
     }
 
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.addr, path)
     }

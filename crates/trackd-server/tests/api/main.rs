@@ -7,4 +7,5 @@ mod durability;
 mod helpers;
 mod read;
 mod track;
+mod transfer;
 mod users;
