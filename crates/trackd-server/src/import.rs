@@ -58,6 +58,8 @@ pub async fn run(
 ) -> Result<ImportSummary, StoreError> {
     let mut summary = ImportSummary::default();
     let mut restores: Vec<RestoredEvent> = Vec::new();
+    // One batch is written while the next is parsed.
+    let mut writing: Option<trackd_core::StoreFuture<'_, ()>> = None;
     let mut tracks = FuturesUnordered::new();
     let mut line = Vec::new();
     let mut number = 0u64;
@@ -124,13 +126,19 @@ pub async fn run(
             }
         }
         if restores.len() >= RESTORE_BATCH {
+            if let Some(previous) = writing.take() {
+                previous.await?;
+            }
             summary.imported += restores.len() as u64;
-            store.restore(std::mem::take(&mut restores)).await?;
+            writing = Some(store.restore(std::mem::take(&mut restores)));
         }
         progress(Progress::Read(read));
     }
     while let Some(outcome) = tracks.next().await {
         count(&mut summary, outcome?);
+    }
+    if let Some(previous) = writing.take() {
+        previous.await?;
     }
     if !restores.is_empty() {
         summary.imported += restores.len() as u64;
