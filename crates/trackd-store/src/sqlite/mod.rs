@@ -58,6 +58,9 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
 }
 
+/// WAL pages after which the writer finishes a checkpoint itself (about 40 MiB).
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
 /// How many queries read at once.
 const MAX_READERS: usize = 8;
 
@@ -96,8 +99,13 @@ impl SqliteStore {
         let path = config.data_dir.join(DB_FILE);
         let mut conn = open_connection(&path).map_err(StoreError::unavailable)?;
         schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
-        // Checkpoints run on their own thread (below), not inside the writer's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
+        // Checkpoints mostly run on their own thread (below), not inside the writer's
+        // commits. But a checkpoint on another connection can never finish while the writer
+        // keeps appending, and only a finished one lets the WAL start over: under sustained
+        // load the WAL would grow without bound (found by the 10-million-event import). So
+        // the writer still checkpoints once the WAL passes this many pages; by then the
+        // background checkpoints have copied nearly all of it, so this one is short.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .map_err(StoreError::unavailable)?;
         let checkpointer =
             spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
