@@ -2,6 +2,7 @@
 //! export and import, statistics. No CORS: these routes are for servers, not browsers.
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
@@ -34,14 +35,21 @@ fn json(bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// The `{id}` of a path, URL-decoded; a 400 naming `id` when it does not decode.
+fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|_| ApiError::BadRequest("id: not valid UTF-8 once URL-decoded".into()))
+}
+
 /// `GET /api/v2/users/{id}`.
 pub async fn user(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let id = user_id(path)?;
     if let Some((name, _)) = query.first() {
         return Err(ApiError::BadRequest(format!(
             "{name}: unknown parameter (this route takes none)"
@@ -56,11 +64,12 @@ pub async fn user(
 /// `GET /api/v2/users/{id}/events`.
 pub async fn user_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let id = user_id(path)?;
     let query = EventQuery::parse(credential.project, &query, Some(id))?;
     match state.store.events(query).await? {
         Some((events, next)) => Ok(json(trackd_core::read::write_page(&events, next))),

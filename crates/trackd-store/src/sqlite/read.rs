@@ -129,30 +129,34 @@ pub(crate) fn export(
     q: &ExportQuery,
     sink: &mut ExportSink,
 ) -> rusqlite::Result<u64> {
-    let since = q.since.map_or(i64::MIN, |t| t.as_micros());
+    // The keyset is (receive time, id). `since` is folded into the starting key rather
+    // than given as its own bound: with both, SQLite seeks by the plain bound and filters
+    // by the key, so every chunk would rescan from `since` (quadratic; found on 10 million
+    // events).
+    let mut after = match q.since {
+        Some(since) => (since.as_micros().saturating_sub(1), i64::MAX),
+        None => (i64::MIN, i64::MIN),
+    };
     let until = q.until.map_or(i64::MAX, |t| t.as_micros());
-    let mut after: Option<(i64, i64)> = None;
     let mut count = 0u64;
     loop {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
-             WHERE e.project_id = ?1 AND e.received_at >= ?2 AND e.received_at < ?3 \
-               AND (e.received_at, e.id) > (?4, ?5) \
-             ORDER BY e.received_at, e.id LIMIT ?6"
+             WHERE e.project_id = ?1 AND (e.received_at, e.id) > (?2, ?3) \
+               AND e.received_at < ?4 \
+             ORDER BY e.received_at, e.id LIMIT ?5"
         ))?;
-        let (r, id) = after.unwrap_or((i64::MIN, i64::MIN));
         let mut rows = stmt.query(rusqlite::params![
             q.project.get(),
-            since,
+            after.0,
+            after.1,
             until,
-            r,
-            id,
             EXPORT_CHUNK
         ])?;
         let mut in_chunk = 0;
         while let Some(row) = rows.next()? {
             let event = event_row(row)?;
-            after = Some((event.received_at, event.id));
+            after = (event.received_at, event.id);
             in_chunk += 1;
             count += 1;
             if !sink(Some(&event)) {
