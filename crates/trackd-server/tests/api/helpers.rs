@@ -24,6 +24,7 @@ pub const START: Timestamp = Timestamp::from_micros(1_795_694_400_000_000);
 pub struct TestConfig {
     pub dedup_window: Duration,
     pub limits: Limits,
+    pub queue_capacity: usize,
 }
 
 impl Default for TestConfig {
@@ -31,6 +32,7 @@ impl Default for TestConfig {
         TestConfig {
             dedup_window: Duration::from_secs(180),
             limits: Limits::default(),
+            queue_capacity: 50_000,
         }
     }
 }
@@ -95,7 +97,7 @@ fn open_store(dir: &Path, config: &TestConfig, clock: Arc<ManualClock>) -> DynSt
         SqliteStore::open(SqliteConfig {
             data_dir: dir.to_path_buf(),
             dedup_window: config.dedup_window,
-            queue_capacity: 50_000,
+            queue_capacity: config.queue_capacity,
             clock,
         })
         .expect("store opens"),

@@ -657,3 +657,46 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
     app.track(&event("u", 1)).await.assert_success(false);
     assert_eq!(app.count("events"), 1);
 }
+
+#[tokio::test]
+async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests_commit() {
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(crate::helpers::TestConfig {
+            queue_capacity: 1,
+            ..Default::default()
+        })
+        .await,
+    );
+    // Another connection holds the write lock: the writer waits on its first batch (up to
+    // its busy timeout) while requests pile up behind it.
+    let blocker = app.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let mut pending = Vec::new();
+    let mut refused = None;
+    for n in 0..20 {
+        let app = app.clone();
+        let task = tokio::spawn(async move { app.track(&event("u", n)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if task.is_finished() {
+            refused = Some(task.await.expect("task"));
+            break;
+        }
+        pending.push(task);
+    }
+    let refused = refused.expect("a request was refused while the queue was full");
+    refused.assert_error(503, "server: overloaded, retry later");
+    assert_eq!(
+        refused
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    blocker.execute_batch("COMMIT").expect("unlock");
+    let queued = pending.len() as i64;
+    for task in pending {
+        task.await.expect("task").assert_success(false);
+    }
+    // Every request that waited was stored; the refused one was not.
+    assert_eq!(app.count("events"), queued);
+}
