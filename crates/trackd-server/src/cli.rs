@@ -237,6 +237,7 @@ fn open_store(
     queue: usize,
 ) -> Result<DynStore, CliError> {
     let store = SqliteStore::open(SqliteConfig {
+        wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
         data_dir: args.data_dir.clone(),
         dedup_window,
         queue_capacity: queue,

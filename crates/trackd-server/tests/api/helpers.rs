@@ -95,6 +95,7 @@ impl Answer {
 fn open_store(dir: &Path, config: &TestConfig, clock: Arc<ManualClock>) -> DynStore {
     Arc::new(
         SqliteStore::open(SqliteConfig {
+            wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
             data_dir: dir.to_path_buf(),
             dedup_window: config.dedup_window,
             queue_capacity: config.queue_capacity,

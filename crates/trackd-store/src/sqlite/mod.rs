@@ -40,6 +40,9 @@ pub struct SqliteConfig {
     pub queue_capacity: usize,
     /// The clock receive times are compared with when purging.
     pub clock: Arc<dyn Clock>,
+    /// WAL pages after which the writer finishes a checkpoint itself (bounds the WAL
+    /// under sustained writes); [`DEFAULT_WAL_CHECKPOINT_PAGES`] unless tuning.
+    pub wal_checkpoint_pages: u32,
 }
 
 /// The embedded SQLite store.
@@ -59,7 +62,7 @@ pub struct SqliteStore {
 }
 
 /// WAL pages after which the writer finishes a checkpoint itself (about 40 MiB).
-const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+pub const DEFAULT_WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// How many queries read at once.
 const MAX_READERS: usize = 8;
@@ -105,7 +108,7 @@ impl SqliteStore {
         // load the WAL would grow without bound (found by the 10-million-event import). So
         // the writer still checkpoints once the WAL passes this many pages; by then the
         // background checkpoints have copied nearly all of it, so this one is short.
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages)
             .map_err(StoreError::unavailable)?;
         let checkpointer =
             spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
@@ -493,5 +496,59 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trackd_core::import::RestoredEvent;
+    use trackd_core::{EventName, Identity, SystemClock, Timestamp};
+
+    fn event(n: i64) -> RestoredEvent {
+        let mut fields = serde_json::Map::new();
+        fields.insert("id".into(), format!("user-{}", n % 500).into());
+        let name = EventName::parse(Some(&"Viewed product".into())).expect("name");
+        RestoredEvent {
+            project: ProjectId::new(1),
+            identity: Identity::from_fields(&fields, "").expect("identity"),
+            key: name.key(),
+            name,
+            data: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(200)),
+            source: None,
+            created_at: Timestamp::from_micros(n),
+            received_at: Timestamp::from_micros(n),
+        }
+    }
+
+    /// Regression: with checkpoints only on another connection, a checkpoint never finished
+    /// while the writer kept appending, the WAL never started over, and a 10-million-event
+    /// import grew it past 45 GB. The writer now finishes one past the threshold.
+    #[tokio::test]
+    async fn the_wal_stays_bounded_under_sustained_writes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(SqliteConfig {
+            data_dir: dir.path().to_path_buf(),
+            dedup_window: Duration::from_secs(180),
+            queue_capacity: 16,
+            clock: Arc::new(SystemClock),
+            wal_checkpoint_pages: 100,
+        })
+        .expect("open");
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        let mut largest = 0;
+        for batch in 0..40 {
+            let events = (0..500).map(|i| event(batch * 500 + i)).collect();
+            store.restore(events).await.expect("restore");
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        let db = std::fs::metadata(dir.path().join(DB_FILE))
+            .expect("db")
+            .len();
+        store.shutdown().await.expect("shutdown");
+        // 20,000 events of ~300 bytes: several MB of pages were written through the WAL,
+        // yet it never held much more than one threshold's worth of them.
+        assert!(db > 4_000_000, "database {db} bytes");
+        assert!(largest < 2_000_000, "WAL reached {largest} bytes");
     }
 }
