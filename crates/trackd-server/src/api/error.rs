@@ -29,6 +29,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 503: the write queue is full; retry later.
     Overloaded,
+    /// 503: the store's last commit failed (`/readyz`).
+    NotReady,
     /// 503: the store cannot commit; retry later. The cause is logged, never sent.
     Unavailable(StoreError),
 }
@@ -73,6 +75,11 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server: overloaded, retry later".to_owned(),
+                true,
+            ),
+            ApiError::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store: not ready, its last commit failed".to_owned(),
                 true,
             ),
             ApiError::Unavailable(e) => {

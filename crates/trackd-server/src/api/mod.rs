@@ -190,8 +190,13 @@ pub fn router(state: AppState) -> Router {
             with_allow(post(read::import), "POST"),
         )
         .route("/api/v2/stats/events", with_allow(get(read::stats), "GET"));
+    // Probes: no credential.
+    let probes = Router::new()
+        .route("/healthz", with_allow(get(track::healthz), "GET"))
+        .route("/readyz", with_allow(get(track::readyz), "GET"));
     vero.layer(cors)
         .merge(reads)
+        .merge(probes)
         .fallback(
             |uri: Uri| async move { ApiError::NotFound(format!("{}: no such route", uri.path())) },
         )

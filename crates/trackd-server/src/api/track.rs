@@ -99,3 +99,18 @@ fn success(outcome: InsertOutcome) -> Response {
 pub async fn heartbeat() -> Response {
     success(InsertOutcome::Inserted)
 }
+
+/// `/healthz`: the process is up.
+pub async fn healthz() -> Response {
+    success(InsertOutcome::Inserted)
+}
+
+/// `/readyz`: the store takes writes (its last commit succeeded); 503 + `Retry-After`
+/// while it does not, so a load balancer sends traffic elsewhere.
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.store.ready() {
+        Ok(success(InsertOutcome::Inserted))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}

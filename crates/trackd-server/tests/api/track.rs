@@ -656,6 +656,9 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
     // The retry is not a duplicate: the failed attempt left no dedup record.
     app.track(&event("u", 1)).await.assert_success(false);
     assert_eq!(app.count("events"), 1);
+    app.send(app.client.get(app.url("/readyz")))
+        .await
+        .assert_success(false);
 }
 
 #[tokio::test]
