@@ -34,6 +34,9 @@ impl App {
                 clock,
                 limits,
                 rejections: Arc::default(),
+                failed_auth: Arc::new(crate::api::auth::FailedAuthLimiter::new(
+                    limits.failed_auth_per_ip,
+                )),
             },
         })
     }
@@ -55,9 +58,12 @@ impl App {
         let rejections = state.rejections.clone();
         let counter = tokio::spawn(flush_rejections(store.clone(), rejections.clone()));
         let router = api::router(state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         refresher.abort();
         counter.abort();
         flush(&store, &rejections).await;

@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes, before and after decompression.
     #[arg(long, env = "TRACKD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// Requests with a missing or unknown credential allowed per client address per
+    /// second before 429 (0: unlimited). Behind a proxy every client shares its address.
+    #[arg(long, env = "TRACKD_FAILED_AUTH_PER_IP", default_value_t = 100)]
+    failed_auth_per_ip: u32,
     /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
     /// writer thread is a core's worth of work of its own].
     #[arg(long, env = "TRACKD_WORKERS")]
@@ -386,6 +390,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let listener = TcpListener::bind(args.listen).await?;
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
+        failed_auth_per_ip: args.failed_auth_per_ip,
     };
     let app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
     tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),

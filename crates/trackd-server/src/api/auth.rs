@@ -7,6 +7,7 @@
 //! tokens cannot turn into database load.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -206,5 +207,81 @@ pub async fn secret_credential(
             "authorization: a tracking token cannot read, use a secret key".into(),
         )),
         Some(c) => Ok(c),
+    }
+}
+
+/// Limits requests with a failed credential (missing or unknown) per client address:
+/// past `limit` failures within a second, the address gets 429 + `Retry-After` without a
+/// lookup, so guessing tokens is slow and cannot load the store. Entries older than a
+/// second are pruned, so the map holds at most the addresses that failed in the last second.
+pub struct FailedAuthLimiter {
+    limit: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// How long one window of the limiter lasts.
+const FAILED_AUTH_WINDOW: Duration = Duration::from_secs(1);
+/// Above this many tracked addresses, stale ones are pruned on the next failure.
+const FAILED_AUTH_PRUNE_AT: usize = 10_000;
+
+impl FailedAuthLimiter {
+    /// At most `limit` failed requests per address per second; 0 is unlimited.
+    pub fn new(limit: u32) -> Self {
+        FailedAuthLimiter {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuses the request when `ip` spent its failures for the current window.
+    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let Ok(windows) = self.windows.lock() else {
+            return Ok(());
+        };
+        match windows.get(&ip) {
+            Some((start, n)) if start.elapsed() < FAILED_AUTH_WINDOW && *n >= self.limit => {
+                Err(ApiError::TooManyRequests(format!(
+                    "auth_token: more than {} requests with a missing or unknown credential \
+                     in a second from this address",
+                    self.limit
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed credential from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        let Ok(mut windows) = self.windows.lock() else {
+            return;
+        };
+        if windows.len() >= FAILED_AUTH_PRUNE_AT {
+            windows.retain(|_, (start, _)| start.elapsed() < FAILED_AUTH_WINDOW);
+        }
+        let entry = windows.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILED_AUTH_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    /// Runs `resolve` unless `ip` is over its limit, counting an unauthenticated outcome.
+    pub async fn guard<T>(
+        &self,
+        ip: IpAddr,
+        resolve: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        self.check(ip)?;
+        let result = resolve.await;
+        if matches!(result, Err(ApiError::Unauthorized(_))) {
+            self.failed(ip);
+        }
+        result
     }
 }

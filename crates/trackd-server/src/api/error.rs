@@ -27,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// 415: a content encoding trackd does not decode.
     UnsupportedMediaType(String),
+    /// 429: too many failed credentials from one address; retry later.
+    TooManyRequests(String),
     /// 503: the write queue is full; retry later.
     Overloaded,
     /// 503: the store's last commit failed (`/readyz`).
@@ -72,6 +74,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, false),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m, false),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m, true),
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server: overloaded, retry later".to_owned(),

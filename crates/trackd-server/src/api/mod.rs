@@ -12,10 +12,11 @@ pub mod error;
 pub mod read;
 pub mod track;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method, Uri};
 use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
@@ -30,12 +31,16 @@ use error::ApiError;
 pub struct Limits {
     /// Largest body, before and after decompression.
     pub max_body_bytes: usize,
+    /// Requests with a missing or unknown credential per client address per second
+    /// (0: unlimited).
+    pub failed_auth_per_ip: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            failed_auth_per_ip: 100,
         }
     }
 }
@@ -53,6 +58,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Refused requests not yet added to the store's totals.
     pub rejections: Arc<Rejections>,
+    /// Failed credentials per client address.
+    pub failed_auth: Arc<auth::FailedAuthLimiter>,
 }
 
 /// Counts of refused requests by project and reason, added to the store's running totals
@@ -140,9 +147,11 @@ fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState
         Handler::Heartbeat => on(filter, track::heartbeat),
         Handler::Profile(op) => on(
             filter,
-            move |State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body| {
-                track::profile(op, state, uri, headers, body)
-            },
+            move |State(state): State<AppState>,
+                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  uri: Uri,
+                  headers: HeaderMap,
+                  body: Body| { track::profile(op, state, peer, uri, headers, body) },
         ),
     };
     with_allow(router, allow)

@@ -3,7 +3,9 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -15,11 +17,18 @@ use super::{auth, body, AppState};
 
 async fn authenticate(
     state: &AppState,
+    peer: SocketAddr,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(Credential, Vec<(String, String)>), ApiError> {
     let query = body::form_pairs(uri.query().unwrap_or("").as_bytes(), "query")?;
-    let credential = auth::secret_credential(&state.credentials, &query, headers).await?;
+    let credential = state
+        .failed_auth
+        .guard(
+            peer.ip(),
+            auth::secret_credential(&state.credentials, &query, headers),
+        )
+        .await?;
     // The credential never reaches the query parsers below.
     Ok((credential, query))
 }
@@ -44,11 +53,12 @@ fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
 /// `GET /api/v2/users/{id}`.
 pub async fn user(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let id = user_id(path)?;
     if let Some((name, _)) = query.first() {
         return Err(ApiError::BadRequest(format!(
@@ -64,11 +74,12 @@ pub async fn user(
 /// `GET /api/v2/users/{id}/events`.
 pub async fn user_events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let id = user_id(path)?;
     let query = EventQuery::parse(credential.project, &query, Some(id))?;
     match state.store.events(query).await? {
@@ -80,10 +91,11 @@ pub async fn user_events(
 /// `GET /api/v2/events`.
 pub async fn events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let query = EventQuery::parse(credential.project, &query, None)?;
     let (events, next) = state.store.events(query).await?.unwrap_or_default();
     Ok(json(trackd_core::read::write_page(&events, next)))
@@ -98,10 +110,11 @@ const EXPORT_CHUNKS_IN_FLIGHT: usize = 8;
 /// `GET /api/v2/events/export`: NDJSON, oldest first by receive time, streamed.
 pub async fn export(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let query = ExportQuery::parse(credential.project, &query)?;
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS_IN_FLIGHT);
@@ -153,10 +166,11 @@ pub async fn export(
 /// `GET /api/v2/stats/events`.
 pub async fn stats(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let query = StatsQuery::parse(credential.project, &query)?;
     Ok(json(state.store.stats(query).await?.to_json()))
 }
@@ -166,11 +180,12 @@ pub async fn stats(
 /// without dedup. Answers the summary once every good line is committed.
 pub async fn import(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, &uri, &headers).await?;
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let params = trackd_core::read::Params::new(&query, &["dedup"])?;
     let dedup = match params.get("dedup") {
         None | Some("true") => true,

@@ -1,7 +1,9 @@
 //! The Vero routes: `events/track`, the `users/*` profile changes, and `heartbeat`.
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -20,6 +22,7 @@ pub static DUPLICATE_HEADER: HeaderName = HeaderName::from_static("trackd-duplic
 /// resolve the tracking credential (which may be in the body).
 async fn decode_authenticated(
     state: &AppState,
+    peer: SocketAddr,
     uri: &Uri,
     headers: &HeaderMap,
     request_body: Body,
@@ -29,7 +32,13 @@ async fn decode_authenticated(
     let bytes = body::read(headers, request_body, state.limits.max_body_bytes).await?;
     let decoded = body::decode(headers, &bytes)?;
     let found = auth::find(&query, &decoded, headers)?;
-    let credential = auth::tracking_credential(&state.credentials, found).await?;
+    let credential = state
+        .failed_auth
+        .guard(
+            peer.ip(),
+            auth::tracking_credential(&state.credentials, found),
+        )
+        .await?;
     Ok((received_at, credential, decoded))
 }
 
@@ -37,12 +46,13 @@ async fn decode_authenticated(
 /// the commit.
 pub async fn track(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let (received_at, credential, decoded) =
-        decode_authenticated(&state, &uri, &headers, request_body).await?;
+        decode_authenticated(&state, peer, &uri, &headers, request_body).await?;
     let event = TrackRequest::new(decoded)
         .validate(credential.project, received_at)
         .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
@@ -55,12 +65,13 @@ pub async fn track(
 pub async fn profile(
     op: ProfileOp,
     state: AppState,
+    peer: SocketAddr,
     uri: Uri,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let (received_at, credential, decoded) =
-        decode_authenticated(&state, &uri, &headers, request_body).await?;
+        decode_authenticated(&state, peer, &uri, &headers, request_body).await?;
     let request = ProfileRequest::parse(op, &decoded, credential.project, received_at)
         .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
     let field = match &request.change {

@@ -703,3 +703,38 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
     // Every request that waited was stored; the refused one was not.
     assert_eq!(app.count("events"), queued);
 }
+
+#[tokio::test]
+async fn failed_credentials_past_the_per_address_limit_get_429() {
+    let app = TestApp::spawn_with(crate::helpers::TestConfig {
+        limits: trackd_server::api::Limits {
+            failed_auth_per_ip: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let wrong = app.url("/api/v2/events/track?auth_token=guess");
+    for _ in 0..3 {
+        app.send(app.client.post(&wrong).body(event("u", 1).to_string()))
+            .await
+            .assert_error(401, "auth_token: unknown credential");
+    }
+    let limited = app
+        .send(app.client.post(&wrong).body(event("u", 1).to_string()))
+        .await;
+    limited.assert_error(
+        429,
+        "auth_token: more than 3 requests with a missing or unknown credential in a second from this address",
+    );
+    assert_eq!(
+        limited
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    // The read routes share the limit: the address is guessing.
+    assert_eq!(app.read_as("sk_guess", "/api/v2/events").await.status, 429);
+    assert_eq!(app.count("events"), 0);
+}
