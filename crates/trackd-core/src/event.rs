@@ -203,23 +203,26 @@ impl TrackRequest {
         // Serialising a Value to a String cannot fail.
         let data = serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_owned());
         Ok(TrackedEvent {
-            project,
-            identity,
-            name,
-            key,
-            data,
-            source,
-            created_at,
-            received_at,
+            record: EventRecord {
+                project,
+                identity,
+                name,
+                key,
+                data,
+                source,
+                created_at,
+                received_at,
+            },
             dedup_key,
         })
     }
 }
 
-/// A validated event, ready for the store.
+/// An event ready to store: who, what and when. A tracked event adds its dedup key; an
+/// imported export line is stored as one, as it was.
 #[derive(Debug, Clone)]
-pub struct TrackedEvent {
-    /// The project the credential belongs to.
+pub struct EventRecord {
+    /// The project it belongs to.
     pub project: ProjectId,
     /// Who the event is about.
     pub identity: Identity,
@@ -235,8 +238,23 @@ pub struct TrackedEvent {
     pub created_at: Timestamp,
     /// When the server received it (the dedup window runs on this clock).
     pub received_at: Timestamp,
+}
+
+/// A validated event with its dedup key, ready for the store.
+#[derive(Debug, Clone)]
+pub struct TrackedEvent {
+    /// The event.
+    pub record: EventRecord,
     /// The dedup key.
     pub dedup_key: DedupKey,
+}
+
+impl std::ops::Deref for TrackedEvent {
+    type Target = EventRecord;
+
+    fn deref(&self) -> &EventRecord {
+        &self.record
+    }
 }
 
 #[cfg(test)]

@@ -5,39 +5,18 @@
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
-use crate::event::{EventKey, EventName, TrackRequest, TrackedEvent};
+use crate::event::{EventName, EventRecord, TrackRequest, TrackedEvent};
 use crate::identity::Identity;
 use crate::json;
 use crate::project::ProjectId;
 use crate::time::{parse_iso8601, Timestamp};
 
-/// An exported event to put back as it was: same user, name, data, times; a new id; no
-/// dedup record (it is history, not a retry).
-#[derive(Debug, Clone)]
-pub struct RestoredEvent {
-    /// The project it goes to.
-    pub project: ProjectId,
-    /// Who it is about.
-    pub identity: Identity,
-    /// The name as first sent.
-    pub name: EventName,
-    /// The name's event key.
-    pub key: EventKey,
-    /// `data`, compact JSON, numbers and key order as exported.
-    pub data: String,
-    /// `source`.
-    pub source: Option<String>,
-    /// Event time.
-    pub created_at: Timestamp,
-    /// The original receive time.
-    pub received_at: Timestamp,
-}
-
 /// One parsed import line.
 #[derive(Debug, Clone)]
 pub enum ImportItem {
-    /// An export line.
-    Restore(Box<RestoredEvent>),
+    /// An export line: stored as it was (new id, no dedup record: it is history, not a
+    /// retry).
+    Restore(Box<EventRecord>),
     /// A Vero track body.
     Track(Box<TrackedEvent>),
 }
@@ -58,7 +37,7 @@ pub fn parse_line(
     }
 }
 
-fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<RestoredEvent, FieldError> {
+fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<EventRecord, FieldError> {
     let identity = match map.get("user") {
         Some(Value::Object(user)) => Identity::from_fields(user, "user.")?,
         _ => {
@@ -85,7 +64,7 @@ fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<RestoredEv
             .and_then(parse_iso8601)
             .ok_or_else(|| FieldError::new(field, "must be an ISO 8601 time"))
     };
-    Ok(RestoredEvent {
+    Ok(EventRecord {
         project,
         identity,
         key: name.key(),
@@ -96,22 +75,6 @@ fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<RestoredEv
         created_at: time("created_at")?,
         received_at: time("received_at")?,
     })
-}
-
-impl RestoredEvent {
-    /// A track body imported without dedup: stored like an export line, received now.
-    pub fn from_tracked(event: TrackedEvent) -> Self {
-        RestoredEvent {
-            project: event.project,
-            identity: event.identity,
-            name: event.name,
-            key: event.key,
-            data: event.data,
-            source: event.source,
-            created_at: event.created_at,
-            received_at: event.received_at,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub mod time;
 pub mod users;
 
 pub use error::{FieldError, StoreError};
-pub use event::{DedupKey, EventKey, EventName, TrackRequest, TrackedEvent};
+pub use event::{DedupKey, EventKey, EventName, EventRecord, TrackRequest, TrackedEvent};
 pub use identity::{Email, Identity, UserId};
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
 pub use store::{DynStore, EventPage, ExportSink, InsertOutcome, Store, StoreFuture};

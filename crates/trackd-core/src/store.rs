@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::error::StoreError;
+use crate::event::EventRecord;
 use crate::event::TrackedEvent;
-use crate::import::RestoredEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
 use crate::read::{Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use crate::users::ProfileRequest;
@@ -53,7 +53,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores exported events again as they were (new ids, no dedup records), in one
     /// transaction.
-    fn restore(&self, events: Vec<RestoredEvent>) -> StoreFuture<'_, ()>;
+    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()>;
 
     /// Adds to the project's running totals (refused requests by reason).
     fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()>;

@@ -5,8 +5,8 @@
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
-use trackd_core::import::{parse_line, ImportItem, RestoredEvent};
-use trackd_core::{Clock, DynStore, InsertOutcome, ProjectId, StoreError};
+use trackd_core::import::{parse_line, ImportItem};
+use trackd_core::{Clock, DynStore, EventRecord, InsertOutcome, ProjectId, StoreError};
 
 /// The longest line read; a longer one is a bad line, skipped without holding it.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -57,7 +57,7 @@ pub async fn run(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<ImportSummary, StoreError> {
     let mut summary = ImportSummary::default();
-    let mut restores: Vec<RestoredEvent> = Vec::new();
+    let mut restores: Vec<EventRecord> = Vec::new();
     // One batch is written while the next is parsed.
     let mut writing: Option<trackd_core::StoreFuture<'_, ()>> = None;
     let mut tracks = FuturesUnordered::new();
@@ -103,7 +103,7 @@ pub async fn run(
         match result {
             Ok(ImportItem::Restore(event)) => restores.push(*event),
             Ok(ImportItem::Track(event)) if !dedup => {
-                restores.push(RestoredEvent::from_tracked(*event));
+                restores.push(event.record);
             }
             Ok(ImportItem::Track(event)) => {
                 tracks.push(store.track(*event));

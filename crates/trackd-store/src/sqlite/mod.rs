@@ -18,11 +18,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::import::RestoredEvent;
 use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
-    Clock, Credential, CredentialKind, EventPage, ExportSink, InsertOutcome, ProfileRequest,
-    Project, ProjectId, Store, StoreError, StoreFuture, Token, TokenHash, TrackedEvent,
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome,
+    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, Token, TokenHash,
+    TrackedEvent,
 };
 
 use writer::{Job, Writer};
@@ -291,7 +291,7 @@ impl Store for SqliteStore {
         self.read(move |conn| read::stats(conn, &query))
     }
 
-    fn restore(&self, events: Vec<RestoredEvent>) -> StoreFuture<'_, ()> {
+    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()> {
         self.submit(|reply| Job::Restore { events, reply })
     }
 
@@ -502,14 +502,13 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trackd_core::import::RestoredEvent;
     use trackd_core::{EventName, Identity, SystemClock, Timestamp};
 
-    fn event(n: i64) -> RestoredEvent {
+    fn event(n: i64) -> EventRecord {
         let mut fields = serde_json::Map::new();
         fields.insert("id".into(), format!("user-{}", n % 500).into());
         let name = EventName::parse(Some(&"Viewed product".into())).expect("name");
-        RestoredEvent {
+        EventRecord {
             project: ProjectId::new(1),
             identity: Identity::from_fields(&fields, "").expect("identity"),
             key: name.key(),

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::import::RestoredEvent;
-use trackd_core::{Clock, Identity, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
+use trackd_core::{Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
 
 use super::dedup::{DedupIndex, Overlay};
 use super::profile;
@@ -38,7 +37,7 @@ pub(crate) enum Job {
     },
     /// Exported events to store again as they were.
     Restore {
-        events: Vec<RestoredEvent>,
+        events: Vec<EventRecord>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Additions to running totals: (project, counter name, amount).
@@ -275,7 +274,7 @@ fn write_batch(
             }
             Job::Restore { events, .. } => {
                 for event in events {
-                    insert_event(&tx, &Stored::from(event))?;
+                    insert_event(&tx, event)?;
                 }
                 done.push(Done::Profile(Ok(())));
             }
@@ -305,51 +304,9 @@ fn write_batch(
     })
 }
 
-/// What an event row is made of, whether it arrived now or is restored from an export.
-struct Stored<'a> {
-    project: i64,
-    identity: &'a Identity,
-    name: &'a str,
-    key: &'a str,
-    data: &'a str,
-    source: Option<&'a str>,
-    created_at: i64,
-    received_at: i64,
-}
-
-impl<'a> From<&'a TrackedEvent> for Stored<'a> {
-    fn from(e: &'a TrackedEvent) -> Self {
-        Stored {
-            project: e.project.get(),
-            identity: &e.identity,
-            name: e.name.as_str(),
-            key: e.key.as_str(),
-            data: &e.data,
-            source: e.source.as_deref(),
-            created_at: e.created_at.as_micros(),
-            received_at: e.received_at.as_micros(),
-        }
-    }
-}
-
-impl<'a> From<&'a RestoredEvent> for Stored<'a> {
-    fn from(e: &'a RestoredEvent) -> Self {
-        Stored {
-            project: e.project.get(),
-            identity: &e.identity,
-            name: e.name.as_str(),
-            key: e.key.as_str(),
-            data: &e.data,
-            source: e.source.as_deref(),
-            created_at: e.created_at.as_micros(),
-            received_at: e.received_at.as_micros(),
-        }
-    }
-}
-
 /// The user upsert (creating the user, or touching it) and the event row; returns the
 /// user's row id.
-fn insert_event(tx: &Transaction<'_>, e: &Stored<'_>) -> rusqlite::Result<i64> {
+fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> {
     let user_ref: i64 = tx
         .prepare_cached(
             "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
@@ -364,11 +321,11 @@ fn insert_event(tx: &Transaction<'_>, e: &Stored<'_>) -> rusqlite::Result<i64> {
         )?
         .query_row(
             params![
-                e.project,
+                e.project.get(),
                 e.identity.user_key(),
                 e.identity.id().map(|i| i.as_str()),
                 e.identity.email().map(|e| e.as_str()),
-                e.received_at,
+                e.received_at.as_micros(),
             ],
             |r| r.get(0),
         )?;
@@ -378,14 +335,14 @@ fn insert_event(tx: &Transaction<'_>, e: &Stored<'_>) -> rusqlite::Result<i64> {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        e.project,
+        e.project.get(),
         user_ref,
-        e.name,
-        e.key,
+        e.name.as_str(),
+        e.key.as_str(),
         e.data,
         e.source,
-        e.created_at,
-        e.received_at,
+        e.created_at.as_micros(),
+        e.received_at.as_micros(),
     ])?;
     Ok(user_ref)
 }
@@ -410,7 +367,7 @@ fn track_event(
             return Ok(InsertOutcome::Duplicate);
         }
     }
-    let user_ref = insert_event(tx, &Stored::from(event))?;
+    let user_ref = insert_event(tx, event)?;
     if window_micros > 0 {
         tx.prepare_cached(
             "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
