@@ -136,6 +136,9 @@ pub struct ServeArgs {
     /// second before 429 (0: unlimited). Behind a proxy every client shares its address.
     #[arg(long, env = "TRACKD_FAILED_AUTH_PER_IP", default_value_t = 100)]
     failed_auth_per_ip: u32,
+    /// Seconds a request body may take to arrive before 408.
+    #[arg(long, env = "TRACKD_BODY_TIMEOUT", default_value_t = 30)]
+    body_timeout: u64,
     /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
     /// writer thread is a core's worth of work of its own].
     #[arg(long, env = "TRACKD_WORKERS")]
@@ -391,6 +394,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         failed_auth_per_ip: args.failed_auth_per_ip,
+        body_timeout: Duration::from_secs(args.body_timeout),
     };
     let app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
     tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),

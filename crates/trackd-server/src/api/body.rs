@@ -17,8 +17,14 @@ const JSON_FORM_FIELDS: &[&str] = &[
     "identity", "data", "extras", "changes", "add", "remove", "channels",
 ];
 
-/// Reads the whole body, at most `limit` bytes before and after decompression.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the whole body, at most `limit` bytes before and after decompression, within
+/// `timeout` (a client that trickles its body is answered 408 and holds nothing longer).
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("body: larger than {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -27,7 +33,15 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "body: not received within {} s",
+                timeout.as_secs_f64()
+            ))
+        })?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Err(_) => return Err(ApiError::BadRequest("body: could not be read".into())),

@@ -23,6 +23,8 @@ pub enum ApiError {
         /// The methods the route takes, for the `Allow` header.
         allow: &'static str,
     },
+    /// 408: the body took too long to arrive; retry.
+    RequestTimeout(String),
     /// 413: body too large, before or after decompression.
     PayloadTooLarge(String),
     /// 415: a content encoding trackd does not decode.
@@ -72,6 +74,7 @@ impl IntoResponse for ApiError {
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
                 return response;
             }
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, m, false),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, false),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m, false),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m, true),

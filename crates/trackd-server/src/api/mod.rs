@@ -34,6 +34,8 @@ pub struct Limits {
     /// Requests with a missing or unknown credential per client address per second
     /// (0: unlimited).
     pub failed_auth_per_ip: u32,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 1024 * 1024,
             failed_auth_per_ip: 100,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

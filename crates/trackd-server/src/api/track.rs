@@ -29,7 +29,13 @@ async fn decode_authenticated(
 ) -> Result<(Timestamp, Credential, Map<String, Value>), ApiError> {
     let received_at = state.clock.now();
     let query = body::form_pairs(uri.query().unwrap_or("").as_bytes(), "query")?;
-    let bytes = body::read(headers, request_body, state.limits.max_body_bytes).await?;
+    let bytes = body::read(
+        headers,
+        request_body,
+        state.limits.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await?;
     let decoded = body::decode(headers, &bytes)?;
     let found = auth::find(&query, &decoded, headers)?;
     let credential = state

@@ -738,3 +738,51 @@ async fn failed_credentials_past_the_per_address_limit_get_429() {
     assert_eq!(app.read_as("sk_guess", "/api/v2/events").await.status, 429);
     assert_eq!(app.count("events"), 0);
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(crate::helpers::TestConfig {
+        limits: trackd_server::api::Limits {
+            body_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let body = event("u", 1).to_string();
+    let mut stream = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v2/events/track?auth_token={} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.token,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Half the body, then nothing.
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .expect("half");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.windows(2).any(|w| w == b"}\n") || answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.ends_with(r#"{"status":408,"message":"body: not received within 0.5 s"}"#),
+        "{text}"
+    );
+    assert_eq!(app.count("events"), 0);
+}
