@@ -36,6 +36,8 @@ pub struct Limits {
     pub failed_auth_per_ip: u32,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// How long a connection may take to send a request's headers before it is closed.
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             failed_auth_per_ip: 100,
             body_timeout: std::time::Duration::from_secs(30),
+            header_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

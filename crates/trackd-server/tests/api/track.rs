@@ -786,3 +786,37 @@ async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
     );
     assert_eq!(app.count("events"), 0);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_completes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(crate::helpers::TestConfig {
+        limits: trackd_server::api::Limits {
+            header_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /api/v2/events/track HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("partial head");
+    // The server closes the connection (EOF, possibly after a 408) well before 10 s.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    // The server still serves others.
+    app.track(&event("u", 1)).await.assert_success(false);
+}
