@@ -114,6 +114,9 @@ pub fn parse_unix_seconds(text: &str) -> Option<Timestamp> {
         return in_range(micros as i64);
     }
     let secs: i64 = int.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let mut frac_micros = 0i64;
     for (i, d) in frac.bytes().take(6).enumerate() {
         frac_micros += i64::from(d - b'0') * 10i64.pow(5 - i as u32);
@@ -183,6 +186,9 @@ mod tests {
             Some(Timestamp(1_388_534_400_000_000))
         );
         assert_eq!(parse_unix_seconds("99999999999999999999"), None);
+        for bad in ["1.-5", "1..5", "1.5.", "-", "1.x"] {
+            assert_eq!(parse_unix_seconds(bad), None, "{bad}");
+        }
         assert_eq!(parse_unix_seconds("1e300"), None);
     }
 

@@ -77,6 +77,9 @@ impl App {
     }
 }
 
+/// How long a shutdown waits for open connections.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// The accept loop: HTTP/1 with a header read timeout (a connection that never completes
 /// its headers is closed), each request told its peer address, and a graceful end: once
 /// `shutdown` resolves, no new connection is accepted and the open ones finish the request
@@ -124,7 +127,14 @@ async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Requests in flight finish; a connection still busy after the deadline (a slow export
+    // reader) is dropped rather than holding the exit.
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at the shutdown deadline, closing them");
+    }
     Ok(())
 }
 

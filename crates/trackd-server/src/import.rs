@@ -2,7 +2,9 @@
 //! lines are restored as they were, track bodies are ingested like API requests (dedup on
 //! unless turned off). A bad line is reported with its number and skipped whole.
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use trackd_core::import::{parse_line, ImportItem};
@@ -10,8 +12,12 @@ use trackd_core::{Clock, DynStore, EventRecord, InsertOutcome, ProjectId, StoreE
 
 /// The longest line read; a longer one is a bad line, skipped without holding it.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-/// Restored events per store transaction.
+/// Restored events per store transaction, at most.
 const RESTORE_BATCH: usize = 2000;
+/// Bytes of input held at once, by the batch being built, the batch being written and the
+/// track bodies waiting for the writer: whatever the lines' sizes, an import's memory stays
+/// near this.
+const MAX_BYTES_HELD: usize = 16 * 1024 * 1024;
 /// Track bodies waiting for the writer at once (the writer batches them).
 const TRACKS_IN_FLIGHT: usize = 2048;
 /// Bad lines listed in the summary (all are counted).
@@ -60,7 +66,11 @@ pub async fn run(
     let mut restores: Vec<EventRecord> = Vec::new();
     // One batch is written while the next is parsed.
     let mut writing: Option<trackd_core::StoreFuture<'_, ()>> = None;
-    let mut tracks = FuturesUnordered::new();
+    let mut tracks = FuturesOrdered::new();
+    // Input bytes behind each track in flight (oldest first), and their sum.
+    let mut track_bytes: VecDeque<usize> = VecDeque::new();
+    let mut held_by_tracks = 0usize;
+    let mut restore_bytes = 0usize;
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut read = 0u64;
@@ -101,16 +111,24 @@ pub async fn run(
             parse_line(text, project, clock.now()).map_err(|e| e.to_string())
         };
         match result {
-            Ok(ImportItem::Restore(event)) => restores.push(*event),
+            Ok(ImportItem::Restore(event)) => {
+                restore_bytes += line.len();
+                restores.push(*event);
+            }
             Ok(ImportItem::Track(event)) if !dedup => {
+                restore_bytes += line.len();
                 restores.push(event.record);
             }
             Ok(ImportItem::Track(event)) => {
-                tracks.push(store.track(*event));
-                if tracks.len() >= TRACKS_IN_FLIGHT {
-                    if let Some(outcome) = tracks.next().await {
-                        count(&mut summary, outcome?);
-                    }
+                tracks.push_back(store.track(*event));
+                track_bytes.push_back(line.len());
+                held_by_tracks += line.len();
+                while tracks.len() >= TRACKS_IN_FLIGHT || held_by_tracks > MAX_BYTES_HELD / 2 {
+                    let Some(outcome) = tracks.next().await else {
+                        break;
+                    };
+                    held_by_tracks -= track_bytes.pop_front().unwrap_or(0);
+                    count(&mut summary, outcome?);
                 }
             }
             Err(message) => {
@@ -125,7 +143,8 @@ pub async fn run(
                 }
             }
         }
-        if restores.len() >= RESTORE_BATCH {
+        if restores.len() >= RESTORE_BATCH || restore_bytes > MAX_BYTES_HELD / 4 {
+            restore_bytes = 0;
             if let Some(previous) = writing.take() {
                 previous.await?;
             }

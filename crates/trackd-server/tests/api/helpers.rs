@@ -436,12 +436,23 @@ impl ChildServer {
         }
     }
 
-    /// The value printed after `label:` on stdout at first start.
+    /// The value printed after `label:` on stdout at first start. Stdout is read on its
+    /// own thread, which may lag behind the log line that gave the address: wait for it.
     pub fn printed(&self, label: &str) -> String {
-        let out = self.stdout.lock().expect("lock").clone();
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {label} in stdout: {out}"))
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout.lock().expect("lock").clone();
+            let found = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()));
+            match found {
+                Some(value) => return value,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                None => panic!("no {label} in stdout: {out}"),
+            }
+        }
     }
 
     pub fn kill9(&mut self) {

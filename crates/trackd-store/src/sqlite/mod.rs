@@ -56,6 +56,9 @@ pub struct SqliteStore {
     /// Idle reader connections, and a bound on how many queries read at once.
     readers: Arc<Mutex<Vec<Connection>>>,
     reading: Arc<tokio::sync::Semaphore>,
+    /// Exports last as long as their clients read: they get their own permits so slow
+    /// export readers cannot starve the other read queries.
+    exporting: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
     ready: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
@@ -66,6 +69,8 @@ pub const DEFAULT_WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// How many queries read at once.
 const MAX_READERS: usize = 8;
+/// How many exports run at once (beside the queries).
+const MAX_EXPORTS: usize = 4;
 
 /// How long a connection waits for another writer (the CLI, another process) to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +139,7 @@ impl SqliteStore {
             admin: Arc::new(Mutex::new(admin)),
             readers: Arc::new(Mutex::new(Vec::new())),
             reading: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            exporting: Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)),
             path,
             ready,
             clock: config.clock,
@@ -168,8 +174,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.read_with(self.reading.clone(), f)
+    }
+
+    /// [`Self::read`], holding a permit of `reading` while it runs.
+    fn read_with<T, F>(&self, reading: Arc<tokio::sync::Semaphore>, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let readers = self.readers.clone();
-        let reading = self.reading.clone();
         let path = self.path.clone();
         Box::pin(async move {
             let _permit = reading
@@ -284,7 +298,9 @@ impl Store for SqliteStore {
     }
 
     fn export(&self, query: ExportQuery, mut sink: ExportSink) -> StoreFuture<'_, u64> {
-        self.read(move |conn| read::export(conn, &query, &mut sink))
+        self.read_with(self.exporting.clone(), move |conn| {
+            read::export(conn, &query, &mut sink)
+        })
     }
 
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {

@@ -47,8 +47,10 @@ CREATE TABLE users (
 -- Operations that name a user by email alone fall back to the email field.
 CREATE INDEX users_by_email ON users(project_id, email) WHERE email IS NOT NULL;
 
+-- AUTOINCREMENT: ids are never reused, even after the newest rows are deleted (a user
+-- deletion), so exported ids stay unique and a cursor's `max_id` stays a true bound.
 CREATE TABLE events (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     project_id  INTEGER NOT NULL,
     user_ref    INTEGER NOT NULL, -- users.id: a reidentify renames the user, not its events
     event_name  TEXT NOT NULL,
@@ -70,7 +72,7 @@ CREATE INDEX events_by_received ON events(project_id, received_at);
 -- Append-only in commit order (lookups use the writer's in-memory index of these rows),
 -- purged by rowid range once expired. `user_ref` lets a user's deletion remove its records.
 CREATE TABLE dedup (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: catch-up reads past a watermark
     project_id  INTEGER NOT NULL,
     key         BLOB NOT NULL,    -- 16 bytes of SHA-256 over project, user, event key, data
     received_at INTEGER NOT NULL,

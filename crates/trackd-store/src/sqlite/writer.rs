@@ -21,6 +21,9 @@ use super::profile;
 
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How much longer than the window dedup keys are kept (see `purge_expired`).
+const PURGE_SLACK_MICROS: i64 = 120_000_000;
+
 /// How often expired dedup records are purged: often enough that each purge deletes a
 /// short rowid range.
 const PURGE_EVERY: Duration = Duration::from_secs(5);
@@ -71,7 +74,11 @@ impl Writer {
         window_micros: i64,
         ready: Arc<AtomicBool>,
     ) -> rusqlite::Result<Self> {
-        let cutoff = clock.now().as_micros().saturating_sub(window_micros);
+        let cutoff = clock
+            .now()
+            .as_micros()
+            .saturating_sub(window_micros)
+            .saturating_sub(PURGE_SLACK_MICROS);
         let dedup = DedupIndex::load(&conn, cutoff)?;
         let data_version = data_version(&conn)?;
         Ok(Writer {
@@ -192,7 +199,10 @@ impl Writer {
         if self.window_micros == 0 {
             return;
         }
-        let cutoff = self.clock.now().as_micros() - self.window_micros;
+        // A request is stamped when it arrives, then may spend its body timeout and a wait
+        // in the queue before the writer sees it: keep keys that much longer, so a retry
+        // received inside the window still finds the original.
+        let cutoff = self.clock.now().as_micros() - self.window_micros - PURGE_SLACK_MICROS;
         match self.dedup.purge(&self.conn, cutoff) {
             Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
             Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
