@@ -362,7 +362,11 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
     }
 }
 
-async fn create_project(store: &DynStore, name: &str) -> Result<(Project, Token, Token), CliError> {
+/// Creates a project with one tracking token and one secret key.
+pub async fn create_project(
+    store: &DynStore,
+    name: &str,
+) -> Result<(Project, Token, Token), CliError> {
     validate_project_name(name)?;
     let project = store.create_project(name).await?;
     let tracking = Token::generate(CredentialKind::Tracking);

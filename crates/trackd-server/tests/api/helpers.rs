@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use trackd_core::time::ManualClock;
-use trackd_core::{CredentialKind, DynStore, Timestamp, Token};
+use trackd_core::{DynStore, Timestamp};
 use trackd_server::api::Limits;
+use trackd_server::cli::create_project;
 use trackd_server::App;
 use trackd_store::{SqliteConfig, SqliteStore};
 
@@ -114,17 +115,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(START));
         let store = open_store(dir.path(), &config, clock.clone());
-        let project = store.create_project("test").await.expect("project");
-        let token = Token::generate(CredentialKind::Tracking);
-        let secret = Token::generate(CredentialKind::Secret);
-        store
-            .add_credential(project.id, CredentialKind::Tracking, &token)
-            .await
-            .expect("token");
-        store
-            .add_credential(project.id, CredentialKind::Secret, &secret)
-            .await
-            .expect("key");
+        let (_, token, secret) = create_project(&store, "test").await.expect("project");
         let mut app = TestApp {
             addr: String::new(),
             client: reqwest::Client::new(),
@@ -179,17 +170,7 @@ impl TestApp {
     /// Creates another project; returns its (tracking token, secret key).
     pub async fn add_project(&self, name: &str) -> (String, String) {
         let store = self.store.as_ref().expect("running");
-        let project = store.create_project(name).await.expect("project");
-        let token = Token::generate(CredentialKind::Tracking);
-        let secret = Token::generate(CredentialKind::Secret);
-        store
-            .add_credential(project.id, CredentialKind::Tracking, &token)
-            .await
-            .expect("token");
-        store
-            .add_credential(project.id, CredentialKind::Secret, &secret)
-            .await
-            .expect("key");
+        let (_, token, secret) = create_project(store, name).await.expect("project");
         (token.expose().to_owned(), secret.expose().to_owned())
     }
 
