@@ -142,6 +142,9 @@ pub struct ServeArgs {
     /// Seconds a connection may take to send a request's headers before it is closed.
     #[arg(long, env = "TRACKD_HEADER_TIMEOUT", default_value_t = 10)]
     header_timeout: u64,
+    /// Seconds a write may take to commit before the client gets 503 + Retry-After.
+    #[arg(long, env = "TRACKD_REQUEST_TIMEOUT", default_value_t = 30)]
+    request_timeout: u64,
     /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
     /// writer thread is a core's worth of work of its own].
     #[arg(long, env = "TRACKD_WORKERS")]
@@ -403,6 +406,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         failed_auth_per_ip: args.failed_auth_per_ip,
         body_timeout: Duration::from_secs(args.body_timeout),
         header_timeout: Duration::from_secs(args.header_timeout),
+        request_timeout: Duration::from_secs(args.request_timeout),
     };
     let app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
     tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),

@@ -38,6 +38,8 @@ pub struct Limits {
     pub body_timeout: std::time::Duration,
     /// How long a connection may take to send a request's headers before it is closed.
     pub header_timeout: std::time::Duration,
+    /// How long a write may take to commit before the client is told to retry (503).
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             failed_auth_per_ip: 100,
             body_timeout: std::time::Duration::from_secs(30),
             header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

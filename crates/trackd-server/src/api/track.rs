@@ -62,7 +62,7 @@ pub async fn track(
     let event = TrackRequest::new(decoded)
         .validate(credential.project, received_at)
         .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
-    let outcome = state.store.track(event).await?;
+    let outcome = committed(&state, state.store.track(event)).await?;
     Ok(success(outcome))
 }
 
@@ -88,10 +88,25 @@ pub async fn profile(
         | ProfileChange::Subscription { user, .. }
         | ProfileChange::Delete { user } => user.field(),
     };
-    match state.store.change_profile(request).await {
+    match committed(&state, state.store.change_profile(request)).await {
         Ok(()) => Ok(success(InsertOutcome::Inserted)),
         Err(StoreError::NotFound(_)) => Err(ApiError::NotFound(format!("{field}: no such user"))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits for a write to commit, at most the request timeout. Past it the client gets 503 +
+/// `Retry-After`: the write may still commit, and a retried event is then a duplicate.
+async fn committed<T>(
+    state: &AppState,
+    write: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let timeout = state.limits.request_timeout;
+    match tokio::time::timeout(timeout, write).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::unavailable(trackd_core::error::Cause(
+            "not committed within the request timeout",
+        ))),
     }
 }
 

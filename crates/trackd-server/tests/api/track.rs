@@ -820,3 +820,32 @@ async fn a_connection_that_never_completes_its_headers_is_closed() {
     // The server still serves others.
     app.track(&event("u", 1)).await.assert_success(false);
 }
+
+#[tokio::test]
+async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a_duplicate() {
+    let app = TestApp::spawn_with(crate::helpers::TestConfig {
+        limits: trackd_server::api::Limits {
+            request_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Another connection holds the write lock for longer than the request timeout.
+    let blocker = app.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let answer = app.track(&event("u", 1)).await;
+    answer.assert_error(503, "server: storage unavailable, retry later");
+    assert_eq!(
+        answer
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    blocker.execute_batch("COMMIT").expect("unlock");
+    // The write went on and committed (the queue is first in, first out, so it commits
+    // before the retry is looked at); the client's retry is recognised.
+    app.track(&event("u", 1)).await.assert_success(true);
+    assert_eq!(app.count("events"), 1);
+}
