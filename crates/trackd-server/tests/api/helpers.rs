@@ -111,6 +111,22 @@ impl TestApp {
         Self::spawn_with(TestConfig::default()).await
     }
 
+    /// A server with these request limits, the rest default.
+    pub async fn spawn_with_limits(limits: Limits) -> TestApp {
+        Self::spawn_with(TestConfig {
+            limits,
+            ..TestConfig::default()
+        })
+        .await
+    }
+
+    /// A raw TCP connection to the server, for clients no HTTP library would imitate.
+    pub async fn raw_connection(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr.trim_start_matches("http://"))
+            .await
+            .expect("connect")
+    }
+
     pub async fn spawn_with(config: TestConfig) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(START));

@@ -706,11 +706,8 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
 
 #[tokio::test]
 async fn failed_credentials_past_the_per_address_limit_get_429() {
-    let app = TestApp::spawn_with(crate::helpers::TestConfig {
-        limits: trackd_server::api::Limits {
-            failed_auth_per_ip: 3,
-            ..Default::default()
-        },
+    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
+        failed_auth_per_ip: 3,
         ..Default::default()
     })
     .await;
@@ -742,18 +739,13 @@ async fn failed_credentials_past_the_per_address_limit_get_429() {
 #[tokio::test]
 async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn_with(crate::helpers::TestConfig {
-        limits: trackd_server::api::Limits {
-            body_timeout: std::time::Duration::from_millis(500),
-            ..Default::default()
-        },
+    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
+        body_timeout: std::time::Duration::from_millis(500),
         ..Default::default()
     })
     .await;
     let body = event("u", 1).to_string();
-    let mut stream = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://"))
-        .await
-        .expect("connect");
+    let mut stream = app.raw_connection().await;
     let head = format!(
         "POST /api/v2/events/track?auth_token={} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         app.token,
@@ -790,17 +782,12 @@ async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
 #[tokio::test]
 async fn a_connection_that_never_completes_its_headers_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn_with(crate::helpers::TestConfig {
-        limits: trackd_server::api::Limits {
-            header_timeout: std::time::Duration::from_millis(500),
-            ..Default::default()
-        },
+    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
+        header_timeout: std::time::Duration::from_millis(500),
         ..Default::default()
     })
     .await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://"))
-        .await
-        .expect("connect");
+    let mut stream = app.raw_connection().await;
     stream
         .write_all(b"POST /api/v2/events/track HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
@@ -823,11 +810,8 @@ async fn a_connection_that_never_completes_its_headers_is_closed() {
 
 #[tokio::test]
 async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a_duplicate() {
-    let app = TestApp::spawn_with(crate::helpers::TestConfig {
-        limits: trackd_server::api::Limits {
-            request_timeout: std::time::Duration::from_millis(300),
-            ..Default::default()
-        },
+    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
+        request_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
     })
     .await;
