@@ -9,7 +9,7 @@
 //! - [`import`]: import lines: export lines restored, track bodies ingested.
 //! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
-//! - [`store`]: the [`Store`] trait the backends implement.
+//! - [`store`]: the [`Store`] trait the backends implement; [`metrics`]: what they report.
 //! - [`error`]: field errors and store errors.
 
 pub mod error;
@@ -17,6 +17,7 @@ pub mod event;
 pub mod identity;
 pub mod import;
 pub mod json;
+pub mod metrics;
 pub mod project;
 pub mod read;
 pub mod store;
@@ -26,6 +27,7 @@ pub mod users;
 pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, EventRecord, TrackRequest, TrackedEvent};
 pub use identity::{Email, Identity, UserId};
+pub use metrics::StoreMetrics;
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
 pub use store::{DynStore, EventPage, ExportSink, InsertOutcome, Store, StoreFuture};
 pub use time::{Clock, SystemClock, Timestamp};

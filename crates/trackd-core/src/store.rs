@@ -27,6 +27,9 @@ pub type StoreFuture<'a, T> =
 /// Every write resolves only after its transaction committed: a caller that gets `Ok` may
 /// answer 200. Implementations batch concurrent writes (group commit).
 pub trait Store: Send + Sync + 'static {
+    /// The numbers this store reports about its writes.
+    fn metrics(&self) -> crate::metrics::StoreMetrics;
+
     /// Dedups and appends an event (creating or touching its user), in one transaction
     /// with its dedup record.
     fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome>;

@@ -16,11 +16,14 @@ use tower::ServiceExt;
 use trackd_core::{Clock, DynStore, StoreError};
 
 use crate::api::auth::{CredentialCache, REFRESH_EVERY};
+use crate::api::limit::Admission;
+use crate::api::metrics::Metrics;
 use crate::api::{self, AppState, Limits, Rejections};
 
 /// A server ready to run.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -33,9 +36,13 @@ impl App {
         limits: Limits,
     ) -> Result<Self, StoreError> {
         let credentials = CredentialCache::load(store.clone()).await?;
+        let metrics = Arc::new(Metrics::new(&store.metrics()));
         Ok(App {
             listener,
+            metrics_listener: None,
             state: AppState {
+                admission: Arc::new(Admission::new(&limits)),
+                metrics,
                 store,
                 credentials,
                 clock,
@@ -46,6 +53,12 @@ impl App {
                 )),
             },
         })
+    }
+
+    /// Serves `/metrics` on `listener` instead of the main address.
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// The address the server listens on.
@@ -59,16 +72,34 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let App { listener, state } = self;
+        let App {
+            listener,
+            metrics_listener,
+            state,
+        } = self;
         let header_timeout = state.limits.header_timeout;
         let store = state.store.clone();
-        let refresher = tokio::spawn(refresh_credentials(state.credentials.clone()));
+        let mut background = vec![
+            tokio::spawn(refresh_credentials(state.credentials.clone())),
+            tokio::spawn(flush_rejections(store.clone(), state.rejections.clone())),
+            tokio::spawn(prune_rate_limits(state.admission.clone())),
+        ];
+        let metrics_listener_absent = metrics_listener.is_none();
+        if let Some(listener) = metrics_listener {
+            let router = api::metrics_router(state.metrics.clone());
+            background.push(tokio::spawn(async move {
+                let never = std::future::pending::<()>();
+                if let Err(e) = serve(listener, router, header_timeout, never).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+        }
         let rejections = state.rejections.clone();
-        let counter = tokio::spawn(flush_rejections(store.clone(), rejections.clone()));
-        let router = api::router(state);
+        let router = api::router(state, metrics_listener_absent);
         let served = serve(listener, router, header_timeout, shutdown).await;
-        refresher.abort();
-        counter.abort();
+        for task in background {
+            task.abort();
+        }
         flush(&store, &rejections).await;
         if let Err(e) = store.shutdown().await {
             tracing::error!(error = %e, "store did not shut down cleanly");
@@ -155,6 +186,17 @@ async fn flush(store: &DynStore, rejections: &Rejections) {
         if let Err(e) = store.add_counters(counts).await {
             tracing::warn!(error = %e, "refusal counts not saved");
         }
+    }
+}
+
+/// How often rate-limit state of senders that went quiet is dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+async fn prune_rate_limits(admission: Arc<Admission>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        admission.prune();
     }
 }
 

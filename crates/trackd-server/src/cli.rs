@@ -145,6 +145,20 @@ pub struct ServeArgs {
     /// Seconds a write may take to commit before the client gets 503 + Retry-After.
     #[arg(long, env = "TRACKD_REQUEST_TIMEOUT", default_value_t = 30)]
     request_timeout: u64,
+    /// Requests answered at once before new ones get 503 + Retry-After (0: unbounded).
+    /// Each may hold a body of up to --max-body-bytes.
+    #[arg(long, env = "TRACKD_MAX_IN_FLIGHT", default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Requests per second per client address before 429 (0: unlimited). Behind a proxy
+    /// every client shares its address.
+    #[arg(long, env = "TRACKD_IP_RATE", default_value_t = 0)]
+    ip_rate: u32,
+    /// Requests per second per tracking token before 429 (0: unlimited).
+    #[arg(long, env = "TRACKD_TOKEN_RATE", default_value_t = 0)]
+    token_rate: u32,
+    /// Serve /metrics on this address instead of --listen.
+    #[arg(long, env = "TRACKD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
     /// writer thread is a core's worth of work of its own].
     #[arg(long, env = "TRACKD_WORKERS")]
@@ -407,8 +421,16 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         body_timeout: Duration::from_secs(args.body_timeout),
         header_timeout: Duration::from_secs(args.header_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),
+        max_in_flight: args.max_in_flight,
+        ip_rate: args.ip_rate,
+        token_rate: args.token_rate,
     };
-    let app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
+    let mut app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+        app = app.with_metrics_listener(metrics_listener);
+    }
     tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),
         dedup_window_secs = args.dedup_window, "trackd listening");
     app.run(shutdown_signal()).await?;

@@ -54,6 +54,51 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The reason a refused event is counted under in `/metrics`: the refused field's first
+    /// segment for a bad request, else the kind of refusal. A small, fixed set.
+    pub fn reason(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) => {
+                let field = m.split_once(": ").map_or("body", |(field, _)| field);
+                let reason = trackd_core::read::rejection_reason(field);
+                // A path can start with a key the client chose (a duplicate key): only the
+                // fields trackd knows become labels.
+                if KNOWN_FIELDS.contains(&reason.as_str()) {
+                    reason
+                } else {
+                    "body".to_owned()
+                }
+            }
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => "auth".to_owned(),
+            ApiError::NotFound(_) | ApiError::MethodNotAllowed { .. } => "route".to_owned(),
+            ApiError::RequestTimeout(_) => "timeout".to_owned(),
+            ApiError::PayloadTooLarge(_) => "too_large".to_owned(),
+            ApiError::UnsupportedMediaType(_) => "encoding".to_owned(),
+            ApiError::TooManyRequests(_) => "rate_limited".to_owned(),
+            ApiError::Overloaded | ApiError::NotReady | ApiError::Unavailable(_) => {
+                "unavailable".to_owned()
+            }
+        }
+    }
+}
+
+/// Fields that name a refusal reason in `/metrics`.
+const KNOWN_FIELDS: [&str; 12] = [
+    "identity",
+    "event_name",
+    "data",
+    "extras",
+    "created_at",
+    "auth_token",
+    "tracking_api_key",
+    "id",
+    "email",
+    "user_id",
+    "query",
+    "body",
+];
+
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 

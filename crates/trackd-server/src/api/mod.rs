@@ -5,10 +5,16 @@
 //! - [`body`]: body limits, gzip, JSON and form decoding.
 //! - [`auth`]: credential locations and the credential cache.
 //! - [`error`]: the one mapping from refusals to HTTP statuses.
+//! - [`limit`]: admission: in-flight bound, per-address and per-token rates.
+//! - [`metrics`]: `/metrics` and the middleware that admits and counts every request.
+//! - [`openapi`]: `/openapi.json`, built from the same route tables as the router.
 
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod limit;
+pub mod metrics;
+pub mod openapi;
 pub mod read;
 pub mod track;
 
@@ -40,6 +46,12 @@ pub struct Limits {
     pub header_timeout: std::time::Duration,
     /// How long a write may take to commit before the client is told to retry (503).
     pub request_timeout: std::time::Duration,
+    /// Requests answered at once before new ones get 503 (0: unbounded).
+    pub max_in_flight: usize,
+    /// Requests per second per client address before 429 (0: unlimited).
+    pub ip_rate: u32,
+    /// Requests per second per tracking token before 429 (0: unlimited).
+    pub token_rate: u32,
 }
 
 impl Default for Limits {
@@ -50,6 +62,9 @@ impl Default for Limits {
             body_timeout: std::time::Duration::from_secs(30),
             header_timeout: std::time::Duration::from_secs(10),
             request_timeout: std::time::Duration::from_secs(30),
+            max_in_flight: 4096,
+            ip_rate: 0,
+            token_rate: 0,
         }
     }
 }
@@ -69,6 +84,10 @@ pub struct AppState {
     pub rejections: Arc<Rejections>,
     /// Failed credentials per client address.
     pub failed_auth: Arc<auth::FailedAuthLimiter>,
+    /// In-flight bound and rate limits.
+    pub admission: Arc<limit::Admission>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Counts of refused requests by project and reason, added to the store's running totals
@@ -145,6 +164,27 @@ const VERO_ROUTES: [(&str, &str, Handler); 9] = [
     ("heartbeat", "GET", Handler::Heartbeat),
 ];
 
+/// What answers a read route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadRoute {
+    User,
+    UserEvents,
+    Events,
+    Export,
+    Import,
+    Stats,
+}
+
+/// The read routes (secret key): path, method, what answers.
+const READ_ROUTES: [(&str, &str, ReadRoute); 6] = [
+    ("/api/v2/users/{id}", "GET", ReadRoute::User),
+    ("/api/v2/users/{id}/events", "GET", ReadRoute::UserEvents),
+    ("/api/v2/events", "GET", ReadRoute::Events),
+    ("/api/v2/events/export", "GET", ReadRoute::Export),
+    ("/api/v2/events/import", "POST", ReadRoute::Import),
+    ("/api/v2/stats/events", "GET", ReadRoute::Stats),
+];
+
 fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
     let filter = allow
         .split(", ")
@@ -176,8 +216,8 @@ fn with_allow(router: MethodRouter<AppState>, allow: &'static str) -> MethodRout
     })
 }
 
-/// Builds the router.
-pub fn router(state: AppState) -> Router {
+/// Builds the router; `/metrics` is on it unless it is served on an address of its own.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
     let mut vero = Router::new();
     for (name, allow, handler) in VERO_ROUTES {
         let method_router = method_router(allow, handler);
@@ -192,31 +232,56 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
     // The read API: exact paths (no `.json` or trailing-slash variants), no CORS.
-    let reads = Router::new()
-        .route("/api/v2/users/{id}", with_allow(get(read::user), "GET"))
-        .route(
-            "/api/v2/users/{id}/events",
-            with_allow(get(read::user_events), "GET"),
-        )
-        .route("/api/v2/events", with_allow(get(read::events), "GET"))
-        .route(
-            "/api/v2/events/export",
-            with_allow(get(read::export), "GET"),
-        )
-        .route(
-            "/api/v2/events/import",
-            with_allow(post(read::import), "POST"),
-        )
-        .route("/api/v2/stats/events", with_allow(get(read::stats), "GET"));
+    let mut reads = Router::new();
+    for (path, allow, route) in READ_ROUTES {
+        let method_router = match route {
+            ReadRoute::User => get(read::user),
+            ReadRoute::UserEvents => get(read::user_events),
+            ReadRoute::Events => get(read::events),
+            ReadRoute::Export => get(read::export),
+            ReadRoute::Import => post(read::import),
+            ReadRoute::Stats => get(read::stats),
+        };
+        reads = reads.route(path, with_allow(method_router, allow));
+    }
     // Probes: no credential.
     let probes = Router::new()
         .route("/healthz", with_allow(get(track::healthz), "GET"))
-        .route("/readyz", with_allow(get(track::readyz), "GET"));
-    vero.layer(cors)
+        .route("/readyz", with_allow(get(track::readyz), "GET"))
+        .route("/openapi.json", with_allow(get(openapi::document), "GET"));
+    let mut router = vero
+        .layer(cors)
         .merge(reads)
         .merge(probes)
-        .fallback(
-            |uri: Uri| async move { ApiError::NotFound(format!("{}: no such route", uri.path())) },
-        )
+        .fallback(|uri: Uri| async move {
+            ApiError::NotFound(format!("{}: no such route", uri.path()))
+        });
+    if with_metrics {
+        router = router.merge(metrics_router(state.metrics.clone()));
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::admit,
+        ))
         .with_state(state)
+}
+
+/// `/metrics` alone, for `--metrics-listen`.
+pub fn metrics_router<S>(metrics: Arc<metrics::Metrics>) -> Router<S> {
+    Router::new()
+        .route("/metrics", with_allow_any(get(metrics::metrics), "GET"))
+        .with_state(metrics)
+}
+
+fn with_allow_any<S: Clone + Send + Sync + 'static>(
+    router: MethodRouter<S>,
+    allow: &'static str,
+) -> MethodRouter<S> {
+    router.fallback(move |uri: Uri| async move {
+        ApiError::MethodNotAllowed {
+            path: uri.path().to_owned(),
+            allow,
+        }
+    })
 }

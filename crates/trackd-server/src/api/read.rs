@@ -28,7 +28,12 @@ async fn authenticate(
             peer.ip(),
             auth::secret_credential(&state.credentials, &query, headers),
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::TooManyRequests(_)) {
+                state.metrics.limited("failed_auth");
+            }
+        })?;
     // The credential never reaches the query parsers below.
     Ok((credential, query))
 }

@@ -44,7 +44,16 @@ async fn decode_authenticated(
             peer.ip(),
             auth::tracking_credential(&state.credentials, found),
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::TooManyRequests(_)) {
+                state.metrics.limited("failed_auth");
+            }
+        })?;
+    state
+        .admission
+        .check_token(&credential.hash)
+        .inspect_err(|_| state.metrics.limited("token"))?;
     Ok((received_at, credential, decoded))
 }
 
@@ -57,13 +66,24 @@ pub async fn track(
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
-    let (received_at, credential, decoded) =
-        decode_authenticated(&state, peer, &uri, &headers, request_body).await?;
-    let event = TrackRequest::new(decoded)
-        .validate(credential.project, received_at)
-        .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
-    let outcome = committed(&state, state.store.track(event)).await?;
-    Ok(success(outcome))
+    let answer = async {
+        let (received_at, credential, decoded) =
+            decode_authenticated(&state, peer, &uri, &headers, request_body).await?;
+        let event = TrackRequest::new(decoded)
+            .validate(credential.project, received_at)
+            .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
+        Ok(committed(&state, state.store.track(event)).await?)
+    };
+    match answer.await {
+        Ok(outcome) => {
+            state.metrics.event(outcome == InsertOutcome::Duplicate);
+            Ok(success(outcome))
+        }
+        Err(e) => {
+            state.metrics.rejected(&e);
+            Err(e)
+        }
+    }
 }
 
 /// `users/*`: decode, authenticate, validate, then apply through the writer; answers after
@@ -103,6 +123,10 @@ async fn committed<T>(
 ) -> Result<T, StoreError> {
     let timeout = state.limits.request_timeout;
     match tokio::time::timeout(timeout, write).await {
+        Ok(Err(StoreError::Overloaded)) => {
+            state.metrics.limited("write_queue");
+            Err(StoreError::Overloaded)
+        }
         Ok(result) => result,
         Err(_) => Err(StoreError::unavailable(trackd_core::error::Cause(
             "not committed within the request timeout",

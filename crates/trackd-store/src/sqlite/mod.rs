@@ -21,11 +21,11 @@ use trackd_core::error::Cause;
 use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
     Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome,
-    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, Token, TokenHash,
-    TrackedEvent,
+    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
+    TokenHash, TrackedEvent,
 };
 
-use writer::{Job, Writer};
+use writer::{Job, Writer, WriterConfig};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "trackd.db";
@@ -62,6 +62,7 @@ pub struct SqliteStore {
     path: PathBuf,
     ready: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
+    metrics: StoreMetrics,
 }
 
 /// WAL pages after which the writer finishes a checkpoint itself (about 40 MiB).
@@ -99,33 +100,45 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The writer's connection. Checkpoints mostly run on their own thread (see
+/// `spawn_checkpointer`), not inside the writer's commits. But a checkpoint on another
+/// connection can never finish while the writer keeps appending, and only a finished one
+/// lets the WAL start over: under sustained load the WAL would grow without bound (found by
+/// the 10-million-event import). So the writer still checkpoints once the WAL passes
+/// `wal_checkpoint_pages`; by then the background checkpoints have copied nearly all of it,
+/// so this one is short.
+fn open_write_connection(path: &Path, wal_checkpoint_pages: u32) -> rusqlite::Result<Connection> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "wal_autocheckpoint", wal_checkpoint_pages)?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store in `config.data_dir`, applies migrations and
     /// starts the writer thread.
     pub fn open(config: SqliteConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.data_dir).map_err(StoreError::unavailable)?;
         let path = config.data_dir.join(DB_FILE);
-        let mut conn = open_connection(&path).map_err(StoreError::unavailable)?;
-        schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
-        // Checkpoints mostly run on their own thread (below), not inside the writer's
-        // commits. But a checkpoint on another connection can never finish while the writer
-        // keeps appending, and only a finished one lets the WAL start over: under sustained
-        // load the WAL would grow without bound (found by the 10-million-event import). So
-        // the writer still checkpoints once the WAL passes this many pages; by then the
-        // background checkpoints have copied nearly all of it, so this one is short.
-        conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages)
+        let mut conn = open_write_connection(&path, config.wal_checkpoint_pages)
             .map_err(StoreError::unavailable)?;
+        schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
         let checkpointer =
             spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
         let admin = open_connection(&path).map_err(StoreError::unavailable)?;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
+        let metrics = StoreMetrics::default();
         let writer = Writer::new(
             conn,
             rx,
-            config.clock.clone(),
-            i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
-            ready.clone(),
+            WriterConfig {
+                path: path.clone(),
+                wal_checkpoint_pages: config.wal_checkpoint_pages,
+                clock: config.clock.clone(),
+                window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            },
         )
         .map_err(StoreError::unavailable)?;
         let handle = std::thread::Builder::new()
@@ -143,6 +156,7 @@ impl SqliteStore {
             path,
             ready,
             clock: config.clock,
+            metrics,
         })
     }
 
@@ -154,6 +168,9 @@ impl SqliteStore {
     ) -> StoreFuture<'_, T> {
         let (reply, answer) = oneshot::channel();
         let sent = self.jobs.try_send(job(reply));
+        if sent.is_ok() {
+            self.metrics.queue_depth.inc();
+        }
         Box::pin(async move {
             match sent {
                 Ok(()) => {}
@@ -479,6 +496,10 @@ impl Store for SqliteStore {
             bump_credentials_version(&tx).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
+    }
+
+    fn metrics(&self) -> StoreMetrics {
+        self.metrics.clone()
     }
 
     fn ready(&self) -> bool {

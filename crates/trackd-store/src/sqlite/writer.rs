@@ -6,6 +6,7 @@
 //! `synchronous=FULL` affordable: one fsync covers every event in the batch.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::{Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
+use trackd_core::{
+    Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, StoreMetrics, TrackedEvent,
+};
 
 use super::dedup::{DedupIndex, Overlay};
 use super::profile;
@@ -27,6 +30,10 @@ const PURGE_SLACK_MICROS: i64 = 120_000_000;
 /// How often expired dedup records are purged: often enough that each purge deletes a
 /// short rowid range.
 const PURGE_EVERY: Duration = Duration::from_secs(5);
+
+/// While writes fail, how often the writer tries a small write of its own, so readiness
+/// comes back when the disk does even if no request arrives to try it.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// A queued write and where its answer goes.
 pub(crate) enum Job {
@@ -53,16 +60,27 @@ pub(crate) enum Job {
 }
 
 pub(crate) struct Writer {
-    pub conn: Connection,
-    pub jobs: Receiver<Job>,
+    conn: Connection,
+    jobs: Receiver<Job>,
+    config: WriterConfig,
+    dedup: DedupIndex,
+    /// `PRAGMA data_version` at the end of the last batch: it moves when another connection
+    /// committed, and then the dedup index catches up.
+    data_version: i64,
+    /// The last reopen failed: `conn` must not be used again.
+    broken: bool,
+}
+
+/// What the writer needs besides its connection and queue.
+pub(crate) struct WriterConfig {
+    /// The database file, to reopen it after a failure.
+    pub path: PathBuf,
+    pub wal_checkpoint_pages: u32,
     pub clock: Arc<dyn Clock>,
     /// Dedup window in microseconds; 0 turns dedup off.
     pub window_micros: i64,
     pub ready: Arc<AtomicBool>,
-    pub dedup: DedupIndex,
-    /// `PRAGMA data_version` at the end of the last batch: it moves when another connection
-    /// committed, and then the dedup index catches up.
-    pub data_version: i64,
+    pub metrics: StoreMetrics,
 }
 
 impl Writer {
@@ -70,34 +88,28 @@ impl Writer {
     pub fn new(
         conn: Connection,
         jobs: Receiver<Job>,
-        clock: Arc<dyn Clock>,
-        window_micros: i64,
-        ready: Arc<AtomicBool>,
+        config: WriterConfig,
     ) -> rusqlite::Result<Self> {
-        let cutoff = clock
-            .now()
-            .as_micros()
-            .saturating_sub(window_micros)
-            .saturating_sub(PURGE_SLACK_MICROS);
-        let dedup = DedupIndex::load(&conn, cutoff)?;
-        let data_version = data_version(&conn)?;
+        let (dedup, data_version) = load_index(&conn, &config)?;
         Ok(Writer {
             conn,
             jobs,
-            clock,
-            window_micros,
-            ready,
+            config,
             dedup,
             data_version,
+            broken: false,
         })
     }
 
     pub fn run(mut self) {
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         let mut last_purge = Instant::now();
+        let mut last_probe = Instant::now();
         let mut stopping = false;
         while !stopping {
-            match self.jobs.recv_timeout(PURGE_EVERY) {
+            let ready = self.config.ready.load(Ordering::Relaxed);
+            let wait = if ready { PURGE_EVERY } else { PROBE_EVERY };
+            match self.jobs.recv_timeout(wait) {
                 Ok(job) => batch.push(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -121,6 +133,11 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
+            } else if !self.config.ready.load(Ordering::Relaxed)
+                && last_probe.elapsed() >= PROBE_EVERY
+            {
+                self.probe();
+                last_probe = Instant::now();
             }
             if last_purge.elapsed() >= PURGE_EVERY && !stopping {
                 self.purge_expired();
@@ -132,10 +149,15 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
+        self.config.metrics.queue_depth.dec_by(size as i64);
+        if self.broken && !self.reopen() {
+            self.fail(batch);
+            return;
+        }
         let result = write_batch(
             &mut self.conn,
             batch,
-            self.window_micros,
+            self.config.window_micros,
             &self.dedup,
             &mut self.data_version,
         );
@@ -151,10 +173,16 @@ impl Writer {
                 }
                 self.dedup
                     .committed(&written.overlay, written.last_dedup_id);
-                self.ready.store(true, Ordering::Relaxed);
+                self.config.ready.store(true, Ordering::Relaxed);
+                let elapsed = started.elapsed();
+                self.config.metrics.batch_size.observe(size as f64);
+                self.config
+                    .metrics
+                    .commit_seconds
+                    .observe(elapsed.as_secs_f64());
                 tracing::debug!(
                     size,
-                    elapsed_us = started.elapsed().as_micros() as u64,
+                    elapsed_us = elapsed.as_micros() as u64,
                     "batch committed"
                 );
                 for (job, done) in batch.drain(..).zip(written.done) {
@@ -174,40 +202,121 @@ impl Writer {
                 }
             }
             Err(e) => {
-                self.ready.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, size, "batch failed, nothing committed");
-                let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
-                for job in batch.drain(..) {
-                    match job {
-                        Job::Track { reply, .. } => {
-                            let _ = reply.send(Err(failed()));
-                        }
-                        Job::Profile { reply, .. }
-                        | Job::Counters { reply, .. }
-                        | Job::Restore { reply, .. } => {
-                            let _ = reply.send(Err(failed()));
-                        }
-                        Job::Shutdown => {}
-                    }
+                self.fail(batch);
+                // The connection that failed is not trusted again: after a failed fsync the
+                // kernel may have dropped the dirty pages and a retried fsync would report
+                // success over lost data. A new connection reads the file as it really is
+                // (and the dedup index is reloaded from it).
+                self.reopen();
+            }
+        }
+    }
+
+    /// Answers every job of a batch that did not commit with 503, and marks the store not
+    /// ready.
+    fn fail(&mut self, batch: &mut Vec<Job>) {
+        self.config.ready.store(false, Ordering::Relaxed);
+        self.config.metrics.commit_failures.inc();
+        let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
+        for job in batch.drain(..) {
+            match job {
+                Job::Track { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
                 }
+                Job::Profile { reply, .. }
+                | Job::Counters { reply, .. }
+                | Job::Restore { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
+                Job::Shutdown => {}
+            }
+        }
+    }
+
+    /// Replaces the write connection with a new one and reloads the dedup index from the
+    /// file. `false` (and `broken`) when that fails; the next batch or probe tries again.
+    fn reopen(&mut self) -> bool {
+        self.config.metrics.reopens.inc();
+        let opened =
+            super::open_write_connection(&self.config.path, self.config.wal_checkpoint_pages)
+                .and_then(|conn| {
+                    let (dedup, data_version) = load_index(&conn, &self.config)?;
+                    Ok((conn, dedup, data_version))
+                });
+        match opened {
+            Ok((conn, dedup, data_version)) => {
+                self.conn = conn;
+                self.dedup = dedup;
+                self.data_version = data_version;
+                self.broken = false;
+                tracing::warn!("write connection reopened");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reopening the database failed, retrying later");
+                self.broken = true;
+                false
+            }
+        }
+    }
+
+    /// While not ready and idle: reopens if needed and tries a one-row write; a commit
+    /// makes the store ready again.
+    fn probe(&mut self) {
+        if self.broken && !self.reopen() {
+            return;
+        }
+        let now = self.config.clock.now().as_micros();
+        let written = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('write_probe', ?1) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [now],
+                )?;
+                tx.commit()
+            });
+        match written {
+            Ok(()) => {
+                tracing::info!("writes succeed again, ready");
+                self.config.ready.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "write probe failed");
+                self.reopen();
             }
         }
     }
 
     /// Deletes dedup records older than the window.
     fn purge_expired(&mut self) {
-        if self.window_micros == 0 {
+        if self.config.window_micros == 0 || self.broken {
             return;
         }
         // A request is stamped when it arrives, then may spend its body timeout and a wait
         // in the queue before the writer sees it: keep keys that much longer, so a retry
         // received inside the window still finds the original.
-        let cutoff = self.clock.now().as_micros() - self.window_micros - PURGE_SLACK_MICROS;
+        let cutoff =
+            self.config.clock.now().as_micros() - self.config.window_micros - PURGE_SLACK_MICROS;
         match self.dedup.purge(&self.conn, cutoff) {
             Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
             Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
         }
     }
+}
+
+/// The dedup records inside the window (older ones are deleted) and the data version.
+fn load_index(conn: &Connection, config: &WriterConfig) -> rusqlite::Result<(DedupIndex, i64)> {
+    let cutoff = config
+        .clock
+        .now()
+        .as_micros()
+        .saturating_sub(config.window_micros)
+        .saturating_sub(PURGE_SLACK_MICROS);
+    Ok((DedupIndex::load(conn, cutoff)?, data_version(conn)?))
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {

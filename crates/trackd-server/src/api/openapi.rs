@@ -1,0 +1,306 @@
+//! `/openapi.json`: an OpenAPI 3.0 document of every route, built from the same route tables
+//! the router is built from ([`VERO_ROUTES`], [`READ_ROUTES`]), so a route cannot be served
+//! without being documented or documented without being served (a test walks both).
+//!
+//! Request schemas describe what a valid body looks like; the server's own validation is
+//! stricter in places a schema cannot say (an id or an email, dedup, sizes in bytes).
+
+use std::sync::OnceLock;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use trackd_core::read::MAX_LIMIT;
+
+use super::{vero_paths, Handler, ReadRoute, READ_ROUTES, VERO_ROUTES};
+use trackd_core::ProfileOp;
+
+/// `GET /openapi.json`: built once, served as bytes.
+pub async fn document() -> Response {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| build().to_string());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text.as_str(),
+    )
+        .into_response()
+}
+
+/// The whole document.
+pub fn build() -> Value {
+    let mut paths = Map::new();
+    for (name, allow, handler) in VERO_ROUTES {
+        for (path, variant) in vero_paths(name).into_iter().zip(["", "_json", "_slash"]) {
+            let mut item = Map::new();
+            for method in allow.split(", ") {
+                let mut operation = vero_operation(handler);
+                operation["operationId"] = operation_id(name, method, variant).into();
+                item.insert(method.to_lowercase(), operation);
+            }
+            paths.insert(path, Value::Object(item));
+        }
+    }
+    for (path, method, route) in READ_ROUTES {
+        let item = json!({ method.to_lowercase(): read_operation(route) });
+        paths.insert(path.to_owned(), item);
+    }
+    for (path, summary) in [
+        ("/healthz", "The process is up"),
+        ("/readyz", "The store takes writes (503 while commits fail)"),
+    ] {
+        paths.insert(
+            path.to_owned(),
+            json!({"get": {
+                "operationId": path.trim_start_matches('/'),
+                "summary": summary,
+                "tags": ["operations"],
+                "responses": {"200": success(), "503": error_ref()},
+            }}),
+        );
+    }
+    paths.insert(
+        "/openapi.json".to_owned(),
+        json!({"get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "tags": ["operations"],
+            "responses": {"200": {"description": "OpenAPI 3.0 document",
+                "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }}),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "trackd",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Vero Track API v2 compatible event tracking. Tracking routes take \
+                a tracking token (query auth_token or tracking_api_key, the same names in the \
+                body, or Authorization: Bearer); read routes take a secret key in \
+                Authorization: Bearer only. Every error is {\"status\":<code>,\"message\":\
+                \"<field>: <problem>\"}.",
+        },
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+fn operation_id(name: &str, method: &str, path_variant: &str) -> String {
+    format!(
+        "{}_{}{}",
+        method.to_lowercase(),
+        name.replace('/', "_"),
+        path_variant
+    )
+}
+
+fn vero_operation(handler: Handler) -> Value {
+    let (summary, schema) = match handler {
+        Handler::Track => ("Track an event", "TrackEvent"),
+        Handler::Heartbeat => ("Liveness (Vero's heartbeat)", ""),
+        Handler::Profile(op) => match op {
+            ProfileOp::Track => ("Create or update a user", "UserTrack"),
+            ProfileOp::Edit => ("Merge properties into a user", "UserEdit"),
+            ProfileOp::Tags => ("Add and remove tags", "UserTags"),
+            ProfileOp::Unsubscribe => ("Unsubscribe a user", "UserRef"),
+            ProfileOp::Resubscribe => ("Resubscribe a user", "UserRef"),
+            ProfileOp::Delete => ("Delete a user and their events", "UserRef"),
+            ProfileOp::Reidentify => ("Change a user's id", "UserReidentify"),
+        },
+    };
+    let mut operation = json!({
+        "summary": summary,
+        "tags": ["tracking"],
+        "responses": responses(matches!(handler, Handler::Heartbeat), false),
+    });
+    if !schema.is_empty() {
+        operation["security"] = json!([{"trackingToken": []}, {"trackingTokenQuery": []}]);
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": {
+                "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
+            },
+        });
+    }
+    operation
+}
+
+fn read_operation(route: ReadRoute) -> Value {
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
+                    "description": "The user's id (or email when the user has no id)"});
+    let time = |name: &str, what: &str| {
+        json!({"name": name, "in": "query", "schema": {"type": "string"},
+               "description": format!("{what} (ISO 8601 or Unix seconds)")})
+    };
+    let limit = json!({"name": "limit", "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}});
+    let cursor = json!({"name": "cursor", "in": "query", "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page"});
+    let event_name = json!({"name": "event_name", "in": "query", "schema": {"type": "string"}});
+    let user_id = json!({"name": "user_id", "in": "query", "schema": {"type": "string"}});
+    let (op_id, summary, parameters, ok) = match route {
+        ReadRoute::User => (
+            "get_user",
+            "A user's profile",
+            vec![id],
+            json_ok("UserProfile"),
+        ),
+        ReadRoute::UserEvents => (
+            "get_user_events",
+            "A user's events, newest first, by page",
+            vec![
+                id,
+                event_name,
+                time("since", "Events at or after"),
+                time("until", "Events before"),
+                limit,
+                cursor,
+            ],
+            json_ok("EventPage"),
+        ),
+        ReadRoute::Events => (
+            "get_events",
+            "Events, newest first, by page",
+            vec![
+                event_name,
+                user_id,
+                time("since", "Events at or after"),
+                time("until", "Events before"),
+                limit,
+                cursor,
+            ],
+            json_ok("EventPage"),
+        ),
+        ReadRoute::Export => (
+            "export_events",
+            "Every event as NDJSON, oldest first by receive time",
+            vec![
+                time("since", "Received at or after"),
+                time("until", "Received before"),
+            ],
+            json!({"description": "One event per line",
+                   "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}),
+        ),
+        ReadRoute::Import => (
+            "import_events",
+            "Import NDJSON (export lines restored, track bodies ingested)",
+            vec![json!({"name": "dedup", "in": "query",
+                        "schema": {"type": "boolean", "default": true}})],
+            json_ok("ImportSummary"),
+        ),
+        ReadRoute::Stats => (
+            "get_event_stats",
+            "Counts per event name per bucket, and running totals",
+            vec![
+                time("since", "Buckets at or after"),
+                time("until", "Buckets before"),
+                json!({"name": "interval", "in": "query",
+                       "schema": {"type": "string", "enum": ["hour", "day"]}}),
+            ],
+            json_ok("Stats"),
+        ),
+    };
+    let mut operation = json!({
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["read"],
+        "security": [{"secretKey": []}],
+        "parameters": parameters,
+        "responses": responses(false, true),
+    });
+    operation["responses"]["200"] = ok;
+    if route == ReadRoute::Import {
+        operation["requestBody"] = json!({"required": true, "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}}}});
+    }
+    operation
+}
+
+fn json_ok(schema: &str) -> Value {
+    json!({"description": "OK", "content": {"application/json": {
+        "schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn success() -> Value {
+    json!({"description": "Done (for writes: committed)",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}}})
+}
+
+fn error_ref() -> Value {
+    json!({"$ref": "#/components/responses/Error"})
+}
+
+fn responses(heartbeat: bool, read: bool) -> Value {
+    let mut r = Map::new();
+    r.insert("200".into(), success());
+    if !heartbeat {
+        for code in ["400", "401", "408", "413", "415", "429"] {
+            r.insert(code.into(), error_ref());
+        }
+    }
+    if read {
+        r.insert("403".into(), error_ref());
+    }
+    for code in ["404", "405", "503"] {
+        r.insert(code.into(), error_ref());
+    }
+    Value::Object(r)
+}
+
+fn components() -> Value {
+    let string_or_int = json!({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]});
+    let email = json!({"type": "string", "format": "email", "nullable": true});
+    let tags = json!({"type": "array", "items": {"type": "string", "minLength": 1}});
+    json!({
+        "securitySchemes": {
+            "trackingToken": {"type": "http", "scheme": "bearer",
+                              "description": "A tracking token (tk_...)"},
+            "trackingTokenQuery": {"type": "apiKey", "in": "query", "name": "tracking_api_key"},
+            "secretKey": {"type": "http", "scheme": "bearer",
+                          "description": "A secret key (sk_...), never in a query string"},
+        },
+        "responses": {
+            "Error": {"description": "Refused; nothing stored. 408, 429 and 503 carry Retry-After",
+                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        },
+        "schemas": {
+            "Success": {"type": "object", "required": ["status", "message"], "properties": {
+                "status": {"type": "integer", "enum": [200]},
+                "message": {"type": "string", "enum": ["Success."]}}},
+            "Error": {"type": "object", "required": ["status", "message"], "properties": {
+                "status": {"type": "integer"},
+                "message": {"type": "string", "description": "<field path>: <what is wrong>"}}},
+            "Identity": {"type": "object", "properties": {"id": string_or_int, "email": email},
+                         "description": "An id or an email is required; other keys are ignored"},
+            "TrackEvent": {"type": "object", "required": ["event_name"], "properties": {
+                "identity": {"$ref": "#/components/schemas/Identity"},
+                "event_name": {"type": "string", "minLength": 1, "maxLength": 255},
+                "data": {"type": "object"},
+                "extras": {"type": "object", "properties": {
+                    "source": {"type": "string"},
+                    "created_at": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                    "check_id": {"type": "string"}}},
+                "created_at": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}},
+            "UserTrack": {"type": "object", "properties": {
+                "id": string_or_int, "email": email,
+                "phone_number": {"type": "string"},
+                "channels": {"type": "array", "items": {"type": "object"}},
+                "data": {"type": "object"}}},
+            "UserRef": {"type": "object", "properties": {"id": string_or_int, "email": email}},
+            "UserEdit": {"type": "object", "required": ["changes"], "properties": {
+                "id": string_or_int, "email": email, "changes": {"type": "object"}}},
+            "UserTags": {"type": "object", "properties": {
+                "id": string_or_int, "email": email, "add": tags, "remove": tags}},
+            "UserReidentify": {"type": "object", "required": ["id", "new_id"], "properties": {
+                "id": string_or_int, "new_id": string_or_int}},
+            "UserProfile": {"type": "object"},
+            "EventPage": {"type": "object", "required": ["events"], "properties": {
+                "events": {"type": "array", "items": {"type": "object"}},
+                "next_cursor": {"type": "string", "nullable": true}}},
+            "ImportSummary": {"type": "object"},
+            "Stats": {"type": "object"},
+        },
+    })
+}
