@@ -112,3 +112,43 @@ impl Admission {
             + self.per_token.as_ref().map_or(0, |(_, l)| l.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trackd_core::Token;
+
+    #[test]
+    fn rate_state_of_quiet_senders_is_pruned() {
+        let admission = Admission::new(&Limits {
+            token_rate: 1000,
+            ..Limits::default()
+        });
+        for n in 0..10_000 {
+            let hash = Token::presented(&format!("tk_{n}")).hash();
+            assert!(admission.check_token(&hash).is_ok());
+        }
+        assert_eq!(admission.tracked(), 10_000);
+        // At 1,000 per second one request's worth refills in a millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        admission.prune();
+        assert_eq!(admission.tracked(), 0);
+    }
+
+    #[test]
+    fn a_token_is_refused_past_its_rate_and_zero_is_unlimited() {
+        let limited = Admission::new(&Limits {
+            token_rate: 2,
+            ..Limits::default()
+        });
+        let hash = Token::presented("tk_a").hash();
+        assert!(limited.check_token(&hash).is_ok());
+        assert!(limited.check_token(&hash).is_ok());
+        assert!(limited.check_token(&hash).is_err());
+        let unlimited = Admission::new(&Limits::default());
+        for _ in 0..100_000 {
+            assert!(unlimited.check_token(&hash).is_ok());
+        }
+        assert_eq!(unlimited.tracked(), 0);
+    }
+}

@@ -71,6 +71,16 @@ pub fn build() -> Value {
                 "content": {"application/json": {"schema": {"type": "object"}}}}},
         }}),
     );
+    paths.insert(
+        "/metrics".to_owned(),
+        json!({"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (on --metrics-listen's address when it is set)",
+            "tags": ["operations"],
+            "responses": {"200": {"description": "OpenMetrics text",
+                "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}},
+        }}),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {

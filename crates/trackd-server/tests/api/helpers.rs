@@ -26,6 +26,8 @@ pub struct TestConfig {
     pub dedup_window: Duration,
     pub limits: Limits,
     pub queue_capacity: usize,
+    /// Where the data directory is made (a tmpfs); the system's temp dir when `None`.
+    pub parent_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for TestConfig {
@@ -34,6 +36,7 @@ impl Default for TestConfig {
             dedup_window: Duration::from_secs(180),
             limits: Limits::default(),
             queue_capacity: 50_000,
+            parent_dir: None,
         }
     }
 }
@@ -128,7 +131,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: TestConfig) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = match &config.parent_dir {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("temp dir");
         let clock = Arc::new(ManualClock::new(START));
         let store = open_store(dir.path(), &config, clock.clone());
         let (_, token, secret) = create_project(&store, "test").await.expect("project");
@@ -199,6 +206,13 @@ impl TestApp {
     pub async fn read_as(&self, key: &str, path_and_query: impl Into<String>) -> Answer {
         let url = self.url(&path_and_query.into());
         self.send(self.client.get(url).bearer_auth(key)).await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let answer = self.send(self.client.get(self.url("/metrics"))).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body
     }
 
     pub fn data_dir(&self) -> &Path {
