@@ -61,15 +61,33 @@ pub fn find(
             Some(_) => return Err(ApiError::BadRequest(format!("{name}: must be a string"))),
         }
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty());
-    Ok(bearer.map(|t| (Token::presented(t), Location::Header)))
+    Ok(bearer(headers)?.map(|t| (Token::presented(t), Location::Header)))
+}
+
+/// The token of `Authorization: Bearer <token>`. An absent or empty header, or an empty
+/// token, is no credential; a header sent twice or in another scheme is refused rather
+/// than guessed at.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "authorization: given more than once".into(),
+        ));
+    }
+    let malformed = || ApiError::Unauthorized("authorization: must be Bearer <token>".into());
+    let value = value.to_str().map_err(|_| malformed())?.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    let token = token.trim();
+    Ok((!token.is_empty()).then_some(token))
 }
 
 /// Active credentials by hash, refreshed from the store.

@@ -45,7 +45,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -165,7 +168,12 @@ impl FailingFsync {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new("strace")
             .args(["-f", "-qq", "-e", "trace=fdatasync,fsync"])
-            .args(["-e", "inject=fdatasync:error=EIO", "-e", "inject=fsync:error=EIO"])
+            .args([
+                "-e",
+                "inject=fdatasync:error=EIO",
+                "-e",
+                "inject=fsync:error=EIO",
+            ])
             .args(["-p", &pid.to_string(), "-o"])
             .arg(log.path())
             .stderr(std::process::Stdio::piped())
@@ -221,7 +229,8 @@ async fn a_failed_fsync_answers_503_reopens_the_store_and_loses_nothing_acknowle
     let client = reqwest::Client::new();
     let url = format!("{}/api/v2/events/track?auth_token={token}", server.addr);
     let send = |n: u32| {
-        let body = serde_json::json!({"identity": {"id": "u"}, "event_name": "e", "data": {"n": n}});
+        let body =
+            serde_json::json!({"identity": {"id": "u"}, "event_name": "e", "data": {"n": n}});
         client.post(&url).body(body.to_string()).send()
     };
     for n in 0..3 {

@@ -6,6 +6,7 @@ mod dedup;
 mod durability;
 mod faults;
 mod helpers;
+mod hostile;
 mod operate;
 mod read;
 mod track;

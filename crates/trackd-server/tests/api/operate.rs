@@ -30,7 +30,10 @@ async fn a_token_past_its_rate_gets_429_and_other_tokens_do_not() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     app.track(&event("u", 100)).await.assert_success(false);
     let metrics = app.metrics().await;
-    assert_eq!(metric(&metrics, r#"trackd_rate_limited_total{reason="token"}"#), 1.0);
+    assert_eq!(
+        metric(&metrics, r#"trackd_rate_limited_total{reason="token"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -44,12 +47,16 @@ async fn an_address_past_its_rate_gets_429_but_probes_get_through() {
         app.track(&event("u", n)).await.assert_success(false);
     }
     let refused = app.track(&event("u", 3)).await;
-    refused.assert_error(429, "client: more than 3 requests per second from this address");
+    refused.assert_error(
+        429,
+        "client: more than 3 requests per second from this address",
+    );
     assert_eq!(refused.headers["retry-after"], "1");
     // Read routes count against the same address.
-    app.read("/api/v2/events")
-        .await
-        .assert_error(429, "client: more than 3 requests per second from this address");
+    app.read("/api/v2/events").await.assert_error(
+        429,
+        "client: more than 3 requests per second from this address",
+    );
     for probe in ["/healthz", "/readyz", "/metrics"] {
         let answer = app.send(app.client.get(app.url(probe))).await;
         assert_eq!(answer.status, 200, "{probe}: {}", answer.body);
@@ -74,7 +81,10 @@ async fn past_the_in_flight_bound_requests_get_503_until_one_finishes() {
     // Wait until the server took it (the gauge moves), then the next one is refused.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while metric(&app.metrics().await, "trackd_http_requests_in_flight") < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "stalled request never admitted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled request never admitted"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let refused = app.track(&event("u", 1)).await;
@@ -115,9 +125,18 @@ async fn metrics_count_requests_events_refusals_and_commits() {
         .starts_with("application/openmetrics-text"));
     let m = &answer.body;
     assert_eq!(metric(m, r#"trackd_events_total{outcome="accepted"}"#), 1.0);
-    assert_eq!(metric(m, r#"trackd_events_total{outcome="duplicate"}"#), 1.0);
-    assert_eq!(metric(m, r#"trackd_events_rejected_total{reason="event_name"}"#), 1.0);
-    assert_eq!(metric(m, r#"trackd_events_rejected_total{reason="body"}"#), 1.0);
+    assert_eq!(
+        metric(m, r#"trackd_events_total{outcome="duplicate"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(m, r#"trackd_events_rejected_total{reason="event_name"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(m, r#"trackd_events_rejected_total{reason="body"}"#),
+        1.0
+    );
     assert!(!m.contains("zz_made_up"), "{m}");
     assert_eq!(
         metric(
@@ -140,11 +159,15 @@ async fn metrics_count_requests_events_refusals_and_commits() {
     assert_eq!(metric(m, "trackd_store_write_queue_depth"), 0.0);
     assert_eq!(metric(m, "trackd_store_commit_failures_total"), 0.0);
     // Unknown paths share one label, whatever they are.
-    app.send(app.client.get(app.url("/no/such/path/abc123"))).await;
+    app.send(app.client.get(app.url("/no/such/path/abc123")))
+        .await;
     let m = app.metrics().await;
     assert!(!m.contains("abc123"), "{m}");
     assert_eq!(
-        metric(&m, r#"trackd_http_requests_total{route="unmatched",method="GET",status="404"}"#),
+        metric(
+            &m,
+            r#"trackd_http_requests_total{route="unmatched",method="GET",status="404"}"#
+        ),
         1.0
     );
 }
@@ -192,6 +215,12 @@ async fn every_documented_operation_is_served_and_nothing_else_is() {
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| v.split_whitespace().next().unwrap_or("").parse().expect("number"))
+        .map(|v| {
+            v.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .parse()
+                .expect("number")
+        })
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
