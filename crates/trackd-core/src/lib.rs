@@ -19,6 +19,8 @@ pub mod import;
 pub mod json;
 pub mod metrics;
 pub mod project;
+#[cfg(any(test, feature = "testing"))]
+pub mod properties;
 pub mod read;
 pub mod store;
 pub mod time;

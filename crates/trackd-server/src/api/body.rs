@@ -160,3 +160,57 @@ pub fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, Api
         })
         .collect()
 }
+
+/// The decoding property the `request_decode` fuzz target and the proptest below check:
+/// whatever the bytes and content type, decoding and validation never panic and are
+/// deterministic. `kind` picks the content type.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub fn check_decode(kind: u8, bytes: &[u8]) {
+    const TYPES: [Option<&str>; 4] = [
+        Some("application/json"),
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        None,
+    ];
+    let mut headers = HeaderMap::new();
+    if let Some(content_type) = TYPES[usize::from(kind) % TYPES.len()] {
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(content_type),
+        );
+    }
+    let first = decode(&headers, bytes);
+    let second = decode(&headers, bytes);
+    match (first, second) {
+        (Ok(map), Ok(again)) => {
+            assert_eq!(map, again, "decoding is not deterministic");
+            trackd_core::properties::track_map(map.clone());
+            for op in 0..7 {
+                trackd_core::properties::profile_map(op, &map);
+            }
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("decoding is not deterministic"),
+    }
+    let _ = form_pairs(bytes, "query");
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn decoding_holds_on_any_bytes(kind in any::<u8>(), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            super::check_decode(kind, &bytes);
+        }
+
+        #[test]
+        fn decoding_holds_on_form_like_bodies(kind in any::<u8>(), body in "([a-z_]{1,10}=([-a-z0-9%+.@{}\\[\\]\":,]{0,20})&?){0,6}") {
+            super::check_decode(kind, body.as_bytes());
+        }
+    }
+}

@@ -401,9 +401,14 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ChildServer {
+        Self::spawn_bin(Path::new(trackd_bin()), data_dir, envs)
+    }
+
+    /// [`ChildServer::spawn`] with another build of trackd.
+    pub fn spawn_bin(bin: &Path, data_dir: &Path, envs: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut process = Command::new(trackd_bin())
+        let mut process = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .envs(envs.iter().copied())

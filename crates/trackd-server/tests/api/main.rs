@@ -1,7 +1,9 @@
 //! Black-box tests: the real server on port 0 with its own data directory, over HTTP.
 
+mod canary;
 mod cli;
 mod compat;
+mod crash;
 mod dedup;
 mod durability;
 mod faults;
