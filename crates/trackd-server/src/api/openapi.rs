@@ -222,7 +222,9 @@ fn read_operation(route: ReadRoute) -> Value {
     });
     operation["responses"]["200"] = ok;
     if route == ReadRoute::Import {
+        // NDJSON whatever the content type says.
         operation["requestBody"] = json!({"required": true, "content": {
+            "text/plain": {"schema": {"type": "string"}},
             "application/x-ndjson": {"schema": {"type": "string"}}}});
     }
     operation

@@ -167,7 +167,7 @@ impl FailingFsync {
     fn attach(pid: u32) -> Option<FailingFsync> {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=fdatasync,fsync"])
+            .args(["-f", "-e", "trace=fdatasync,fsync"])
             .args([
                 "-e",
                 "inject=fdatasync:error=EIO",

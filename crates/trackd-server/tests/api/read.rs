@@ -55,30 +55,49 @@ async fn read_routes_need_a_secret_key_in_the_authorization_header() {
 #[tokio::test]
 async fn read_routes_send_no_cors_headers() {
     let app = TestApp::spawn().await;
-    let preflight = app
-        .send(
-            app.client
-                .request(reqwest::Method::OPTIONS, app.url("/api/v2/events"))
-                .header("origin", "http://evil.example")
-                .header("access-control-request-method", "GET")
-                .header("access-control-request-headers", "authorization"),
-        )
-        .await;
-    assert_eq!(preflight.status, 405);
-    assert!(preflight
-        .headers
-        .get("access-control-allow-origin")
-        .is_none());
-    let get = app
-        .send(
-            app.client
-                .get(app.url("/api/v2/events"))
-                .bearer_auth(&app.secret)
-                .header("origin", "http://evil.example"),
-        )
-        .await;
-    assert_eq!(get.status, 200);
-    assert!(get.headers.get("access-control-allow-origin").is_none());
+    app.track(&crate::helpers::event("u", 1))
+        .await
+        .assert_success(false);
+    for (method, path) in [
+        ("GET", "/api/v2/users/u"),
+        ("GET", "/api/v2/users/u/events"),
+        ("GET", "/api/v2/events"),
+        ("GET", "/api/v2/events/export"),
+        ("POST", "/api/v2/events/import"),
+        ("GET", "/api/v2/stats/events"),
+    ] {
+        let preflight = app
+            .send(
+                app.client
+                    .request(reqwest::Method::OPTIONS, app.url(path))
+                    .header("origin", "http://evil.example")
+                    .header("access-control-request-method", method)
+                    .header("access-control-request-headers", "authorization"),
+            )
+            .await;
+        assert_eq!(preflight.status, 405, "{path}");
+        assert!(
+            preflight
+                .headers
+                .get("access-control-allow-origin")
+                .is_none(),
+            "{path}"
+        );
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let answer = app
+            .send(
+                app.client
+                    .request(m, app.url(path))
+                    .bearer_auth(&app.secret)
+                    .header("origin", "http://evil.example"),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        assert!(
+            answer.headers.get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
