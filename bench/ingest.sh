@@ -13,22 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; secs=${2:-10}; conns=${3:-64}
-command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
-cargo build --release -q
-bin=target/release/trackd
-work=$(mktemp -d "$PWD/target/bench.XXXXXX")
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+. bench/lib.sh
+bench_setup
 
 for r in $(seq 1 "$rounds"); do
-  data=$work/data$r
-  token=$("$bin" project create bench --data-dir "$data" --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" >"$work/trackd$r.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/heartbeat" && break; sleep 0.1; done
-  export WRK_PATH="/api/v2/events/track?auth_token=$token"
+  bench_start "$work/data$r" "$work/trackd$r.log"
   wrk -t1 -c"$conns" -d2s -s bench/wrk_track.lua "http://127.0.0.1:$port" >/dev/null 2>&1 # warm-up
   wrk -t1 -c"$conns" -d"${secs}s" --latency -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk$r.out" 2>&1
   awk '/VmHWM/{print $2}' "/proc/$pid/status" >"$work/rss$r"

@@ -13,24 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}; rate=${2:-5000}; queue=${3:-16}
-command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
-cargo build --release -q
-bin=target/release/trackd
-work=$(mktemp -d "$PWD/target/bench.XXXXXX")
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+. bench/lib.sh
+bench_setup
 
 run() { # name conns serve-flags...
   local name=$1 conns=$2; shift 2
-  local data=$work/$name
-  local token port
-  token=$("$bin" project create bench --data-dir "$data" --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "$@" >"$work/$name.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
-  export WRK_PATH="/api/v2/events/track?auth_token=$token"
+  bench_start "$work/$name" "$work/$name.log" "$@"
   wrk -t1 -c"$conns" -d"${secs}s" -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/$name.wrk" 2>&1
   # Time from the end of the load to the first 200 of a fresh request.
   python3 - "$port" "$token" >"$work/$name.recovery" <<'PY'

@@ -192,37 +192,21 @@ async fn secret_keys_are_added_and_revoked() {
 }
 
 #[tokio::test]
-async fn first_start_prints_credentials_on_stdout_and_logs_never_hold_secrets_or_users() {
+async fn first_start_prints_working_credentials_on_stdout() {
+    // What the logs may hold is the log canary's (canary.rs).
     let dir = tempfile::tempdir().expect("dir");
-    let server = ChildServer::spawn(dir.path(), &[("TRACKD_LOG", "trace")]);
+    let server = ChildServer::spawn(dir.path(), &[]);
     let token = server.printed("tracking token:");
     let secret = server.printed("secret key:");
     let client = reqwest::Client::new();
     let url = format!("{}/api/v2/events/track?auth_token={token}", server.addr);
-    let body = serde_json::json!({"identity": {"id": "user-7731", "email": "secret.person@example.com"},
-                                  "event_name": "e", "data": {"payload": "confidential-payload"}});
+    let body = serde_json::json!({"identity": {"id": "u"}, "event_name": "e"});
     assert_eq!(status_of(&client, &url, body.to_string()).await, 200);
-    let bad = format!(
-        "{}/api/v2/events/track?auth_token=wrong-token-123",
-        server.addr
-    );
-    assert_eq!(status_of(&client, &bad, body.to_string()).await, 401);
-    let with_secret = format!("{}/api/v2/events/track?auth_token={secret}", server.addr);
-    assert_eq!(
-        status_of(&client, &with_secret, body.to_string()).await,
-        400
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = server.stderr.lock().expect("lock").clone();
-    assert!(logs.contains("trackd listening"), "{logs}");
-    for needle in [
-        token.as_str(),
-        secret.as_str(),
-        "wrong-token-123",
-        "user-7731",
-        "secret.person",
-        "confidential-payload",
-    ] {
-        assert!(!logs.contains(needle), "log holds {needle}:\n{logs}");
-    }
+    let events = client
+        .get(format!("{}/api/v2/events", server.addr))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(events.status(), 200);
 }

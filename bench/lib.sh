@@ -1,0 +1,28 @@
+# Shared by the wrk benchmarks (sourced): a release build, a work dir under target/ (a real
+# disk: a tmpfs would make fsync free), and a server started on a fresh data dir.
+#
+#   bench_setup                     builds, sets $bin and $work, cleans up on exit
+#   bench_start DATA LOG [FLAGS...] creates a project in DATA, serves it on a free port;
+#                                   sets $token, $port and $pid, exports WRK_PATH
+
+command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
+
+bench_setup() {
+  cargo build --release -q
+  bin=target/release/trackd
+  work=$(mktemp -d "$PWD/target/bench.XXXXXX")
+  pid=
+  trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+}
+
+bench_start() {
+  local data=$1 log=$2
+  shift 2
+  token=$("$bin" project create bench --data-dir "$data" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+  export WRK_PATH="/api/v2/events/track?auth_token=$token"
+}
