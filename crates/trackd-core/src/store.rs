@@ -105,6 +105,7 @@ pub trait Store: Send + Sync + 'static {
 pub type EventPage = (Vec<EventRow>, Option<Cursor>);
 
 /// Receives exported events, then `None` at the end; returns `false` to stop the export.
+/// It may block (waiting for a slow client): stores call it from a blocking thread.
 pub type ExportSink = Box<dyn FnMut(Option<&EventRow>) -> bool + Send>;
 
 /// A shared store, as the server holds it.

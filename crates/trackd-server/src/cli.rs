@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use trackd_core::project::validate_project_name;
 use trackd_core::{CredentialKind, DynStore, Project, StoreError, SystemClock, Token};
-use trackd_store::{SqliteConfig, SqliteStore};
+use trackd_store::{PgConfig, PostgresStore, SqliteConfig, SqliteStore};
 
 use crate::api::Limits;
 use crate::App;
@@ -113,6 +113,30 @@ pub struct StoreArgs {
     /// Data directory (SQLite database).
     #[arg(long, env = "TRACKD_DATA_DIR", default_value = "./trackd-data")]
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of the data directory (postgres://user:pass@host/db): any number
+    /// of trackd nodes may share it.
+    #[arg(long, env = "TRACKD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// Where the data lives, for logs (no password).
+    fn describe(&self) -> String {
+        match &self.database_url {
+            Some(url) => match tokio_postgres_host(url) {
+                Some(host) => format!("postgres at {host}"),
+                None => "postgres".to_owned(),
+            },
+            None => self.data_dir.display().to_string(),
+        }
+    }
+}
+
+/// The host part of a `postgres://` URL, without credentials.
+fn tokio_postgres_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Some(rest.split(['/', '?']).next().unwrap_or(rest))
 }
 
 /// `trackd serve`.
@@ -258,11 +282,23 @@ impl From<trackd_core::FieldError> for CliError {
     }
 }
 
-fn open_store(
+async fn open_store(
     args: &StoreArgs,
     dedup_window: Duration,
     queue: usize,
 ) -> Result<DynStore, CliError> {
+    if let Some(url) = &args.database_url {
+        let store = PostgresStore::open(PgConfig {
+            url: url.clone(),
+            dedup_window,
+            queue_capacity: queue,
+            clock: Arc::new(SystemClock),
+            dedup_clock: None,
+            pool_size: 16,
+        })
+        .await?;
+        return Ok(Arc::new(store));
+    }
     let store = SqliteStore::open(SqliteConfig {
         wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
         data_dir: args.data_dir.clone(),
@@ -273,8 +309,8 @@ fn open_store(
     Ok(Arc::new(store))
 }
 
-pub(crate) fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
-    open_store(args, Duration::from_secs(180), 16)
+pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    open_store(args, Duration::from_secs(180), 16).await
 }
 
 /// Runs a parsed command.
@@ -282,7 +318,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Project(ProjectCommand::Create { name, store, json }) => {
-            let store = admin_store(&store)?;
+            let store = admin_store(&store).await?;
             let created = create_project(&store, &name).await;
             store.shutdown().await?;
             let (project, tracking, secret) = created?;
@@ -298,7 +334,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Project(ProjectCommand::List { store, json }) => {
-            let store = admin_store(&store)?;
+            let store = admin_store(&store).await?;
             let projects = store.projects().await;
             store.shutdown().await?;
             let projects = projects?;
@@ -343,7 +379,7 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
                 }
                 (None, kind) => Token::generate(kind),
             };
-            let store = admin_store(&store)?;
+            let store = admin_store(&store).await?;
             let added = async {
                 let p = store.project(&project).await?;
                 store.add_credential(p.id, kind, &token).await
@@ -363,7 +399,7 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
             value,
             store,
         } => {
-            let store = admin_store(&store)?;
+            let store = admin_store(&store).await?;
             let revoked = async {
                 let p = store.project(&project).await?;
                 store
@@ -408,11 +444,16 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         &args.store,
         Duration::from_secs(args.dedup_window),
         args.write_queue,
-    )?;
+    )
+    .await?;
     // First start on an empty data dir: a project to send to at once.
     if store.projects().await?.is_empty() {
-        let (project, tracking, secret) = create_project(&store, "default").await?;
-        print_created(&project, &tracking, &secret);
+        // Nodes starting at once on an empty database: one creates it, the rest go on.
+        match create_project(&store, "default").await {
+            Ok((project, tracking, secret)) => print_created(&project, &tracking, &secret),
+            Err(CliError::Store(StoreError::Conflict(_))) => {}
+            Err(e) => return Err(e),
+        }
     }
     let listener = TcpListener::bind(args.listen).await?;
     let limits = Limits {
@@ -431,7 +472,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
         app = app.with_metrics_listener(metrics_listener);
     }
-    tracing::info!(addr = %app.local_addr()?, data_dir = %args.store.data_dir.display(),
+    tracing::info!(addr = %app.local_addr()?, store = %args.store.describe(),
         dedup_window_secs = args.dedup_window, "trackd listening");
     app.run(shutdown_signal()).await?;
     tracing::info!("trackd stopped");

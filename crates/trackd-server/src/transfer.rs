@@ -88,7 +88,7 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
             count
         }
         _ => {
-            let store = admin_store(&args.store)?;
+            let store = admin_store(&args.store).await?;
             let exported = async {
                 let project = store.project(&args.project).await?;
                 let query = ExportQuery::parse(project.id, &pairs)?;
@@ -180,7 +180,7 @@ pub async fn import(args: ImportArgs) -> Result<(), CliError> {
             summary
         }
         _ => {
-            let store = admin_store(&args.store)?;
+            let store = admin_store(&args.store).await?;
             let imported = async {
                 let project = store.project(&args.project).await?;
                 let progress = bar.clone();

@@ -1,4 +1,7 @@
-//! `TestApp`: a real trackd on port 0 with a fresh data directory and a manual clock.
+//! `TestApp`: a real trackd on port 0 with a fresh store and a manual clock: a data
+//! directory in the `api` test binary (SQLite), a database of its own in `api_postgres`
+//! (PostgreSQL at `TRACKD_TEST_DATABASE_URL`; without it that binary prints a notice and
+//! exits successfully, running nothing).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use trackd_core::{DynStore, Timestamp};
 use trackd_server::api::Limits;
 use trackd_server::cli::create_project;
 use trackd_server::App;
-use trackd_store::{SqliteConfig, SqliteStore};
+use trackd_store::{PgConfig, PostgresStore, SqliteConfig, SqliteStore};
 
 /// 2026-11-26T12:00:00Z.
 pub const START: Timestamp = Timestamp::from_micros(1_795_694_400_000_000);
@@ -51,6 +54,8 @@ pub struct TestApp {
     /// The running server's store, for setting up what the API cannot (a second project).
     pub store: Option<DynStore>,
     dir: TempDir,
+    /// The test's own database in the PostgreSQL suite.
+    pub pg: Option<PgDatabase>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -96,7 +101,119 @@ impl Answer {
     }
 }
 
-fn open_store(dir: &Path, config: &TestConfig, clock: Arc<ManualClock>) -> DynStore {
+/// Whether this test binary runs the suite against PostgreSQL.
+pub fn postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
+/// A PostgreSQL database of one test's own, dropped with it.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// Where the test's store connects.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh database on the server at `TRACKD_TEST_DATABASE_URL`.
+    pub async fn create() -> PgDatabase {
+        let Ok(admin_url) = std::env::var("TRACKD_TEST_DATABASE_URL") else {
+            println!(
+                "SKIPPED: TRACKD_TEST_DATABASE_URL is not set; the PostgreSQL suite did not run"
+            );
+            std::process::exit(0);
+        };
+        let name = format!("trackd_test_{:016x}", rand::random::<u64>());
+        pg_execute(&admin_url, &format!("CREATE DATABASE {name}")).await;
+        let (base, query) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+        let (server, _) = base
+            .rsplit_once('/')
+            .expect("a postgres:// URL with a database");
+        let mut url = format!("{server}/{name}");
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        PgDatabase {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// Runs `f` with a connection to this database, from sync code (its own thread and
+    /// runtime, so it can be called anywhere in a test).
+    pub fn with_client<T: Send>(
+        &self,
+        f: impl FnOnce(&tokio_postgres::Client) -> futures::future::BoxFuture<'_, T> + Send,
+    ) -> T {
+        let url = self.url.clone();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(async move {
+                        let (client, connection) =
+                            tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                                .await
+                                .expect("test database reachable");
+                        tokio::spawn(connection);
+                        f(&client).await
+                    })
+                })
+                .join()
+                .expect("query thread")
+        })
+    }
+}
+
+async fn pg_execute(url: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL at TRACKD_TEST_DATABASE_URL reachable");
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, sql) = (
+            self.admin_url.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(pg_execute(&url, &sql));
+        })
+        .join();
+    }
+}
+
+async fn open_store(
+    dir: &Path,
+    pg: Option<&PgDatabase>,
+    config: &TestConfig,
+    clock: Arc<ManualClock>,
+) -> DynStore {
+    if let Some(pg) = pg {
+        return Arc::new(
+            PostgresStore::open(PgConfig {
+                url: pg.url.clone(),
+                dedup_window: config.dedup_window,
+                queue_capacity: config.queue_capacity,
+                clock: clock.clone(),
+                dedup_clock: Some(clock),
+                pool_size: 8,
+            })
+            .await
+            .expect("store opens"),
+        );
+    }
     Arc::new(
         SqliteStore::open(SqliteConfig {
             wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
@@ -137,7 +254,12 @@ impl TestApp {
         }
         .expect("temp dir");
         let clock = Arc::new(ManualClock::new(START));
-        let store = open_store(dir.path(), &config, clock.clone());
+        let pg = if postgres() {
+            Some(PgDatabase::create().await)
+        } else {
+            None
+        };
+        let store = open_store(dir.path(), pg.as_ref(), &config, clock.clone()).await;
         let (_, token, secret) = create_project(&store, "test").await.expect("project");
         let mut app = TestApp {
             addr: String::new(),
@@ -148,6 +270,7 @@ impl TestApp {
             config,
             store: None,
             dir,
+            pg,
             stop: None,
             server: None,
         };
@@ -177,7 +300,13 @@ impl TestApp {
     /// data directory, as a restart would.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let store = open_store(self.dir.path(), &self.config, self.clock.clone());
+        let store = open_store(
+            self.dir.path(),
+            self.pg.as_ref(),
+            &self.config,
+            self.clock.clone(),
+        )
+        .await;
         self.start(store).await;
     }
 
@@ -263,29 +392,46 @@ impl TestApp {
     /// The stored profile of the user whose key is `key`.
     pub fn user(&self, key: &str) -> Option<UserRow> {
         use rusqlite::OptionalExtension;
+        const SQL: &str = "SELECT id, user_id, email, phone_number, channels, properties, tags, \
+             subscribed, first_seen, last_seen FROM users WHERE user_key = $1";
+        let json = |text: String| -> Value { serde_json::from_str(&text).expect("stored JSON") };
+        if let Some(pg) = &self.pg {
+            let key = key.to_owned();
+            return pg.with_client(|c| {
+                Box::pin(async move {
+                    c.query_opt(SQL, &[&key])
+                        .await
+                        .expect("user")
+                        .map(|r| UserRow {
+                            rowid: r.get(0),
+                            id: r.get(1),
+                            email: r.get(2),
+                            phone_number: r.get(3),
+                            channels: json(r.get(4)),
+                            properties: json(r.get(5)),
+                            tags: json(r.get(6)),
+                            subscribed: r.get(7),
+                            first_seen: r.get(8),
+                            last_seen: r.get(9),
+                        })
+                })
+            });
+        }
         self.db()
-            .query_row(
-                "SELECT id, user_id, email, phone_number, channels, properties, tags, subscribed, \
-                 first_seen, last_seen FROM users WHERE user_key = ?1",
-                [key],
-                |r| {
-                    let json = |i: usize| -> rusqlite::Result<Value> {
-                        Ok(serde_json::from_str(&r.get::<_, String>(i)?).expect("stored JSON"))
-                    };
-                    Ok(UserRow {
-                        rowid: r.get(0)?,
-                        id: r.get(1)?,
-                        email: r.get(2)?,
-                        phone_number: r.get(3)?,
-                        channels: json(4)?,
-                        properties: json(5)?,
-                        tags: json(6)?,
-                        subscribed: r.get(7)?,
-                        first_seen: r.get(8)?,
-                        last_seen: r.get(9)?,
-                    })
-                },
-            )
+            .query_row(SQL, [key], |r| {
+                Ok(UserRow {
+                    rowid: r.get(0)?,
+                    id: r.get(1)?,
+                    email: r.get(2)?,
+                    phone_number: r.get(3)?,
+                    channels: json(r.get(4)?),
+                    properties: json(r.get(5)?),
+                    tags: json(r.get(6)?),
+                    subscribed: r.get(7)?,
+                    first_seen: r.get(8)?,
+                    last_seen: r.get(9)?,
+                })
+            })
             .optional()
             .expect("query")
     }
@@ -302,26 +448,58 @@ impl TestApp {
     }
 
     /// A read-only connection to the data directory's database.
+    /// The SQLite database (SQLite-only tests; the PostgreSQL suite skips them).
     pub fn db(&self) -> rusqlite::Connection {
+        assert!(
+            self.pg.is_none(),
+            "a SQLite-only test ran in the PostgreSQL suite"
+        );
         rusqlite::Connection::open(self.dir.path().join("trackd.db")).expect("db opens")
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.db()
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .expect("count")
+        self.scalar(&format!("SELECT count(*) FROM {table}"))
+    }
+
+    /// The one integer `sql` selects, from either store.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        if let Some(pg) = &self.pg {
+            let sql = sql.to_owned();
+            return pg.with_client(|c| {
+                Box::pin(async move { c.query_one(&sql, &[]).await.expect(&sql).get(0) })
+            });
+        }
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
     /// Every stored event as (user_id, event_name, event_key, data, source, created_at µs).
     pub fn events(&self) -> Vec<StoredEvent> {
+        const SQL: &str = "SELECT u.user_key, u.email, e.event_name, e.event_key, e.data, \
+             e.source, e.created_at, e.received_at FROM events e JOIN users u ON u.id = e.user_ref \
+             ORDER BY e.id";
+        if let Some(pg) = &self.pg {
+            return pg.with_client(|c| {
+                Box::pin(async move {
+                    c.query(SQL, &[])
+                        .await
+                        .expect("events")
+                        .iter()
+                        .map(|r| StoredEvent {
+                            user_key: r.get(0),
+                            email: r.get(1),
+                            name: r.get(2),
+                            key: r.get(3),
+                            data: r.get(4),
+                            source: r.get(5),
+                            created_at: r.get(6),
+                            received_at: r.get(7),
+                        })
+                        .collect()
+                })
+            });
+        }
         let db = self.db();
-        let mut stmt = db
-            .prepare(
-                "SELECT u.user_key, u.email, e.event_name, e.event_key, e.data, e.source, \
-                 e.created_at, e.received_at FROM events e JOIN users u ON u.id = e.user_ref \
-                 ORDER BY e.id",
-            )
-            .expect("prepare");
+        let mut stmt = db.prepare(SQL).expect("prepare");
         stmt.query_map([], |r| {
             Ok(StoredEvent {
                 user_key: r.get(0)?,

@@ -1,0 +1,24 @@
+//! The black-box behaviour suite again, against PostgreSQL: the same test files as `api`
+//! (the helpers see this binary's name and give each test a database of its own on the
+//! server at `TRACKD_TEST_DATABASE_URL`), plus what only several nodes show (`nodes.rs`).
+//! Without the variable this binary prints a notice and runs nothing.
+
+// The helpers serve both suites; some are for the SQLite one only.
+#![allow(dead_code)]
+
+#[path = "../api/dedup.rs"]
+mod dedup;
+#[path = "../api/helpers.rs"]
+mod helpers;
+#[path = "../api/hostile.rs"]
+mod hostile;
+mod nodes;
+#[path = "../api/operate.rs"]
+mod operate;
+mod outage;
+#[path = "../api/read.rs"]
+mod read;
+#[path = "../api/track.rs"]
+mod track;
+#[path = "../api/users.rs"]
+mod users;

@@ -1,0 +1,438 @@
+//! [`PostgresStore`]: the shared store. Any number of trackd nodes use one PostgreSQL
+//! database; each node group-commits its own requests ([`writer`]), and dedup holds across
+//! nodes through one upsert per batch on the dedup key, judged by the database clock.
+//! Connections come from a bounded pool with bounded waits: when the database is
+//! unreachable, requests get 503 within the pool's wait and `ready()` turns false until a
+//! round trip succeeds again.
+
+mod profile;
+mod read;
+mod schema;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use trackd_core::error::Cause;
+use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::{
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome,
+    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
+    TokenHash, TrackedEvent,
+};
+
+use writer::{Job, Writers};
+
+/// How a [`PostgresStore`] is opened.
+pub struct PgConfig {
+    /// `postgres://user:password@host:port/database` (libpq-style key=value also works).
+    pub url: String,
+    /// The dedup window; zero turns dedup off.
+    pub dedup_window: Duration,
+    /// How many writes may wait for this node's writers before new ones are refused.
+    pub queue_capacity: usize,
+    /// Creation times of projects and credentials.
+    pub clock: Arc<dyn Clock>,
+    /// Dedup receive times from this clock instead of the database's. The database clock is
+    /// what keeps nodes with skewed clocks consistent; tests set a manual clock here.
+    pub dedup_clock: Option<Arc<dyn Clock>>,
+    /// Pooled connections of this node (writers, reads and admin share them).
+    pub pool_size: usize,
+}
+
+/// Writers per node: a batch commits while the next one is written.
+const WRITERS: usize = 2;
+/// How long a request waits for a pooled connection, or to connect, before 503.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Counter shards (see the `counters` table).
+const SHARDS: u32 = 64;
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+    jobs: mpsc::Sender<Job>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    background: Vec<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+    metrics: StoreMetrics,
+    /// Bounds concurrent exports, which hold a connection as long as their client reads.
+    exporting: Arc<tokio::sync::Semaphore>,
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(e)
+}
+
+impl PostgresStore {
+    /// Connects, applies migrations (safe when several nodes start at once) and starts the
+    /// writers. Must be called inside a Tokio runtime.
+    pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
+        let pg = tokio_postgres::Config::from_str(&config.url).map_err(unavailable)?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(WRITERS + 2))
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(POOL_WAIT),
+                create: Some(POOL_WAIT),
+                recycle: Some(POOL_WAIT),
+            })
+            .build()
+            .map_err(unavailable)?;
+        {
+            let mut client = pool.get().await.map_err(unavailable)?;
+            schema::migrate(&mut client).await.map_err(unavailable)?;
+        }
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let ready = Arc::new(AtomicBool::new(true));
+        let metrics = StoreMetrics::default();
+        let writers = Arc::new(Writers {
+            pool: pool.clone(),
+            jobs: tokio::sync::Mutex::new(rx),
+            window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+            dedup_clock: config.dedup_clock,
+            shard: (std::process::id() % SHARDS) as i32,
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+        });
+        let tasks = (0..WRITERS)
+            .map(|_| tokio::spawn(writers.clone().run()))
+            .collect();
+        let background = vec![
+            tokio::spawn(writers.clone().probe()),
+            tokio::spawn(writers.purge()),
+        ];
+        Ok(PostgresStore {
+            pool,
+            jobs: tx,
+            tasks: Mutex::new(tasks),
+            background,
+            ready,
+            clock: config.clock,
+            metrics,
+            exporting: Arc::new(tokio::sync::Semaphore::new(4)),
+        })
+    }
+
+    /// Queues a write without waiting for room: a full queue is [`StoreError::Overloaded`].
+    fn submit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> StoreFuture<'_, T> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.jobs.try_send(job(reply));
+        if sent.is_ok() {
+            self.metrics.queue_depth.inc();
+        }
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(StoreError::unavailable(Cause("writers stopped")))
+                }
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::unavailable(Cause("writers stopped")))?
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+async fn read_version(client: &impl tokio_postgres::GenericClient) -> Result<u64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT value FROM meta WHERE key = 'credentials_version'",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+async fn bump_credentials_version(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'",
+        &[],
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+impl Store for PostgresStore {
+    fn metrics(&self) -> StoreMetrics {
+        self.metrics.clone()
+    }
+
+    fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome> {
+        self.submit(|reply| Job::Track {
+            event: Box::new(event),
+            reply,
+        })
+    }
+
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
+        self.submit(|reply| Job::Profile {
+            request: Box::new(request),
+            reply,
+        })
+    }
+
+    fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            read::user(&**client, project, &key)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn events(&self, query: EventQuery) -> StoreFuture<'_, Option<EventPage>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            read::events(&**client, &query).await.map_err(unavailable)
+        })
+    }
+
+    fn export(&self, query: ExportQuery, sink: ExportSink) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let _permit = self
+                .exporting
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(unavailable)?;
+            let client = self.client().await?;
+            read::export(&**client, &query, sink).await
+        })
+    }
+
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            read::stats(&**client, &query).await.map_err(unavailable)
+        })
+    }
+
+    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()> {
+        self.submit(|reply| Job::Restore { events, reply })
+    }
+
+    fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()> {
+        let counts = counts
+            .into_iter()
+            .map(|(p, name, n)| (p.get(), name, n))
+            .collect();
+        self.submit(|reply| Job::Counters { counts, reply })
+    }
+
+    fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            // One snapshot: the version and the set it describes.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .map_err(unavailable)?;
+            let version = read_version(&*tx).await?;
+            let rows = tx
+                .query("SELECT hash, project_id, kind FROM credentials", &[])
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let hash: Vec<u8> = row.get(0);
+                let kind: String = row.get(2);
+                let (Ok(hash), Some(kind)) = (
+                    <[u8; 32]>::try_from(hash.as_slice()),
+                    CredentialKind::from_stored(&kind),
+                ) else {
+                    continue;
+                };
+                out.push(Credential {
+                    hash: TokenHash::from_bytes(hash),
+                    project: ProjectId::new(row.get(1)),
+                    kind,
+                });
+            }
+            Ok((version, out))
+        })
+    }
+
+    fn credentials_version(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            read_version(&**client).await
+        })
+    }
+
+    fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {
+        let name = name.to_owned();
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "INSERT INTO projects (name, created_at) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO NOTHING RETURNING id",
+                    &[&name, &now],
+                )
+                .await
+                .map_err(unavailable)?;
+            match row {
+                Some(row) => Ok(Project {
+                    id: ProjectId::new(row.get(0)),
+                    name,
+                }),
+                None => Err(StoreError::Conflict(format!("project {name}"))),
+            }
+        })
+    }
+
+    fn projects(&self) -> StoreFuture<'_, Vec<Project>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT id, name FROM projects ORDER BY name", &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| Project {
+                    id: ProjectId::new(r.get(0)),
+                    name: r.get(1),
+                })
+                .collect())
+        })
+    }
+
+    fn project(&self, name: &str) -> StoreFuture<'_, Project> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT id, name FROM projects WHERE name = $1", &[&name])
+                .await
+                .map_err(unavailable)?;
+            row.map(|r| Project {
+                id: ProjectId::new(r.get(0)),
+                name: r.get(1),
+            })
+            .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
+        })
+    }
+
+    fn add_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()> {
+        let hash = token.hash();
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO credentials (hash, project_id, kind, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+                    &[&&hash.as_bytes()[..], &project.get(), &kind.as_str(), &now],
+                )
+                .await
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {}",
+                    hash.fingerprint()
+                )));
+            }
+            bump_credentials_version(&tx).await?;
+            tx.commit().await.map_err(unavailable)
+        })
+    }
+
+    fn revoke_credential(
+        &self,
+        project: ProjectId,
+        kind: CredentialKind,
+        token: &Token,
+    ) -> StoreFuture<'_, ()> {
+        let hash = token.hash();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            let deleted = tx
+                .execute(
+                    "DELETE FROM credentials WHERE hash = $1 AND project_id = $2 AND kind = $3",
+                    &[&&hash.as_bytes()[..], &project.get(), &kind.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if deleted == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{} credential {}",
+                    kind.as_str(),
+                    hash.fingerprint()
+                )));
+            }
+            bump_credentials_version(&tx).await?;
+            tx.commit().await.map_err(unavailable)
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(&self) -> StoreFuture<'_, ()> {
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            if tasks.is_empty() {
+                return Ok(());
+            }
+            // Waits for room: everything queued before it is committed first.
+            let _ = jobs.send(Job::Shutdown).await;
+            for task in tasks {
+                task.await.map_err(unavailable)?;
+            }
+            self.pool.close();
+            Ok(())
+        })
+    }
+}

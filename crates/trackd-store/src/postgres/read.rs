@@ -1,0 +1,299 @@
+//! Read queries: profiles, pages of events by keyset, exports, statistics. The same queries
+//! as `sqlite/read.rs`, with the same answers, on a pooled connection outside the writers'
+//! transactions (MVCC: reads never block writes, nor they reads).
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, GenericClient, Row};
+use trackd_core::read::{
+    Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
+};
+use trackd_core::StoreError;
+use trackd_core::{EventPage, ExportSink, ProjectId};
+
+const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
+                             e.source, e.created_at, e.received_at";
+
+fn event_row(r: &Row) -> Result<EventRow, Error> {
+    Ok(EventRow {
+        id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        email: r.try_get(2)?,
+        event_name: r.try_get(3)?,
+        event_key: r.try_get(4)?,
+        data: r.try_get(5)?,
+        source: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        received_at: r.try_get(8)?,
+    })
+}
+
+/// Whether text can be stored at all: PostgreSQL text cannot hold NUL, so no stored key
+/// has one, and asking for one is an error instead of "none" (SQLite just finds nothing).
+/// Write bodies refuse NUL; path segments and query strings can still carry `%00`.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+async fn user_ref(
+    client: &impl GenericClient,
+    project: ProjectId,
+    key: &str,
+) -> Result<Option<i64>, Error> {
+    if !storable(key) {
+        return Ok(None);
+    }
+    match client
+        .query_opt(
+            "SELECT id FROM users WHERE project_id = $1 AND user_key = $2",
+            &[&project.get(), &key],
+        )
+        .await?
+    {
+        Some(row) => row.try_get(0).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(super) async fn user(
+    client: &impl GenericClient,
+    project: ProjectId,
+    key: &str,
+) -> Result<Option<UserProfile>, Error> {
+    if !storable(key) {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT user_id, email, phone_number, channels, properties, tags, subscribed, \
+             first_seen, last_seen, created_at, updated_at, \
+             (SELECT count(*) FROM events WHERE user_ref = users.id) \
+             FROM users WHERE project_id = $1 AND user_key = $2",
+            &[&project.get(), &key],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(UserProfile {
+        id: r.try_get(0)?,
+        email: r.try_get(1)?,
+        phone_number: r.try_get(2)?,
+        channels: r.try_get(3)?,
+        properties: r.try_get(4)?,
+        tags: r.try_get(5)?,
+        subscribed: r.try_get(6)?,
+        first_seen: r.try_get(7)?,
+        last_seen: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+        event_count: r.try_get(11)?,
+    }))
+}
+
+/// A statement's arguments, numbered as they are bound.
+#[derive(Default)]
+struct Args(Vec<Box<dyn ToSql + Sync + Send>>);
+
+impl Args {
+    /// Binds `value` and returns its placeholder.
+    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.0.push(Box::new(value));
+        format!("${}", self.0.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+/// A page newest first by (event time, id). Only the predicates a query has are in the
+/// SQL, so the planner picks the matching index: by user, by event key, or by time.
+pub(super) async fn events(
+    client: &impl GenericClient,
+    q: &EventQuery,
+) -> Result<Option<EventPage>, Error> {
+    let mut sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref WHERE ");
+    let mut args = Args::default();
+    if let Some(key) = &q.user_key {
+        let Some(user) = user_ref(client, q.project, key).await? else {
+            return Ok(None);
+        };
+        sql.push_str(&format!("e.user_ref = {}", args.bind(user)));
+    } else {
+        sql.push_str(&format!("e.project_id = {}", args.bind(q.project.get())));
+    }
+    if let Some(key) = &q.event_key {
+        if !storable(key.as_str()) {
+            return Ok(Some((Vec::new(), None)));
+        }
+        sql.push_str(&format!(
+            " AND e.event_key = {}",
+            args.bind(key.as_str().to_owned())
+        ));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(&format!(
+            " AND e.created_at >= {}",
+            args.bind(since.as_micros())
+        ));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(&format!(
+            " AND e.created_at < {}",
+            args.bind(until.as_micros())
+        ));
+    }
+    // Events added after the walk started are not part of it.
+    let max_id = match q.cursor {
+        Some(c) => c.max_id,
+        None => client
+            .query_one("SELECT coalesce(max(id), 0) FROM events", &[])
+            .await?
+            .try_get(0)?,
+    };
+    sql.push_str(&format!(" AND e.id <= {}", args.bind(max_id)));
+    if let Some(c) = q.cursor {
+        let created_at = args.bind(c.created_at);
+        let id = args.bind(c.id);
+        sql.push_str(&format!(" AND (e.created_at, e.id) < ({created_at}, {id})"));
+    }
+    // One more than the page: whether another page follows.
+    sql.push_str(&format!(
+        " ORDER BY e.created_at DESC, e.id DESC LIMIT {}",
+        args.bind(q.limit as i64 + 1)
+    ));
+    let mut rows = client
+        .query(sql.as_str(), &args.refs())
+        .await?
+        .iter()
+        .map(event_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if rows.len() > q.limit {
+        rows.truncate(q.limit);
+        rows.last().map(|last| Cursor {
+            created_at: last.created_at,
+            id: last.id,
+            max_id,
+        })
+    } else {
+        None
+    };
+    Ok(Some((rows, next)))
+}
+
+/// How many events one export statement reads: each chunk is a statement of its own, so a
+/// long export does not hold one snapshot (which holds back vacuum) for its whole length.
+const EXPORT_CHUNK: i64 = 10_000;
+
+/// Every event of the export, in chunks. Rows are fetched here, on the runtime; the sink
+/// is fed on a blocking thread, since it may block (the server's waits for a slow client).
+pub(super) async fn export(
+    client: &impl GenericClient,
+    q: &ExportQuery,
+    mut sink: ExportSink,
+) -> Result<u64, StoreError> {
+    // The keyset is (receive time, id). `since` is folded into the starting key rather
+    // than given as its own bound, as in the SQLite store (where a plain bound beside the
+    // key made every chunk rescan from `since`): one bound, which PostgreSQL turns into
+    // the index's start on receive time.
+    let mut after = match q.since {
+        Some(since) => (since.as_micros().saturating_sub(1), i64::MAX),
+        None => (i64::MIN, i64::MIN),
+    };
+    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
+         WHERE e.project_id = $1 AND (e.received_at, e.id) > ($2, $3) \
+           AND e.received_at < $4 \
+         ORDER BY e.received_at, e.id LIMIT $5"
+    );
+    let mut count = 0u64;
+    loop {
+        let rows = client
+            .query(
+                sql.as_str(),
+                &[&q.project.get(), &after.0, &after.1, &until, &EXPORT_CHUNK],
+            )
+            .await
+            .map_err(StoreError::unavailable)?;
+        let events = rows
+            .iter()
+            .map(event_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::unavailable)?;
+        if let Some(last) = events.last() {
+            after = (last.received_at, last.id);
+        }
+        let last_chunk = (events.len() as i64) < EXPORT_CHUNK;
+        let (returned, fed, go_on) = tokio::task::spawn_blocking(move || {
+            let mut fed = 0u64;
+            for event in &events {
+                fed += 1;
+                if !sink(Some(event)) {
+                    return (sink, fed, false);
+                }
+            }
+            if last_chunk {
+                sink(None);
+            }
+            (sink, fed, true)
+        })
+        .await
+        .map_err(StoreError::unavailable)?;
+        sink = returned;
+        count += fed;
+        if !go_on || last_chunk {
+            return Ok(count);
+        }
+    }
+}
+
+pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result<Stats, Error> {
+    let width = q.interval.micros();
+    let since = q.since.map_or(i64::MIN, |t| t.as_micros());
+    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
+    // Text sorts by the database's collation unless told otherwise; "C" is SQLite's
+    // BINARY (byte order), so keys come in the same order (the JSON keeps it).
+    let buckets = client
+        .query(
+            "SELECT (created_at - ((created_at % $4) + $4) % $4) AS start, event_key, count(*) \
+             FROM events WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 \
+             GROUP BY start, event_key ORDER BY start, event_key COLLATE \"C\"",
+            &[&q.project.get(), &since, &until, &width],
+        )
+        .await?
+        .iter()
+        .map(|r| -> Result<(i64, String, i64), Error> {
+            Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut stats = Stats {
+        buckets,
+        ..Stats::default()
+    };
+    // Each node adds to its own shard of a counter: the total is their sum. SQLite reads
+    // the counters in primary key order, by name in byte order; so do these, so refusal
+    // reasons come in the same order.
+    let counters = client
+        .query(
+            "SELECT name, sum(value)::bigint FROM counters WHERE project_id = $1 \
+             GROUP BY name ORDER BY name COLLATE \"C\"",
+            &[&q.project.get()],
+        )
+        .await?;
+    for counter in &counters {
+        let name: String = counter.try_get(0)?;
+        let value: i64 = counter.try_get(1)?;
+        match name.as_str() {
+            "accepted" => stats.accepted = value,
+            "duplicates" => stats.duplicates = value,
+            other => {
+                if let Some(reason) = other.strip_prefix("rejected:") {
+                    stats.rejected.push((reason.to_owned(), value));
+                }
+            }
+        }
+    }
+    Ok(stats)
+}

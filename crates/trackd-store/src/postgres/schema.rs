@@ -1,0 +1,119 @@
+//! The PostgreSQL schema, as ordered migrations recorded in `trackd_schema`, applied under
+//! an advisory lock so nodes starting at once apply each step exactly once. Needs no
+//! superuser: only CREATE on the database's schema.
+
+use tokio_postgres::Client;
+
+/// Each entry takes the schema from version `i` to `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE projects (
+    id         BIGSERIAL PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+-- Tokens and secret keys, by SHA-256 hash: the database never holds one in clear.
+CREATE TABLE credentials (
+    hash       BYTEA PRIMARY KEY,
+    project_id BIGINT NOT NULL REFERENCES projects(id),
+    kind       TEXT NOT NULL CHECK (kind IN ('tracking', 'secret')),
+    created_at BIGINT NOT NULL
+);
+
+-- `credentials_version` changes on every credential change so running nodes reload.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO meta(key, value) VALUES ('credentials_version', 0);
+
+CREATE TABLE users (
+    id           BIGSERIAL PRIMARY KEY,
+    project_id   BIGINT NOT NULL,
+    user_key     TEXT NOT NULL,   -- the id when known, else the email
+    user_id      TEXT,
+    email        TEXT,
+    phone_number TEXT,
+    channels     TEXT NOT NULL DEFAULT '[]', -- JSON array of {type, address, platform}
+    properties   TEXT NOT NULL DEFAULT '{}', -- JSON object
+    tags         TEXT NOT NULL DEFAULT '[]', -- JSON array, sorted, no repeats
+    subscribed   BOOLEAN NOT NULL DEFAULT TRUE,
+    first_seen   BIGINT NOT NULL, -- receive times, microseconds since the epoch
+    last_seen    BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    UNIQUE (project_id, user_key)
+);
+CREATE INDEX users_by_email ON users(project_id, email) WHERE email IS NOT NULL;
+
+-- Sequence ids are never reused.
+CREATE TABLE events (
+    id          BIGSERIAL PRIMARY KEY,
+    project_id  BIGINT NOT NULL,
+    user_ref    BIGINT NOT NULL, -- users.id: a reidentify renames the user, not its events
+    event_name  TEXT NOT NULL,
+    event_key   TEXT NOT NULL,
+    data        TEXT NOT NULL,   -- compact JSON, numbers as sent
+    source      TEXT,
+    created_at  BIGINT NOT NULL, -- event time, microseconds since the epoch (UTC)
+    received_at BIGINT NOT NULL
+);
+-- Ending in the id: pages walk (time, id) without a sort.
+CREATE INDEX events_by_user ON events(user_ref, created_at, id);
+CREATE INDEX events_by_time ON events(project_id, created_at, id);
+CREATE INDEX events_by_key ON events(project_id, event_key, created_at, id);
+CREATE INDEX events_by_received ON events(project_id, received_at, id);
+
+-- The dedup record of the last accepted event per key. An upsert replaces it only when it
+-- is older than the window (database clock), in the transaction of the event it admits.
+CREATE TABLE dedup (
+    project_id  BIGINT NOT NULL,
+    key         BYTEA NOT NULL,  -- 16 bytes of SHA-256 over project, user, event key, data
+    received_at BIGINT NOT NULL, -- database clock, microseconds
+    user_ref    BIGINT,          -- set once the event's user is known
+    PRIMARY KEY (project_id, key)
+);
+CREATE INDEX dedup_by_user ON dedup(user_ref);
+CREATE INDEX dedup_by_received ON dedup(received_at);
+
+-- Running totals per project: `accepted`, `duplicates`, `rejected:<reason>`. Spread over
+-- shards (each node writes one, chosen at start) so nodes never wait for each other's
+-- commits on one hot row; readers sum the shards.
+CREATE TABLE counters (
+    project_id BIGINT NOT NULL,
+    name       TEXT NOT NULL,
+    shard      INTEGER NOT NULL,
+    value      BIGINT NOT NULL,
+    PRIMARY KEY (project_id, name, shard)
+);
+"#];
+
+/// The advisory lock key migrations run under ("trackd" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7472_6163_6b64;
+
+/// Brings the database to the latest schema. Several nodes may call it at once: the
+/// advisory lock makes the others wait, then they find nothing left to do.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS trackd_schema (version BIGINT NOT NULL); \
+         INSERT INTO trackd_schema (version) SELECT 0 \
+           WHERE NOT EXISTS (SELECT 1 FROM trackd_schema)",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one("SELECT version FROM trackd_schema", &[])
+        .await?
+        .get(0);
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "UPDATE trackd_schema SET version = $1",
+            &[&(version as i64 + 1)],
+        )
+        .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,480 @@
+//! The node's writers: tasks that take the queued writes of this node in batches and commit
+//! each batch in one transaction (group commit), answering every request after the commit.
+//!
+//! Dedup across nodes is one statement per run of consecutive events: an upsert on the
+//! dedup key that replaces the stored record only when it is older than the window by the
+//! database clock, so two nodes racing on one key serialise on its row and exactly one
+//! wins; the losers' rows come back absent from `RETURNING` and are duplicates. Identical
+//! keys inside one batch are resolved in memory first (PostgreSQL refuses to touch one row
+//! twice in a statement). Rows are locked in sorted order (dedup keys, then users), so
+//! nodes never deadlock on each other's batches.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::Transaction;
+use trackd_core::error::Cause;
+use trackd_core::{
+    Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, StoreMetrics, TrackedEvent,
+};
+
+use super::profile;
+
+/// The most requests committed in one transaction.
+pub(super) const MAX_BATCH: usize = 1024;
+
+/// A queued write and where its answer goes.
+pub(crate) enum Job {
+    Track {
+        event: Box<TrackedEvent>,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    Profile {
+        request: Box<ProfileRequest>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Restore {
+        events: Vec<EventRecord>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Counters {
+        counts: Vec<(i64, String, i64)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Commit everything queued before it, then stop taking writes.
+    Shutdown,
+}
+
+/// What the writers share.
+pub(crate) struct Writers {
+    pub pool: Pool,
+    pub jobs: Mutex<mpsc::Receiver<Job>>,
+    /// Dedup window in microseconds; 0 turns dedup off.
+    pub window_micros: i64,
+    /// Dedup receive times from this clock instead of the database's (tests only).
+    pub dedup_clock: Option<Arc<dyn Clock>>,
+    /// This node's counter shard.
+    pub shard: i32,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: StoreMetrics,
+}
+
+impl Writers {
+    /// One writer: takes a batch (holding the queue only while taking it), commits it,
+    /// answers it; until the queue is closed and empty.
+    pub async fn run(self: Arc<Self>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            {
+                let mut jobs = self.jobs.lock().await;
+                match jobs.recv().await {
+                    Some(job) => batch.push(job),
+                    None => return,
+                }
+                while batch.len() < MAX_BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                if batch.iter().any(|j| matches!(j, Job::Shutdown)) {
+                    // No new writes; what is queued still drains, through every writer.
+                    jobs.close();
+                }
+            }
+            batch.retain(|j| !matches!(j, Job::Shutdown));
+            if !batch.is_empty() {
+                self.commit(&mut batch).await;
+            }
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<Job>) {
+        let started = Instant::now();
+        let size = batch.len();
+        self.metrics.queue_depth.dec_by(size as i64);
+        match self.write(batch).await {
+            Ok(done) => {
+                self.ready.store(true, Ordering::Relaxed);
+                let elapsed = started.elapsed();
+                self.metrics.batch_size.observe(size as f64);
+                self.metrics.commit_seconds.observe(elapsed.as_secs_f64());
+                tracing::debug!(
+                    size,
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "batch committed"
+                );
+                for (job, done) in batch.drain(..).zip(done) {
+                    match (job, done) {
+                        (Job::Track { reply, .. }, Done::Event(outcome)) => {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        (Job::Profile { reply, .. }, Done::Other(result))
+                        | (Job::Restore { reply, .. }, Done::Other(result))
+                        | (Job::Counters { reply, .. }, Done::Other(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                self.ready.store(false, Ordering::Relaxed);
+                self.metrics.commit_failures.inc();
+                tracing::error!(error = %e, size, "batch failed, nothing committed");
+                let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
+                for job in batch.drain(..) {
+                    match job {
+                        Job::Track { reply, .. } => {
+                            let _ = reply.send(Err(failed()));
+                        }
+                        Job::Profile { reply, .. }
+                        | Job::Restore { reply, .. }
+                        | Job::Counters { reply, .. } => {
+                            let _ = reply.send(Err(failed()));
+                        }
+                        Job::Shutdown => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one batch in one transaction, in arrival order: each run of consecutive
+    /// events with one dedup statement, profile changes one by one. Nothing is written
+    /// unless everything is.
+    async fn write(&self, batch: &[Job]) -> Result<Vec<Done>, WriteError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+        let mut totals: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        let mut i = 0;
+        while i < batch.len() {
+            match &batch[i] {
+                Job::Track { .. } => {
+                    let run: Vec<&TrackedEvent> = batch[i..]
+                        .iter()
+                        .map_while(|j| match j {
+                            Job::Track { event, .. } => Some(event.as_ref()),
+                            _ => None,
+                        })
+                        .collect();
+                    i += run.len();
+                    for (event, outcome) in run.iter().zip(self.track(&tx, &run).await?) {
+                        let name = match outcome {
+                            InsertOutcome::Inserted => "accepted",
+                            InsertOutcome::Duplicate => "duplicates",
+                        };
+                        *totals
+                            .entry((event.project.get(), name.to_owned()))
+                            .or_default() += 1;
+                        done.push(Done::Event(outcome));
+                    }
+                    continue;
+                }
+                Job::Profile { request, .. } => {
+                    done.push(Done::Other(profile::apply(&tx, request).await?));
+                }
+                Job::Restore { events, .. } => {
+                    let records: Vec<&EventRecord> = events.iter().collect();
+                    insert_events(&tx, &records).await?;
+                    done.push(Done::Other(Ok(())));
+                }
+                Job::Counters { counts, .. } => {
+                    for (project, name, n) in counts {
+                        *totals.entry((*project, name.clone())).or_default() += n;
+                    }
+                    done.push(Done::Other(Ok(())));
+                }
+                Job::Shutdown => done.push(Done::Nothing),
+            }
+            i += 1;
+        }
+        if !totals.is_empty() {
+            let (projects, names, values): (Vec<i64>, Vec<String>, Vec<i64>) =
+                totals.into_iter().map(|((p, name), n)| (p, name, n)).fold(
+                    (vec![], vec![], vec![]),
+                    |(mut a, mut b, mut c), (p, n, v)| {
+                        a.push(p);
+                        b.push(n);
+                        c.push(v);
+                        (a, b, c)
+                    },
+                );
+            tx.execute(
+                "INSERT INTO counters (project_id, name, shard, value) \
+                 SELECT p, n, $4, v FROM unnest($1::bigint[], $2::text[], $3::bigint[]) \
+                   AS u(p, n, v) \
+                 ON CONFLICT (project_id, name, shard) \
+                   DO UPDATE SET value = counters.value + EXCLUDED.value",
+                &[&projects, &names, &values, &self.shard],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// A run of events: the in-batch and cross-node dedup decisions, then the accepted
+    /// events with their users, and their dedup records pointed at their users.
+    async fn track(
+        &self,
+        tx: &Transaction<'_>,
+        run: &[&TrackedEvent],
+    ) -> Result<Vec<InsertOutcome>, tokio_postgres::Error> {
+        let mut outcomes = vec![InsertOutcome::Inserted; run.len()];
+        if self.window_micros > 0 {
+            // Identical keys in the batch: the first stands for all; the rest are its
+            // duplicates whatever the database says of it.
+            let mut first: HashSet<(i64, [u8; 16])> = HashSet::new();
+            let mut candidates: Vec<usize> = Vec::new();
+            for (i, e) in run.iter().enumerate() {
+                if first.insert((e.project.get(), *e.dedup_key.as_bytes())) {
+                    candidates.push(i);
+                } else {
+                    outcomes[i] = InsertOutcome::Duplicate;
+                }
+            }
+            let projects: Vec<i64> = candidates.iter().map(|&i| run[i].project.get()).collect();
+            let keys: Vec<Vec<u8>> = candidates
+                .iter()
+                .map(|&i| run[i].dedup_key.as_bytes().to_vec())
+                .collect();
+            let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
+            let admitted: HashSet<(i64, Vec<u8>)> = tx
+                .query(
+                    "INSERT INTO dedup (project_id, key, received_at) \
+                     SELECT p, k, COALESCE($4::bigint, \
+                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
+                     FROM unnest($1::bigint[], $2::bytea[]) AS u(p, k) ORDER BY p, k \
+                     ON CONFLICT (project_id, key) DO UPDATE \
+                       SET received_at = EXCLUDED.received_at, user_ref = NULL \
+                       WHERE dedup.received_at <= EXCLUDED.received_at - $3 \
+                     RETURNING project_id, key",
+                    &[&projects, &keys, &self.window_micros, &now],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)))
+                .collect();
+            for &i in &candidates {
+                let e = run[i];
+                if !admitted.contains(&(e.project.get(), e.dedup_key.as_bytes().to_vec())) {
+                    outcomes[i] = InsertOutcome::Duplicate;
+                }
+            }
+        }
+        let accepted: Vec<&TrackedEvent> = run
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == InsertOutcome::Inserted)
+            .map(|(e, _)| *e)
+            .collect();
+        if accepted.is_empty() {
+            return Ok(outcomes);
+        }
+        let records: Vec<&EventRecord> = accepted.iter().map(|e| &e.record).collect();
+        let user_refs = insert_events(tx, &records).await?;
+        if self.window_micros > 0 {
+            let projects: Vec<i64> = accepted.iter().map(|e| e.project.get()).collect();
+            let keys: Vec<Vec<u8>> = accepted
+                .iter()
+                .map(|e| e.dedup_key.as_bytes().to_vec())
+                .collect();
+            tx.execute(
+                "UPDATE dedup d SET user_ref = u.r \
+                 FROM unnest($1::bigint[], $2::bytea[], $3::bigint[]) AS u(p, k, r) \
+                 WHERE d.project_id = u.p AND d.key = u.k",
+                &[&projects, &keys, &user_refs],
+            )
+            .await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// While writes fail: every second, a round trip through a pooled connection; ready
+    /// again when it succeeds (a commit succeeding also makes it ready).
+    pub async fn probe(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.ready.load(Ordering::Relaxed) {
+                continue;
+            }
+            let reached = async {
+                let client = self.pool.get().await?;
+                client.execute("SELECT 1", &[]).await?;
+                Ok::<_, WriteError>(())
+            };
+            if reached.await.is_ok() {
+                tracing::info!("database reachable again, ready");
+                self.ready.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every minute: deletes dedup records past the window (and a margin for requests
+    /// still queued), by the database clock. Every node may do it; it is idempotent.
+    pub async fn purge(self: Arc<Self>) {
+        const SLACK_MICROS: i64 = 120_000_000;
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if self.window_micros == 0 {
+                continue;
+            }
+            let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
+            let purged = async {
+                let client = self.pool.get().await?;
+                let n = client
+                    .execute(
+                        "DELETE FROM dedup WHERE received_at < COALESCE($1::bigint, \
+                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) - $2",
+                        &[&now, &(self.window_micros + SLACK_MICROS)],
+                    )
+                    .await?;
+                Ok::<_, WriteError>(n)
+            };
+            match purged.await {
+                Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
+                Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
+            }
+        }
+    }
+}
+
+/// The users of `events` (created or touched, one statement, in key order) and the event
+/// rows (one statement, in order); returns each event's user row id.
+async fn insert_events(
+    tx: &Transaction<'_>,
+    events: &[&EventRecord],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per user: the batch's first and last receive times, and the last id and
+    // email it names (as one upsert per event, in order, would leave them).
+    struct Touch {
+        user_id: Option<String>,
+        email: Option<String>,
+        first: i64,
+        last: i64,
+    }
+    let mut users: BTreeMap<(i64, String), Touch> = BTreeMap::new();
+    for e in events {
+        let received = e.received_at.as_micros();
+        let touch = users
+            .entry((e.project.get(), e.identity.user_key().to_owned()))
+            .or_insert(Touch {
+                user_id: None,
+                email: None,
+                first: received,
+                last: received,
+            });
+        if let Some(id) = e.identity.id() {
+            touch.user_id = Some(id.as_str().to_owned());
+        }
+        if let Some(email) = e.identity.email() {
+            touch.email = Some(email.as_str().to_owned());
+        }
+        touch.first = touch.first.min(received);
+        touch.last = touch.last.max(received);
+    }
+    let mut projects = Vec::with_capacity(users.len());
+    let mut keys = Vec::with_capacity(users.len());
+    let mut ids = Vec::with_capacity(users.len());
+    let mut emails = Vec::with_capacity(users.len());
+    let mut firsts = Vec::with_capacity(users.len());
+    let mut lasts = Vec::with_capacity(users.len());
+    for ((project, key), t) in users {
+        projects.push(project);
+        keys.push(key);
+        ids.push(t.user_id);
+        emails.push(t.email);
+        firsts.push(t.first);
+        lasts.push(t.last);
+    }
+    let refs: HashMap<(i64, String), i64> = tx
+        .query(
+            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
+                                created_at, updated_at) \
+             SELECT p, k, i, e, f, l, f, f \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                         $6::bigint[]) AS u(p, k, i, e, f, l) \
+             ORDER BY p, k \
+             ON CONFLICT (project_id, user_key) DO UPDATE \
+               SET first_seen = LEAST(users.first_seen, EXCLUDED.first_seen), \
+                   last_seen = GREATEST(users.last_seen, EXCLUDED.last_seen), \
+                   user_id = COALESCE(EXCLUDED.user_id, users.user_id), \
+                   email = COALESCE(EXCLUDED.email, users.email) \
+             RETURNING project_id, user_key, id",
+            &[&projects, &keys, &ids, &emails, &firsts, &lasts],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                (r.get::<_, i64>(0), r.get::<_, String>(1)),
+                r.get::<_, i64>(2),
+            )
+        })
+        .collect();
+    let mut user_refs = Vec::with_capacity(events.len());
+    for e in events {
+        // Every user was just upserted, so the lookup cannot miss.
+        user_refs.push(
+            refs.get(&(e.project.get(), e.identity.user_key().to_owned()))
+                .copied()
+                .unwrap_or_default(),
+        );
+    }
+    let projects: Vec<i64> = events.iter().map(|e| e.project.get()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let event_keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let sources: Vec<Option<&str>> = events.iter().map(|e| e.source.as_deref()).collect();
+    let created: Vec<i64> = events.iter().map(|e| e.created_at.as_micros()).collect();
+    let received: Vec<i64> = events.iter().map(|e| e.received_at.as_micros()).collect();
+    tx.execute(
+        "INSERT INTO events (project_id, user_ref, event_name, event_key, data, source, \
+                             created_at, received_at) \
+         SELECT p, u, n, k, d, s, c, r \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                     $6::text[], $7::bigint[], $8::bigint[]) WITH ORDINALITY \
+           AS x(p, u, n, k, d, s, c, r, o) \
+         ORDER BY o",
+        &[
+            &projects,
+            &user_refs,
+            &names,
+            &event_keys,
+            &data,
+            &sources,
+            &created,
+            &received,
+        ],
+    )
+    .await?;
+    Ok(user_refs)
+}
+
+/// What became of one job of a committed batch.
+enum Done {
+    Event(InsertOutcome),
+    Other(Result<(), StoreError>),
+    Nothing,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
