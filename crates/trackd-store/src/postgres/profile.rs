@@ -313,7 +313,7 @@ async fn attempt(
             let Some(profile) = resolve(tx, project, user).await? else {
                 return Ok(Some(not_found()));
             };
-            delete(tx, profile.id).await?;
+            delete(tx, project, &profile).await?;
             true
         }
         ProfileChange::Reidentify { id, new_id } => {
@@ -322,6 +322,7 @@ async fn attempt(
             };
             match by_key(tx, project, new_id.as_str()).await? {
                 None => {
+                    move_dedup(tx, project, &old.user_key, new_id.as_str()).await?;
                     old.user_key = new_id.as_str().to_owned();
                     old.user_id = Some(new_id.as_str().to_owned());
                     old.save(tx, project, now, on_race).await?
@@ -341,10 +342,12 @@ async fn attempt(
                     new.phone_number = new.phone_number.or(old.phone_number);
                     new.first_seen = new.first_seen.min(old.first_seen);
                     new.last_seen = new.last_seen.max(old.last_seen);
-                    for table in ["events", "dedup"] {
-                        let sql = format!("UPDATE {table} SET user_ref = $2 WHERE user_ref = $1");
-                        tx.execute(sql.as_str(), &[&old.id, &new.id]).await?;
-                    }
+                    tx.execute(
+                        "UPDATE events SET user_ref = $2 WHERE user_ref = $1",
+                        &[&old.id, &new.id],
+                    )
+                    .await?;
+                    move_dedup(tx, project, &old.user_key, &new.user_key).await?;
                     tx.execute("DELETE FROM users WHERE id = $1", &[&old.id])
                         .await?;
                     new.save(tx, project, now, on_race).await?
@@ -358,14 +361,28 @@ async fn attempt(
 
 /// Removes a user, its events and its dedup records. The records are the whole of dedup
 /// here: deleting them is what makes a resend of one of the user's events accepted again,
-/// as forgetting their keys in the index does in the SQLite store.
-async fn delete(tx: &Transaction<'_>, user: i64) -> Result<(), Error> {
-    for sql in [
-        "DELETE FROM events WHERE user_ref = $1",
-        "DELETE FROM dedup WHERE user_ref = $1",
-        "DELETE FROM users WHERE id = $1",
-    ] {
-        tx.execute(sql, &[&user]).await?;
-    }
+/// as forgetting their keys in the index does in the SQLite store. They are found by the
+/// user's key (a scan of the window's records: deletions are rare, and an index on it would
+/// cost every event a second index entry).
+async fn delete(tx: &Transaction<'_>, project: i64, user: &Profile) -> Result<(), Error> {
+    tx.execute("DELETE FROM events WHERE user_ref = $1", &[&user.id])
+        .await?;
+    tx.execute(
+        "DELETE FROM dedup WHERE project_id = $1 AND user_key = $2",
+        &[&project, &user.user_key],
+    )
+    .await?;
+    tx.execute("DELETE FROM users WHERE id = $1", &[&user.id])
+        .await?;
+    Ok(())
+}
+
+/// Dedup records follow their user when it is renamed or merged into another.
+async fn move_dedup(tx: &Transaction<'_>, project: i64, from: &str, to: &str) -> Result<(), Error> {
+    tx.execute(
+        "UPDATE dedup SET user_key = $3 WHERE project_id = $1 AND user_key = $2",
+        &[&project, &from, &to],
+    )
+    .await?;
     Ok(())
 }

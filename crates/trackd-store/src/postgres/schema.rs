@@ -43,7 +43,7 @@ CREATE TABLE users (
     created_at   BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,
     UNIQUE (project_id, user_key)
-);
+) WITH (fillfactor = 70); -- room for HOT updates: touching a user adds no index entries
 CREATE INDEX users_by_email ON users(project_id, email) WHERE email IS NOT NULL;
 
 -- Sequence ids are never reused.
@@ -66,15 +66,15 @@ CREATE INDEX events_by_received ON events(project_id, received_at, id);
 
 -- The dedup record of the last accepted event per key. An upsert replaces it only when it
 -- is older than the window (database clock), in the transaction of the event it admits.
+-- One index only (the key): the user's key is kept for deletions and renames, which scan
+-- the window's records, and the purge scans by time once a minute.
 CREATE TABLE dedup (
     project_id  BIGINT NOT NULL,
     key         BYTEA NOT NULL,  -- 16 bytes of SHA-256 over project, user, event key, data
     received_at BIGINT NOT NULL, -- database clock, microseconds
-    user_ref    BIGINT,          -- set once the event's user is known
+    user_key    TEXT NOT NULL,
     PRIMARY KEY (project_id, key)
 );
-CREATE INDEX dedup_by_user ON dedup(user_ref);
-CREATE INDEX dedup_by_received ON dedup(received_at);
 
 -- Running totals per project: `accepted`, `duplicates`, `rejected:<reason>`. Spread over
 -- shards (each node writes one, chosen at start) so nodes never wait for each other's

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_postgres::Transaction;
 use trackd_core::error::Cause;
 use trackd_core::{
     Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, StoreMetrics, TrackedEvent,
@@ -205,15 +205,17 @@ impl Writers {
                         (a, b, c)
                     },
                 );
-            tx.execute(
-                "INSERT INTO counters (project_id, name, shard, value) \
-                 SELECT p, n, $4, v FROM unnest($1::bigint[], $2::text[], $3::bigint[]) \
-                   AS u(p, n, v) \
-                 ON CONFLICT (project_id, name, shard) \
-                   DO UPDATE SET value = counters.value + EXCLUDED.value",
-                &[&projects, &names, &values, &self.shard],
-            )
-            .await?;
+            let add = tx
+                .prepare_cached(
+                    "INSERT INTO counters (project_id, name, shard, value) \
+                     SELECT p, n, $4, v FROM unnest($1::bigint[], $2::text[], $3::bigint[]) \
+                       AS u(p, n, v) \
+                     ON CONFLICT (project_id, name, shard) \
+                       DO UPDATE SET value = counters.value + EXCLUDED.value",
+                )
+                .await?;
+            tx.execute(&add, &[&projects, &names, &values, &self.shard])
+                .await?;
         }
         tx.commit().await?;
         Ok(done)
@@ -244,18 +246,28 @@ impl Writers {
                 .iter()
                 .map(|&i| run[i].dedup_key.as_bytes().to_vec())
                 .collect();
+            let users: Vec<&str> = candidates
+                .iter()
+                .map(|&i| run[i].identity.user_key())
+                .collect();
             let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
-            let admitted: HashSet<(i64, Vec<u8>)> = tx
-                .query(
-                    "INSERT INTO dedup (project_id, key, received_at) \
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO dedup (project_id, key, received_at, user_key) \
                      SELECT p, k, COALESCE($4::bigint, \
-                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
-                     FROM unnest($1::bigint[], $2::bytea[]) AS u(p, k) ORDER BY p, k \
+                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint), u \
+                     FROM unnest($1::bigint[], $2::bytea[], $5::text[]) AS x(p, k, u) \
+                     ORDER BY p, k \
                      ON CONFLICT (project_id, key) DO UPDATE \
-                       SET received_at = EXCLUDED.received_at, user_ref = NULL \
+                       SET received_at = EXCLUDED.received_at, user_key = EXCLUDED.user_key \
                        WHERE dedup.received_at <= EXCLUDED.received_at - $3 \
                      RETURNING project_id, key",
-                    &[&projects, &keys, &self.window_micros, &now],
+                )
+                .await?;
+            let admitted: HashSet<(i64, Vec<u8>)> = tx
+                .query(
+                    &statement,
+                    &[&projects, &keys, &self.window_micros, &now, &users],
                 )
                 .await?
                 .iter()
@@ -278,21 +290,7 @@ impl Writers {
             return Ok(outcomes);
         }
         let records: Vec<&EventRecord> = accepted.iter().map(|e| &e.record).collect();
-        let user_refs = insert_events(tx, &records).await?;
-        if self.window_micros > 0 {
-            let projects: Vec<i64> = accepted.iter().map(|e| e.project.get()).collect();
-            let keys: Vec<Vec<u8>> = accepted
-                .iter()
-                .map(|e| e.dedup_key.as_bytes().to_vec())
-                .collect();
-            tx.execute(
-                "UPDATE dedup d SET user_ref = u.r \
-                 FROM unnest($1::bigint[], $2::bytea[], $3::bigint[]) AS u(p, k, r) \
-                 WHERE d.project_id = u.p AND d.key = u.k",
-                &[&projects, &keys, &user_refs],
-            )
-            .await?;
-        }
+        insert_events(tx, &records).await?;
         Ok(outcomes)
     }
 
@@ -349,13 +347,13 @@ impl Writers {
 }
 
 /// The users of `events` (created or touched, one statement, in key order) and the event
-/// rows (one statement, in order); returns each event's user row id.
+/// rows (one statement, in order).
 async fn insert_events(
     tx: &Transaction<'_>,
     events: &[&EventRecord],
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+) -> Result<(), tokio_postgres::Error> {
     if events.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     // One row per user: the batch's first and last receive times, and the last id and
     // email it names (as one upsert per event, in order, would leave them).
@@ -399,8 +397,8 @@ async fn insert_events(
         firsts.push(t.first);
         lasts.push(t.last);
     }
-    let refs: HashMap<(i64, String), i64> = tx
-        .query(
+    let upsert = tx
+        .prepare_cached(
             "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
                                 created_at, updated_at) \
              SELECT p, k, i, e, f, l, f, f \
@@ -413,8 +411,10 @@ async fn insert_events(
                    user_id = COALESCE(EXCLUDED.user_id, users.user_id), \
                    email = COALESCE(EXCLUDED.email, users.email) \
              RETURNING project_id, user_key, id",
-            &[&projects, &keys, &ids, &emails, &firsts, &lasts],
         )
+        .await?;
+    let refs: HashMap<(i64, String), i64> = tx
+        .query(&upsert, &[&projects, &keys, &ids, &emails, &firsts, &lasts])
         .await?
         .iter()
         .map(|r| {
@@ -440,14 +440,19 @@ async fn insert_events(
     let sources: Vec<Option<&str>> = events.iter().map(|e| e.source.as_deref()).collect();
     let created: Vec<i64> = events.iter().map(|e| e.created_at.as_micros()).collect();
     let received: Vec<i64> = events.iter().map(|e| e.received_at.as_micros()).collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO events (project_id, user_ref, event_name, event_key, data, source, \
+                                 created_at, received_at) \
+             SELECT p, u, n, k, d, s, c, r \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::bigint[], $8::bigint[]) WITH ORDINALITY \
+               AS x(p, u, n, k, d, s, c, r, o) \
+             ORDER BY o",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO events (project_id, user_ref, event_name, event_key, data, source, \
-                             created_at, received_at) \
-         SELECT p, u, n, k, d, s, c, r \
-         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                     $6::text[], $7::bigint[], $8::bigint[]) WITH ORDINALITY \
-           AS x(p, u, n, k, d, s, c, r, o) \
-         ORDER BY o",
+        &insert,
         &[
             &projects,
             &user_refs,
@@ -460,7 +465,7 @@ async fn insert_events(
         ],
     )
     .await?;
-    Ok(user_refs)
+    Ok(())
 }
 
 /// What became of one job of a committed batch.

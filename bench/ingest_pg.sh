@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Ingest against PostgreSQL: NODES release trackd processes on one fresh database, the same
+# wrk load as bench/ingest.sh (64 connections in all, split over the nodes), durable
+# commits (synchronous_commit=on, the server's default).
+#
+#   bench/ingest_pg.sh [NODES] [ROUNDS] [SECONDS] [DATABASE_URL]
+#
+# Prints per round: events/s (stored), p50/p99 (wrk's, per node), and PostgreSQL's CPU
+# time per stored event (all postgres processes, from /proc). DATABASE_URL is a server
+# where the bench may create and drop the database `trackd_bench` (default: the local one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${1:-1}; rounds=${2:-3}; secs=${3:-10}
+admin=${4:-postgres://postgres@127.0.0.1:5432/postgres}
+. bench/lib.sh
+bench_setup
+url="${admin%/*}/trackd_bench"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+pg_cpu() { # clock ticks used by every postgres process so far
+  local total=0
+  for p in $(pgrep -x postgres); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+for r in $(seq 1 "$rounds"); do
+  psql "$admin" -qc "DROP DATABASE IF EXISTS trackd_bench WITH (FORCE)" -c "CREATE DATABASE trackd_bench"
+  token=$("$bin" project create bench --database-url "$url" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
+  ports=(); pids=()
+  for n in $(seq 1 "$nodes"); do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$bin" serve --database-url "$url" --listen "127.0.0.1:$port" >"$work/node$r.$n.log" 2>&1 &
+    pids+=($!); ports+=("$port")
+    for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+  done
+  export WRK_PATH="/api/v2/events/track?auth_token=$token"
+  conns=$((64 / nodes))
+  i=0
+  for port in "${ports[@]}"; do
+    i=$((i + 1))
+    WRK_OFFSET=$((i * 100000000000)) wrk -t1 -c"$conns" -d2s -s bench/wrk_track.lua \
+      "http://127.0.0.1:$port" >/dev/null 2>&1 &
+  done
+  wait_wrk() { for j in $(jobs -p); do case " ${pids[*]} " in *" $j "*) ;; *) wait "$j";; esac; done; }
+  wait_wrk
+  before_events=$(psql "$url" -tAc "select count(*) from events")
+  before_cpu=$(pg_cpu)
+  i=0
+  for port in "${ports[@]}"; do
+    i=$((i + 1))
+    WRK_OFFSET=$((i * 100000000000 + 50000000000)) wrk -t1 -c"$conns" -d"${secs}s" --latency \
+      -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk$r.$i.out" 2>&1 &
+  done
+  wait_wrk
+  after_cpu=$(pg_cpu)
+  after_events=$(psql "$url" -tAc "select count(*) from events")
+  for p in "${pids[@]}"; do kill -TERM "$p"; wait "$p" || true; done
+  pids=()
+  python3 - "$work" "$r" "$nodes" "$secs" "$before_events" "$after_events" "$before_cpu" "$after_cpu" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+work, r, nodes, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+events = int(sys.argv[6]) - int(sys.argv[5])
+cpu = (int(sys.argv[8]) - int(sys.argv[7])) / int(sys.argv[9])
+lat = []
+answered = 0.0
+for n in range(1, nodes + 1):
+    out = open(f"{work}/wrk{r}.{n}.out").read()
+    if "Non-2xx" in out:
+        sys.exit("non-2xx answers:\n" + out)
+    p50 = int(re.search(r"latency_us p50=(\d+)", out).group(1)) / 1000
+    p99 = int(re.search(r"p99=(\d+)", out).group(1)) / 1000
+    answered += float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat.append(f"node {n} p50 {p50:.2f} ms p99 {p99:.2f} ms")
+print(f"round {r}: {nodes} node(s): {events / secs:.0f} events/s stored ({answered:.0f}/s answered); {'; '.join(lat)}; "
+      f"PostgreSQL CPU {cpu:.1f} s = {cpu / events * 1e6:.0f} µs per event")
+PY
+done
+psql "$admin" -qc "DROP DATABASE IF EXISTS trackd_bench WITH (FORCE)"
