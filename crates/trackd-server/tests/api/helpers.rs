@@ -31,6 +31,8 @@ pub struct TestConfig {
     pub queue_capacity: usize,
     /// Where the data directory is made (a tmpfs); the system's temp dir when `None`.
     pub parent_dir: Option<std::path::PathBuf>,
+    /// SQLite even in the PostgreSQL suite (the parity test runs one of each).
+    pub force_sqlite: bool,
 }
 
 impl Default for TestConfig {
@@ -40,6 +42,7 @@ impl Default for TestConfig {
             limits: Limits::default(),
             queue_capacity: 50_000,
             parent_dir: None,
+            force_sqlite: false,
         }
     }
 }
@@ -254,7 +257,7 @@ impl TestApp {
         }
         .expect("temp dir");
         let clock = Arc::new(ManualClock::new(START));
-        let pg = if postgres() {
+        let pg = if postgres() && !config.force_sqlite {
             Some(PgDatabase::create().await)
         } else {
             None

@@ -16,6 +16,7 @@ mod nodes;
 #[path = "../api/operate.rs"]
 mod operate;
 mod outage;
+mod parity;
 #[path = "../api/read.rs"]
 mod read;
 #[path = "../api/track.rs"]
