@@ -80,3 +80,80 @@ async fn a_duplicate_on_another_node_is_judged_by_the_window_in_real_time() {
     assert_eq!(send(&client, &a, &token, 1).await, (200, true));
     assert_eq!(stored(&db), 2);
 }
+
+#[tokio::test]
+async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
+    let db = PgDatabase::create().await;
+    let clock: std::sync::Arc<dyn trackd_core::Clock> =
+        std::sync::Arc::new(trackd_core::SystemClock);
+    let open = || {
+        trackd_store::PostgresStore::open(trackd_store::PgConfig {
+            url: db.url.clone(),
+            dedup_window: Duration::from_secs(180),
+            queue_capacity: 16,
+            clock: clock.clone(),
+            dedup_clock: None,
+            pool_size: 4,
+        })
+    };
+    let opened = futures::future::join_all((0..6).map(|_| open())).await;
+    for store in &opened {
+        assert!(store.is_ok(), "{:?}", store.as_ref().err());
+    }
+    let version: i64 = db.with_client(|c| {
+        Box::pin(async move {
+            c.query_one("SELECT version FROM trackd_schema", &[])
+                .await
+                .expect("schema version")
+                .get(0)
+        })
+    });
+    assert_eq!(version, 1);
+}
+
+#[tokio::test]
+async fn the_application_role_needs_no_superuser() {
+    let db = PgDatabase::create().await;
+    let role = format!("trackd_app_{:08x}", rand::random::<u32>());
+    let ddl = format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; \
+         GRANT CREATE, USAGE ON SCHEMA public TO {role}"
+    );
+    db.with_client(|c| Box::pin(async move { c.batch_execute(&ddl).await.expect("role") }));
+    let url = db.url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names the postgres user");
+    let (ok, stdout, stderr) =
+        crate::helpers::run_cli(&["project", "create", "app", "--database-url", &url, "--json"]);
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let token = created["tracking_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    // A node as that role serves, and the CLI reads what it stored.
+    let home = tempfile::tempdir().expect("dir");
+    let node = ChildServer::spawn(home.path(), &[("TRACKD_DATABASE_URL", url.as_str())]);
+    let client = reqwest::Client::new();
+    assert_eq!(send(&client, &node, &token, 1).await, (200, false));
+    let (ok, listed, stderr) =
+        crate::helpers::run_cli(&["project", "list", "--database-url", &url, "--json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(listed.trim(), r#"[{"id":1,"name":"app"}]"#);
+    let (ok, exported, stderr) =
+        crate::helpers::run_cli(&["export", "--project", "app", "--database-url", &url]);
+    assert!(ok, "{stderr}");
+    assert_eq!(exported.lines().count(), 1, "{exported}");
+    drop(node);
+    let cleanup = format!("DROP OWNED BY {role}; ");
+    db.with_client(|c| Box::pin(async move { c.batch_execute(&cleanup).await.expect("drop") }));
+    drop(db);
+    let admin = std::env::var("TRACKD_TEST_DATABASE_URL").expect("url");
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("admin");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .expect("drop role");
+}
