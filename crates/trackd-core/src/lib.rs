@@ -8,6 +8,7 @@
 //! - [`project`]: projects, tracking tokens and secret keys.
 //! - [`import`]: import lines: export lines restored, track bodies ingested.
 //! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
+//! - [`live`]: committed events fanned out to watching consoles.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
 //! - [`store`]: the [`Store`] trait the backends implement; [`metrics`]: what they report.
 //! - [`error`]: field errors and store errors.
@@ -17,6 +18,7 @@ pub mod event;
 pub mod identity;
 pub mod import;
 pub mod json;
+pub mod live;
 pub mod metrics;
 pub mod project;
 #[cfg(any(test, feature = "testing"))]
@@ -29,6 +31,7 @@ pub mod users;
 pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, EventRecord, TrackRequest, TrackedEvent};
 pub use identity::{Email, Identity, UserId};
+pub use live::{LiveBatch, LiveFeed};
 pub use metrics::StoreMetrics;
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
 pub use store::{DynStore, EventPage, ExportSink, InsertOutcome, Store, StoreFuture};

@@ -297,6 +297,23 @@ pub struct EventRow {
     pub received_at: i64,
 }
 
+impl EventRow {
+    /// The row of a just-stored event (the live view's, before any read).
+    pub fn of(record: &crate::EventRecord, id: i64) -> EventRow {
+        EventRow {
+            id,
+            user_id: record.identity.id().map(|i| i.as_str().to_owned()),
+            email: record.identity.email().map(|e| e.as_str().to_owned()),
+            event_name: record.name.as_str().to_owned(),
+            event_key: record.key.as_str().to_owned(),
+            data: record.data.clone(),
+            source: record.source.clone(),
+            created_at: record.created_at.as_micros(),
+            received_at: record.received_at.as_micros(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct UserOut<'a> {
     id: Option<&'a str>,

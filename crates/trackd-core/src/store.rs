@@ -30,6 +30,10 @@ pub trait Store: Send + Sync + 'static {
     /// The numbers this store reports about its writes.
     fn metrics(&self) -> crate::metrics::StoreMetrics;
 
+    /// Committed events as they are accepted, for the console's live view: this node's
+    /// (SQLite), or every node's (PostgreSQL).
+    fn live(&self) -> &crate::live::LiveFeed;
+
     /// Dedups and appends an event (creating or touching its user), in one transaction
     /// with its dedup record.
     fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome>;

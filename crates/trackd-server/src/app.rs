@@ -43,6 +43,7 @@ impl App {
             state: AppState {
                 admission: Arc::new(Admission::new(&limits)),
                 metrics,
+                shutting_down: tokio_util::sync::CancellationToken::new(),
                 store,
                 credentials,
                 clock,
@@ -95,6 +96,11 @@ impl App {
             }));
         }
         let rejections = state.rejections.clone();
+        let stopping = state.shutting_down.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         let router = api::router(state, metrics_listener_absent);
         let served = serve(listener, router, header_timeout, shutdown).await;
         for task in background {

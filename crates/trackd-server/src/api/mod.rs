@@ -8,6 +8,7 @@
 //! - [`limit`]: admission: in-flight bound, per-address and per-token rates.
 //! - [`metrics`]: `/metrics` and the middleware that admits and counts every request.
 //! - [`openapi`]: `/openapi.json`, built from the same route tables as the router.
+//! - [`ui`]: the web console at `/ui`, its files embedded in the binary.
 
 pub mod auth;
 pub mod body;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod read;
 pub mod track;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +90,9 @@ pub struct AppState {
     pub admission: Arc<limit::Admission>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled when the server starts shutting down: endless streams (the live view)
+    /// end then instead of holding the exit.
+    pub shutting_down: tokio_util::sync::CancellationToken,
 }
 
 /// Counts of refused requests by project and reason, added to the store's running totals
@@ -173,16 +178,18 @@ enum ReadRoute {
     Export,
     Import,
     Stats,
+    Live,
 }
 
 /// The read routes (secret key): path, method, what answers.
-const READ_ROUTES: [(&str, &str, ReadRoute); 6] = [
+const READ_ROUTES: [(&str, &str, ReadRoute); 7] = [
     ("/api/v2/users/{id}", "GET", ReadRoute::User),
     ("/api/v2/users/{id}/events", "GET", ReadRoute::UserEvents),
     ("/api/v2/events", "GET", ReadRoute::Events),
     ("/api/v2/events/export", "GET", ReadRoute::Export),
     ("/api/v2/events/import", "POST", ReadRoute::Import),
     ("/api/v2/stats/events", "GET", ReadRoute::Stats),
+    ("/api/v2/events/live", "GET", ReadRoute::Live),
 ];
 
 fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
@@ -241,6 +248,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             ReadRoute::Export => get(read::export),
             ReadRoute::Import => post(read::import),
             ReadRoute::Stats => get(read::stats),
+            ReadRoute::Live => get(read::live),
         };
         reads = reads.route(path, with_allow(method_router, allow));
     }
@@ -248,7 +256,10 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     let probes = Router::new()
         .route("/healthz", with_allow(get(track::healthz), "GET"))
         .route("/readyz", with_allow(get(track::readyz), "GET"))
-        .route("/openapi.json", with_allow(get(openapi::document), "GET"));
+        .route("/openapi.json", with_allow(get(openapi::document), "GET"))
+        .route("/ui", with_allow(get(ui::page), "GET"))
+        .route("/ui/", with_allow(get(ui::page), "GET"))
+        .route("/ui/{file}", with_allow(get(ui::asset), "GET"));
     let mut router = vero
         .layer(cors)
         .merge(reads)

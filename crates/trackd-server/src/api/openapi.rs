@@ -200,6 +200,14 @@ fn read_operation(route: ReadRoute) -> Value {
                         "schema": {"type": "boolean", "default": true}})],
             json_ok("ImportSummary"),
         ),
+        ReadRoute::Live => (
+            "live_events",
+            "Events as they are committed, pushed as NDJSON (the console's live view)",
+            vec![event_name.clone(), user_id.clone()],
+            json!({"description": "An endless NDJSON stream: {\"type\":\"event\",\"event\":{…}}, \
+                   {\"type\":\"duplicates\",\"count\":n}, heartbeats",
+                   "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}),
+        ),
         ReadRoute::Stats => (
             "get_event_stats",
             "Counts per event name per bucket, and running totals",

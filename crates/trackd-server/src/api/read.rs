@@ -212,3 +212,107 @@ pub async fn import(
     .await?;
     Ok(json(serde_json::to_vec(&summary).unwrap_or_default()))
 }
+
+/// How often an idle live stream says it is still there (proxies close silent streams).
+const LIVE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What a live stream shows: all of the project's events, or those of one event name or
+/// one user.
+struct LiveFilter {
+    event_key: Option<String>,
+    user: Option<String>,
+}
+
+impl LiveFilter {
+    fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
+        let params = trackd_core::read::Params::new(pairs, &["event_name", "user_id"])?;
+        Ok(LiveFilter {
+            event_key: params
+                .get("event_name")
+                .map(|n| trackd_core::EventKey::of(n).as_str().to_owned()),
+            user: params.get("user_id").map(str::to_owned),
+        })
+    }
+
+    fn admits(&self, event: &trackd_core::read::EventRow) -> bool {
+        self.event_key
+            .as_ref()
+            .is_none_or(|k| *k == event.event_key)
+            && self.user.as_ref().is_none_or(|u| {
+                event.user_id.as_deref() == Some(u.as_str()) || event.email.as_deref() == Some(u)
+            })
+    }
+}
+
+fn live_line(value: &serde_json::Value) -> Bytes {
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `GET /api/v2/events/live`: NDJSON pushed as events are committed (every node's, on
+/// PostgreSQL): `{"type":"event","event":{…}}` per event, `{"type":"duplicates","count":n}`
+/// per commit that dropped some, a heartbeat every 15 s, `{"type":"lagged","missed":n}` if
+/// the reader fell behind. Ends when the server shuts down.
+pub async fn live(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
+    let filter = LiveFilter::parse(&query)?;
+    let feed = state.store.live().subscribe();
+    let project = credential.project;
+    let stopping = state.shutting_down.clone();
+    let hello = live_line(&serde_json::json!({"type": "hello"}));
+    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(hello) });
+    let rest = futures_util::stream::unfold(
+        (feed, filter, stopping),
+        move |(mut feed, filter, stopping)| async move {
+            loop {
+                let received = tokio::select! {
+                    () = stopping.cancelled() => return None,
+                    r = tokio::time::timeout(LIVE_HEARTBEAT, feed.recv()) => r,
+                };
+                let chunk = match received {
+                    Err(_) => live_line(&serde_json::json!({"type": "heartbeat"})),
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                        live_line(&serde_json::json!({"type": "lagged", "missed": n}))
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                    Ok(Ok(batch)) if batch.project != project => continue,
+                    Ok(Ok(batch)) => {
+                        let mut out = Vec::new();
+                        for event in batch.events.iter().filter(|e| filter.admits(e)) {
+                            out.extend_from_slice(br#"{"type":"event","event":"#);
+                            event.write_json(&mut out);
+                            out.extend_from_slice(b"}\n");
+                        }
+                        if batch.duplicates > 0 {
+                            out.extend_from_slice(&live_line(&serde_json::json!(
+                                {"type": "duplicates", "count": batch.duplicates}
+                            )));
+                        }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        Bytes::from(out)
+                    }
+                };
+                return Some((Ok::<_, std::io::Error>(chunk), (feed, filter, stopping)));
+            }
+        },
+    );
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Body::from_stream(first.chain(rest)),
+    )
+        .into_response())
+}

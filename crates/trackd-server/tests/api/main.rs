@@ -9,6 +9,7 @@ mod durability;
 mod faults;
 mod helpers;
 mod hostile;
+mod live;
 mod operate;
 mod read;
 mod track;

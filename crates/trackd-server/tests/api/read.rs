@@ -469,3 +469,21 @@ async fn nothing_crosses_projects_on_any_read_route() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_user_is_found_by_email_as_well_as_by_id() {
+    let app = TestApp::spawn().await;
+    app.track(&crate::helpers::event("u-77", 1))
+        .await
+        .assert_success(false);
+    let by_id = app.read("/api/v2/users/u-77").await;
+    assert_eq!(by_id.status, 200, "{}", by_id.body);
+    let by_email = app.read("/api/v2/users/u-77%40example.com").await;
+    assert_eq!(by_email.status, 200, "{}", by_email.body);
+    assert_eq!(by_email.json()["id"], "u-77");
+    let events = app.read("/api/v2/users/u-77@example.com/events").await;
+    assert_eq!(events.json()["events"].as_array().map(Vec::len), Some(1));
+    app.read("/api/v2/users/nobody@example.com")
+        .await
+        .assert_error(404, "id: no such user");
+}

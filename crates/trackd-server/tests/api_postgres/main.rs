@@ -12,6 +12,8 @@ mod dedup;
 mod helpers;
 #[path = "../api/hostile.rs"]
 mod hostile;
+#[path = "../api/live.rs"]
+mod live;
 mod nodes;
 #[path = "../api/operate.rs"]
 mod operate;

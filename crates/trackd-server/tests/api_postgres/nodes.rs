@@ -157,3 +157,48 @@ async fn the_application_role_needs_no_superuser() {
         .await
         .expect("drop role");
 }
+
+#[tokio::test]
+async fn a_console_on_one_node_sees_the_events_every_node_commits() {
+    let (_db, a, b, token) = two_nodes(&[]).await;
+    let secret = a.printed("secret key:");
+    let client = reqwest::Client::new();
+    let mut on_b = crate::live::LiveStream::open(&client, &b.addr, &secret, "").await;
+    let url = format!("{}/api/v2/events/track?auth_token={token}", a.addr);
+    let sender = move |n: u64| -> futures::future::BoxFuture<'static, ()> {
+        let (client, url) = (reqwest::Client::new(), url.clone());
+        Box::pin(async move {
+            let body = json!({"identity": {"id": "from-a"}, "event_name": "on node a",
+                              "data": {"n": n}});
+            client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("sent");
+        })
+    };
+    let line = crate::live::first_live_event(&mut on_b, sender).await;
+    assert_eq!(line["event"]["event_name"], "on node a");
+    assert_eq!(line["event"]["user"]["id"], "from-a");
+    // And a duplicate dropped by node B is counted on B's stream, whoever stored the event.
+    let (status, duplicate) = send(&client, &a, &token, 7).await;
+    assert_eq!((status, duplicate), (200, false));
+    assert_eq!(send(&client, &b, &token, 7).await, (200, true));
+    let mut seen = Vec::new();
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(3), on_b.next_message()).await
+    {
+        seen.push(line);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l["type"] == "event" && l["event"]["data"]["n"] == 7),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l == &json!({"type": "duplicates", "count": 1})),
+        "{seen:?}"
+    );
+}

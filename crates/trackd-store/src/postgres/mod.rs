@@ -5,6 +5,7 @@
 //! unreachable, requests get 503 within the pool's wait and `ready()` turns false until a
 //! round trip succeeds again.
 
+mod live;
 mod profile;
 mod read;
 mod schema;
@@ -22,7 +23,7 @@ use tokio_postgres::NoTls;
 use trackd_core::error::Cause;
 use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
-    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome,
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
     ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
     TokenHash, TrackedEvent,
 };
@@ -64,6 +65,7 @@ pub struct PostgresStore {
     metrics: StoreMetrics,
     /// Bounds concurrent exports, which hold a connection as long as their client reads.
     exporting: Arc<tokio::sync::Semaphore>,
+    live: LiveFeed,
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -76,7 +78,7 @@ impl PostgresStore {
     pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
         let pg = tokio_postgres::Config::from_str(&config.url).map_err(unavailable)?;
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -99,6 +101,8 @@ impl PostgresStore {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
         let metrics = StoreMetrics::default();
+        let live_feed = LiveFeed::default();
+        let live_wanted_until = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers = Arc::new(Writers {
             pool: pool.clone(),
             jobs: tokio::sync::Mutex::new(rx),
@@ -107,6 +111,7 @@ impl PostgresStore {
             shard: (std::process::id() % SHARDS) as i32,
             ready: ready.clone(),
             metrics: metrics.clone(),
+            live_wanted_until: live_wanted_until.clone(),
         });
         let tasks = (0..WRITERS)
             .map(|_| tokio::spawn(writers.clone().run()))
@@ -114,6 +119,8 @@ impl PostgresStore {
         let background = vec![
             tokio::spawn(writers.clone().probe()),
             tokio::spawn(writers.purge()),
+            tokio::spawn(live::listen(pg, live_feed.clone(), live_wanted_until)),
+            tokio::spawn(live::announce(pool.clone(), live_feed.clone())),
         ];
         Ok(PostgresStore {
             pool,
@@ -124,6 +131,7 @@ impl PostgresStore {
             clock: config.clock,
             metrics,
             exporting: Arc::new(tokio::sync::Semaphore::new(4)),
+            live: live_feed,
         })
     }
 
@@ -188,6 +196,10 @@ async fn bump_credentials_version(tx: &tokio_postgres::Transaction<'_>) -> Resul
 impl Store for PostgresStore {
     fn metrics(&self) -> StoreMetrics {
         self.metrics.clone()
+    }
+
+    fn live(&self) -> &LiveFeed {
+        &self.live
     }
 
     fn track(&self, event: TrackedEvent) -> StoreFuture<'_, InsertOutcome> {

@@ -10,10 +10,11 @@ use trackd_core::read::{
 use trackd_core::StoreError;
 use trackd_core::{EventPage, ExportSink, ProjectId};
 
-const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
+pub(super) const EVENT_COLUMNS: &str =
+    "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
                              e.source, e.created_at, e.received_at";
 
-fn event_row(r: &Row) -> Result<EventRow, Error> {
+pub(super) fn event_row(r: &Row) -> Result<EventRow, Error> {
     Ok(EventRow {
         id: r.try_get(0)?,
         user_id: r.try_get(1)?,
@@ -44,7 +45,10 @@ async fn user_ref(
     }
     match client
         .query_opt(
-            "SELECT id FROM users WHERE project_id = $1 AND user_key = $2",
+            "SELECT id FROM users WHERE project_id = $1 AND user_key = coalesce(\
+             (SELECT user_key FROM users WHERE project_id = $1 AND user_key = $2), \
+             (SELECT user_key FROM users WHERE project_id = $1 AND email = $2 \
+              ORDER BY id LIMIT 1))",
             &[&project.get(), &key],
         )
         .await?
@@ -67,7 +71,10 @@ pub(super) async fn user(
             "SELECT user_id, email, phone_number, channels, properties, tags, subscribed, \
              first_seen, last_seen, created_at, updated_at, \
              (SELECT count(*) FROM events WHERE user_ref = users.id) \
-             FROM users WHERE project_id = $1 AND user_key = $2",
+             FROM users WHERE project_id = $1 AND user_key = coalesce(\
+             (SELECT user_key FROM users WHERE project_id = $1 AND user_key = $2), \
+             (SELECT user_key FROM users WHERE project_id = $1 AND email = $2 \
+              ORDER BY id LIMIT 1))",
             &[&project.get(), &key],
         )
         .await?;
@@ -247,6 +254,23 @@ pub(super) async fn export(
             return Ok(count);
         }
     }
+}
+
+/// Events by id, for the live view of events committed by any node.
+pub(super) async fn events_by_id(
+    client: &impl GenericClient,
+    ids: &[i64],
+) -> Result<Vec<EventRow>, Error> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
+         WHERE e.id = ANY($1) ORDER BY e.id"
+    );
+    client
+        .query(sql.as_str(), &[&ids])
+        .await?
+        .iter()
+        .map(event_row)
+        .collect()
 }
 
 pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result<Stats, Error> {

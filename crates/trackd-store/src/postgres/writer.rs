@@ -10,7 +10,7 @@
 //! nodes never deadlock on each other's batches.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,31 @@ pub(crate) struct Writers {
     pub shard: i32,
     pub ready: Arc<AtomicBool>,
     pub metrics: StoreMetrics,
+    /// Until when (ms since the epoch) some node's console watches: commits announce their
+    /// events to every node (`NOTIFY trackd_live`) only then.
+    pub live_wanted_until: Arc<AtomicU64>,
+}
+
+/// Now, in milliseconds since the epoch.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `NOTIFY trackd_live` payloads of a commit: project, accepted ids, duplicates. Ids
+/// are chunked to stay well under PostgreSQL's 8,000-byte payload limit.
+fn live_payloads(project: i64, ids: &[i64], duplicates: u64) -> Vec<String> {
+    if ids.is_empty() {
+        return vec![serde_json::json!({"p": project, "ids": [], "d": duplicates}).to_string()];
+    }
+    ids.chunks(400)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let d = if i == 0 { duplicates } else { 0 };
+            serde_json::json!({"p": project, "ids": chunk, "d": d}).to_string()
+        })
+        .collect()
 }
 
 impl Writers {
@@ -152,6 +177,8 @@ impl Writers {
         let tx = client.transaction().await?;
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         let mut totals: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        let announce = now_ms() < self.live_wanted_until.load(Ordering::Relaxed);
+        let mut live: BTreeMap<i64, (Vec<i64>, u64)> = BTreeMap::new();
         let mut i = 0;
         while i < batch.len() {
             match &batch[i] {
@@ -164,7 +191,16 @@ impl Writers {
                         })
                         .collect();
                     i += run.len();
-                    for (event, outcome) in run.iter().zip(self.track(&tx, &run).await?) {
+                    let (outcomes, mut ids) = self.track(&tx, &run).await?;
+                    ids.reverse();
+                    for (event, outcome) in run.iter().zip(outcomes) {
+                        if announce {
+                            let entry = live.entry(event.project.get()).or_default();
+                            match outcome {
+                                InsertOutcome::Inserted => entry.0.extend(ids.pop()),
+                                InsertOutcome::Duplicate => entry.1 += 1,
+                            }
+                        }
                         let name = match outcome {
                             InsertOutcome::Inserted => "accepted",
                             InsertOutcome::Duplicate => "duplicates",
@@ -217,6 +253,12 @@ impl Writers {
             tx.execute(&add, &[&projects, &names, &values, &self.shard])
                 .await?;
         }
+        for (project, (ids, duplicates)) in live {
+            for payload in live_payloads(project, &ids, duplicates) {
+                tx.execute("SELECT pg_notify('trackd_live', $1)", &[&payload])
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(done)
     }
@@ -227,7 +269,7 @@ impl Writers {
         &self,
         tx: &Transaction<'_>,
         run: &[&TrackedEvent],
-    ) -> Result<Vec<InsertOutcome>, tokio_postgres::Error> {
+    ) -> Result<(Vec<InsertOutcome>, Vec<i64>), tokio_postgres::Error> {
         let mut outcomes = vec![InsertOutcome::Inserted; run.len()];
         if self.window_micros > 0 {
             // Identical keys in the batch: the first stands for all; the rest are its
@@ -287,11 +329,11 @@ impl Writers {
             .map(|(e, _)| *e)
             .collect();
         if accepted.is_empty() {
-            return Ok(outcomes);
+            return Ok((outcomes, Vec::new()));
         }
         let records: Vec<&EventRecord> = accepted.iter().map(|e| &e.record).collect();
-        insert_events(tx, &records).await?;
-        Ok(outcomes)
+        let ids = insert_events(tx, &records).await?;
+        Ok((outcomes, ids))
     }
 
     /// While writes fail: every second, a round trip through a pooled connection; ready
@@ -347,13 +389,13 @@ impl Writers {
 }
 
 /// The users of `events` (created or touched, one statement, in key order) and the event
-/// rows (one statement, in order).
+/// rows (one statement, in order); returns the events' ids, in order.
 async fn insert_events(
     tx: &Transaction<'_>,
     events: &[&EventRecord],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<i64>, tokio_postgres::Error> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // One row per user: the batch's first and last receive times, and the last id and
     // email it names (as one upsert per event, in order, would leave them).
@@ -448,24 +490,29 @@ async fn insert_events(
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                          $6::text[], $7::bigint[], $8::bigint[]) WITH ORDINALITY \
                AS x(p, u, n, k, d, s, c, r, o) \
-             ORDER BY o",
+             ORDER BY o \
+             RETURNING id",
         )
         .await?;
-    tx.execute(
-        &insert,
-        &[
-            &projects,
-            &user_refs,
-            &names,
-            &event_keys,
-            &data,
-            &sources,
-            &created,
-            &received,
-        ],
-    )
-    .await?;
-    Ok(())
+    let rows = tx
+        .query(
+            &insert,
+            &[
+                &projects,
+                &user_refs,
+                &names,
+                &event_keys,
+                &data,
+                &sources,
+                &created,
+                &received,
+            ],
+        )
+        .await?;
+    // Ids come from the sequence in row order, so sorted they are the events' own order.
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// What became of one job of a committed batch.

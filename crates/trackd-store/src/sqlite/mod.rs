@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use trackd_core::error::Cause;
 use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
-    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome,
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
     ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
     TokenHash, TrackedEvent,
 };
@@ -63,6 +63,7 @@ pub struct SqliteStore {
     ready: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     metrics: StoreMetrics,
+    live: LiveFeed,
 }
 
 /// WAL pages after which the writer finishes a checkpoint itself (about 40 MiB).
@@ -128,6 +129,7 @@ impl SqliteStore {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
         let metrics = StoreMetrics::default();
+        let live = LiveFeed::default();
         let writer = Writer::new(
             conn,
             rx,
@@ -138,6 +140,7 @@ impl SqliteStore {
                 window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
                 ready: ready.clone(),
                 metrics: metrics.clone(),
+                live: live.clone(),
             },
         )
         .map_err(StoreError::unavailable)?;
@@ -157,6 +160,7 @@ impl SqliteStore {
             ready,
             clock: config.clock,
             metrics,
+            live,
         })
     }
 
@@ -500,6 +504,10 @@ impl Store for SqliteStore {
 
     fn metrics(&self) -> StoreMetrics {
         self.metrics.clone()
+    }
+
+    fn live(&self) -> &LiveFeed {
+        &self.live
     }
 
     fn ready(&self) -> bool {

@@ -25,9 +25,14 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
 }
 
 fn user_ref(conn: &Connection, project: ProjectId, key: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM users WHERE project_id = ?1 AND user_key = ?2")?
-        .query_row(rusqlite::params![project.get(), key], |r| r.get(0))
-        .optional()
+    conn.prepare_cached(
+        "SELECT id FROM users WHERE project_id = ?1 AND user_key = coalesce(\
+             (SELECT user_key FROM users WHERE project_id = ?1 AND user_key = ?2), \
+             (SELECT user_key FROM users WHERE project_id = ?1 AND email = ?2 \
+              ORDER BY id LIMIT 1))",
+    )?
+    .query_row(rusqlite::params![project.get(), key], |r| r.get(0))
+    .optional()
 }
 
 pub(crate) fn user(
@@ -39,7 +44,10 @@ pub(crate) fn user(
         "SELECT user_id, email, phone_number, channels, properties, tags, subscribed, \
          first_seen, last_seen, created_at, updated_at, \
          (SELECT count(*) FROM events WHERE user_ref = users.id) \
-         FROM users WHERE project_id = ?1 AND user_key = ?2",
+         FROM users WHERE project_id = ?1 AND user_key = coalesce(\
+             (SELECT user_key FROM users WHERE project_id = ?1 AND user_key = ?2), \
+             (SELECT user_key FROM users WHERE project_id = ?1 AND email = ?2 \
+              ORDER BY id LIMIT 1))",
     )?
     .query_row(rusqlite::params![project.get(), key], |r| {
         Ok(UserProfile {

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
+use trackd_core::read::EventRow;
 use trackd_core::{
-    Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, StoreMetrics, TrackedEvent,
+    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, ProfileRequest, StoreError,
+    StoreMetrics, TrackedEvent,
 };
 
 use super::dedup::{DedupIndex, Overlay};
@@ -81,6 +83,8 @@ pub(crate) struct WriterConfig {
     pub window_micros: i64,
     pub ready: Arc<AtomicBool>,
     pub metrics: StoreMetrics,
+    /// Committed events for watching consoles.
+    pub live: LiveFeed,
 }
 
 impl Writer {
@@ -160,6 +164,7 @@ impl Writer {
             self.config.window_micros,
             &self.dedup,
             &mut self.data_version,
+            self.config.live.watched(),
         );
         match result {
             Ok(written) => {
@@ -173,6 +178,9 @@ impl Writer {
                 }
                 self.dedup
                     .committed(&written.overlay, written.last_dedup_id);
+                for batch in written.live {
+                    self.config.live.publish(batch);
+                }
                 self.config.ready.store(true, Ordering::Relaxed);
                 let elapsed = started.elapsed();
                 self.config.metrics.batch_size.observe(size as f64);
@@ -341,6 +349,8 @@ struct Written {
     /// `Some(data_version)` when another connection had committed since the last batch:
     /// the index must catch up before taking this batch's changes.
     catch_up: Option<i64>,
+    /// What watching consoles are shown, by project (empty when nobody watches).
+    live: Vec<LiveBatch>,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -352,6 +362,7 @@ fn write_batch(
     window_micros: i64,
     index: &DedupIndex,
     seen_version: &mut i64,
+    watched: bool,
 ) -> rusqlite::Result<Written> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Under the write lock no other connection can commit: if one did since the last batch
@@ -368,11 +379,12 @@ fn write_batch(
     let mut done = Vec::with_capacity(jobs.len());
     let mut totals: HashMap<(i64, String), i64> = HashMap::new();
     let mut last_dedup_id = 0;
+    let mut live: std::collections::BTreeMap<i64, LiveBatch> = std::collections::BTreeMap::new();
     for job in jobs {
         match job {
             Job::Track { event, .. } => {
                 let project = event.project.get();
-                let outcome = track_event(
+                let (outcome, id) = track_event(
                     &tx,
                     event,
                     window_micros,
@@ -380,6 +392,17 @@ fn write_batch(
                     &mut overlay,
                     &mut last_dedup_id,
                 )?;
+                if watched {
+                    let batch = live.entry(project).or_insert_with(|| LiveBatch {
+                        project: event.project,
+                        events: Vec::new(),
+                        duplicates: 0,
+                    });
+                    match id {
+                        Some(id) => batch.events.push(EventRow::of(event, id)),
+                        None => batch.duplicates += 1,
+                    }
+                }
                 let name = match outcome {
                     InsertOutcome::Inserted => "accepted",
                     InsertOutcome::Duplicate => "duplicates",
@@ -420,12 +443,13 @@ fn write_batch(
         overlay,
         last_dedup_id,
         catch_up,
+        live: live.into_values().collect(),
     })
 }
 
 /// The user upsert (creating the user, or touching it) and the event row; returns the
-/// user's row id.
-fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> {
+/// user's row id and the event's.
+fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<(i64, i64)> {
     let user_ref: i64 = tx
         .prepare_cached(
             "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
@@ -463,7 +487,7 @@ fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> 
         e.created_at.as_micros(),
         e.received_at.as_micros(),
     ])?;
-    Ok(user_ref)
+    Ok((user_ref, tx.last_insert_rowid()))
 }
 
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
@@ -474,7 +498,7 @@ fn track_event(
     index: &DedupIndex,
     overlay: &mut Overlay,
     last_dedup_id: &mut i64,
-) -> rusqlite::Result<InsertOutcome> {
+) -> rusqlite::Result<(InsertOutcome, Option<i64>)> {
     let project = event.project.get();
     let key = *event.dedup_key.as_bytes();
     let received = event.received_at.as_micros();
@@ -483,10 +507,10 @@ fn track_event(
         // ago. Its receive time is not touched, so the window never grows.
         let last = overlay.accepted_at(index, &key);
         if last.is_some_and(|at| received - at < window_micros) {
-            return Ok(InsertOutcome::Duplicate);
+            return Ok((InsertOutcome::Duplicate, None));
         }
     }
-    let user_ref = insert_event(tx, event)?;
+    let (user_ref, id) = insert_event(tx, event)?;
     if window_micros > 0 {
         tx.prepare_cached(
             "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
@@ -495,5 +519,5 @@ fn track_event(
         *last_dedup_id = tx.last_insert_rowid();
         overlay.record(key, received);
     }
-    Ok(InsertOutcome::Inserted)
+    Ok((InsertOutcome::Inserted, Some(id)))
 }
