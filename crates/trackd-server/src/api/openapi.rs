@@ -72,6 +72,29 @@ pub fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/ui".to_owned(),
+        json!({"get": {
+            "operationId": "console",
+            "summary": "The web console (sign in with a secret key)",
+            "tags": ["console"],
+            "responses": {"200": {"description": "The console's page",
+                "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }}),
+    );
+    paths.insert(
+        "/ui/{file}".to_owned(),
+        json!({"get": {
+            "operationId": "console_asset",
+            "summary": "The console's script and stylesheet (app.js, app.css)",
+            "tags": ["console"],
+            "parameters": [{"name": "file", "in": "path", "required": true,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file",
+                "content": {"text/javascript": {"schema": {"type": "string"}}}},
+                "404": error_ref()},
+        }}),
+    );
+    paths.insert(
         "/metrics".to_owned(),
         json!({"get": {
             "operationId": "metrics",

@@ -3,6 +3,7 @@
 mod canary;
 mod cli;
 mod compat;
+mod console;
 mod crash;
 mod dedup;
 mod durability;

@@ -180,11 +180,12 @@ async fn every_documented_operation_is_served_and_nothing_else_is() {
     let doc = answer.json();
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().expect("paths");
-    // Every Vero route with its variants, the six read routes, probes, metrics, the document.
-    assert_eq!(paths.len(), 9 * 3 + 6 + 4);
+    // Every Vero route with its variants, the seven read routes, probes, metrics, the
+    // document, the console's page and files.
+    assert_eq!(paths.len(), 9 * 3 + 7 + 4 + 2);
     let mut ids = std::collections::HashSet::new();
     for (path, item) in paths {
-        let url = app.url(&path.replace("{id}", "nobody"));
+        let url = app.url(&path.replace("{id}", "nobody").replace("{file}", "app.js"));
         let documented: Vec<&String> = item.as_object().expect("item").keys().collect();
         for method in ["get", "post", "put", "delete", "patch"] {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("m");
