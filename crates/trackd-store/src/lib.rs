@@ -5,8 +5,10 @@
 //! - [`postgres`]: [`PostgresStore`], shared by any number of nodes: per-node group commit,
 //!   dedup across nodes by one upsert per batch on the database clock.
 
+mod job;
 pub mod postgres;
 pub mod sqlite;
+mod user_row;
 
 pub use postgres::{PgConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};

@@ -79,31 +79,34 @@ pub async fn first_live_event(
     }
 }
 
+/// For [`first_live_event`]: the n-th event of `user` named `name`, tracked at `url`.
+pub fn event_sender(
+    url: String,
+    user: &'static str,
+    name: &'static str,
+) -> impl Fn(u64) -> futures::future::BoxFuture<'static, ()> {
+    let client = reqwest::Client::new();
+    move |n: u64| -> futures::future::BoxFuture<'static, ()> {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            let body = json!({"identity": {"id": user}, "event_name": name, "data": {"n": n}});
+            client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("sent");
+        })
+    }
+}
+
 #[tokio::test]
 async fn committed_events_and_dropped_duplicates_are_pushed_to_the_project_s_watchers() {
     let mut app = TestApp::spawn().await;
     let (other_token, _) = app.add_project("other").await;
     let mut stream = LiveStream::open(&app.client, &app.addr, &app.secret, "").await;
-    let (client, url) = (
-        app.client.clone(),
-        app.url(&format!("/api/v2/events/track?auth_token={}", app.token)),
-    );
-    let warm = {
-        let (client, url) = (client.clone(), url.clone());
-        move |n: u64| -> futures::future::BoxFuture<'static, ()> {
-            let (client, url) = (client.clone(), url.clone());
-            Box::pin(async move {
-                let body =
-                    json!({"identity": {"id": "warm"}, "event_name": "warm", "data": {"n": n}});
-                client
-                    .post(url)
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .expect("sent");
-            })
-        }
-    };
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    let warm = event_sender(url, "warm", "warm");
     first_live_event(&mut stream, warm).await;
     // Drain what the warm-up left in flight.
     while let Ok(Some(_)) =
@@ -156,25 +159,8 @@ async fn a_live_stream_can_follow_one_event_name_or_one_user() {
     )
     .await;
     let mut by_user = LiveStream::open(&app.client, &app.addr, &app.secret, "?user_id=bo").await;
-    let (client, url) = (
-        app.client.clone(),
-        app.url(&format!("/api/v2/events/track?auth_token={}", app.token)),
-    );
-    let sender = |user: &'static str, name: &'static str| {
-        let (client, url) = (client.clone(), url.clone());
-        move |n: u64| -> futures::future::BoxFuture<'static, ()> {
-            let (client, url) = (client.clone(), url.clone());
-            Box::pin(async move {
-                let body = json!({"identity": {"id": user}, "event_name": name, "data": {"n": n}});
-                client
-                    .post(url)
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .expect("sent");
-            })
-        }
-    };
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    let sender = |user, name| event_sender(url.clone(), user, name);
     // Other names and users first: the filtered streams skip them.
     app.track(&json!({"identity": {"id": "al"}, "event_name": "Other"}))
         .await

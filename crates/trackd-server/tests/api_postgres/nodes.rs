@@ -165,19 +165,7 @@ async fn a_console_on_one_node_sees_the_events_every_node_commits() {
     let client = reqwest::Client::new();
     let mut on_b = crate::live::LiveStream::open(&client, &b.addr, &secret, "").await;
     let url = format!("{}/api/v2/events/track?auth_token={token}", a.addr);
-    let sender = move |n: u64| -> futures::future::BoxFuture<'static, ()> {
-        let (client, url) = (reqwest::Client::new(), url.clone());
-        Box::pin(async move {
-            let body = json!({"identity": {"id": "from-a"}, "event_name": "on node a",
-                              "data": {"n": n}});
-            client
-                .post(url)
-                .body(body.to_string())
-                .send()
-                .await
-                .expect("sent");
-        })
-    };
+    let sender = crate::live::event_sender(url, "from-a", "on node a");
     let line = crate::live::first_live_event(&mut on_b, sender).await;
     assert_eq!(line["event"]["event_name"], "on node a");
     assert_eq!(line["event"]["user"]["id"], "from-a");

@@ -9,28 +9,11 @@
 //! failing the batch. Either way the outcome is the one SQLite gives when the other
 //! transaction came first, which it did.
 
-use serde_json::{Map, Value};
 use tokio_postgres::{Error, Row, Transaction};
 use trackd_core::users::{merge_channels, merge_properties, merge_tags};
 use trackd_core::{ProfileChange, ProfileRequest, StoreError, UserRef};
 
-/// A user's row, decoded.
-struct Profile {
-    id: i64,
-    user_key: String,
-    user_id: Option<String>,
-    email: Option<String>,
-    phone_number: Option<String>,
-    channels: Vec<Value>,
-    properties: Map<String, Value>,
-    tags: Vec<String>,
-    subscribed: bool,
-    first_seen: i64,
-    last_seen: i64,
-}
-
-const COLUMNS: &str = "id, user_key, user_id, email, phone_number, channels, properties, tags, \
-                       subscribed, first_seen, last_seen";
+use crate::user_row::{Profile, COLUMNS};
 
 const INSERT: &str = "INSERT INTO users (project_id, user_key, user_id, email, phone_number, \
                       channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
@@ -46,127 +29,91 @@ enum OnRace {
     Fail,
 }
 
-impl Profile {
-    fn from_row(r: &Row) -> Result<Self, Error> {
-        // The JSON columns are only ever written by `save`; a row that does not decode is
-        // read as empty rather than failing every later change of the user.
-        let json = |i: usize| -> Result<Value, Error> {
-            let text: String = r.try_get(i)?;
-            Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-        };
-        Ok(Profile {
-            id: r.try_get(0)?,
-            user_key: r.try_get(1)?,
-            user_id: r.try_get(2)?,
-            email: r.try_get(3)?,
-            phone_number: r.try_get(4)?,
-            channels: match json(5)? {
-                Value::Array(items) => items,
-                _ => Vec::new(),
-            },
-            properties: match json(6)? {
-                Value::Object(map) => map,
-                _ => Map::new(),
-            },
-            tags: match json(7)? {
-                Value::Array(items) => items
-                    .into_iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-                _ => Vec::new(),
-            },
-            subscribed: r.try_get(8)?,
-            first_seen: r.try_get(9)?,
-            last_seen: r.try_get(10)?,
-        })
-    }
+/// Reads a row selected as [`COLUMNS`].
+fn from_row(r: &Row) -> Result<Profile, Error> {
+    Ok(Profile::decode(
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get::<_, &str>(5)?,
+        r.try_get::<_, &str>(6)?,
+        r.try_get::<_, &str>(7)?,
+        r.try_get(8)?,
+        r.try_get(9)?,
+        r.try_get(10)?,
+    ))
+}
 
-    fn new(user_key: &str, now: i64) -> Self {
-        Profile {
-            id: 0,
-            user_key: user_key.to_owned(),
-            user_id: None,
-            email: None,
-            phone_number: None,
-            channels: Vec::new(),
-            properties: Map::new(),
-            tags: Vec::new(),
-            subscribed: true,
-            first_seen: now,
-            last_seen: now,
-        }
+/// Inserts (id 0) or updates the row. `false` only when an insert yielded to a user
+/// with the same key that another transaction committed since the lookup.
+///
+/// Two statements where SQLite has one upsert on `id`: a BIGSERIAL takes its next value
+/// only when the column is left out, never for an explicit NULL.
+async fn save(
+    p: &mut Profile,
+    tx: &Transaction<'_>,
+    project: i64,
+    now: i64,
+    on_race: OnRace,
+) -> Result<bool, Error> {
+    let json = p.encode();
+    let (channels, properties, tags) = (json.channels, json.properties, json.tags);
+    if p.id != 0 {
+        tx.execute(
+            "UPDATE users SET user_key = $2, user_id = $3, email = $4, phone_number = $5, \
+             channels = $6, properties = $7, tags = $8, subscribed = $9, first_seen = $10, \
+             last_seen = $11, updated_at = $12 WHERE id = $1",
+            &[
+                &p.id,
+                &p.user_key,
+                &p.user_id,
+                &p.email,
+                &p.phone_number,
+                &channels,
+                &properties,
+                &tags,
+                &p.subscribed,
+                &p.first_seen,
+                &p.last_seen,
+                &now,
+            ],
+        )
+        .await?;
+        return Ok(true);
     }
-
-    /// Inserts (id 0) or updates the row. `false` only when an insert yielded to a user
-    /// with the same key that another transaction committed since the lookup.
-    ///
-    /// Two statements where SQLite has one upsert on `id`: a BIGSERIAL takes its next value
-    /// only when the column is left out, never for an explicit NULL.
-    async fn save(
-        &mut self,
-        tx: &Transaction<'_>,
-        project: i64,
-        now: i64,
-        on_race: OnRace,
-    ) -> Result<bool, Error> {
-        let channels = Value::Array(std::mem::take(&mut self.channels)).to_string();
-        let properties = Value::Object(std::mem::take(&mut self.properties)).to_string();
-        let tags = serde_json::json!(self.tags).to_string();
-        if self.id != 0 {
-            tx.execute(
-                "UPDATE users SET user_key = $2, user_id = $3, email = $4, phone_number = $5, \
-                 channels = $6, properties = $7, tags = $8, subscribed = $9, first_seen = $10, \
-                 last_seen = $11, updated_at = $12 WHERE id = $1",
-                &[
-                    &self.id,
-                    &self.user_key,
-                    &self.user_id,
-                    &self.email,
-                    &self.phone_number,
-                    &channels,
-                    &properties,
-                    &tags,
-                    &self.subscribed,
-                    &self.first_seen,
-                    &self.last_seen,
-                    &now,
-                ],
-            )
-            .await?;
-            return Ok(true);
+    let sql = match on_race {
+        OnRace::Yield => {
+            format!("{INSERT} ON CONFLICT (project_id, user_key) DO NOTHING RETURNING id")
         }
-        let sql = match on_race {
-            OnRace::Yield => {
-                format!("{INSERT} ON CONFLICT (project_id, user_key) DO NOTHING RETURNING id")
-            }
-            OnRace::Fail => format!("{INSERT} RETURNING id"),
-        };
-        let row = tx
-            .query_opt(
-                sql.as_str(),
-                &[
-                    &project,
-                    &self.user_key,
-                    &self.user_id,
-                    &self.email,
-                    &self.phone_number,
-                    &channels,
-                    &properties,
-                    &tags,
-                    &self.subscribed,
-                    &self.first_seen,
-                    &self.last_seen,
-                    &now,
-                ],
-            )
-            .await?;
-        match row {
-            Some(row) => {
-                self.id = row.try_get(0)?;
-                Ok(true)
-            }
-            None => Ok(false),
+        OnRace::Fail => format!("{INSERT} RETURNING id"),
+    };
+    let row = tx
+        .query_opt(
+            sql.as_str(),
+            &[
+                &project,
+                &p.user_key,
+                &p.user_id,
+                &p.email,
+                &p.phone_number,
+                &channels,
+                &properties,
+                &tags,
+                &p.subscribed,
+                &p.first_seen,
+                &p.last_seen,
+                &now,
+            ],
+        )
+        .await?;
+    match row {
+        Some(row) => {
+            p.id = row.try_get(0)?;
+            Ok(true)
         }
+        None => Ok(false),
     }
 }
 
@@ -174,7 +121,7 @@ async fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> Result<Option<
     let sql =
         format!("SELECT {COLUMNS} FROM users WHERE project_id = $1 AND user_key = $2 FOR UPDATE");
     match tx.query_opt(sql.as_str(), &[&project, &key]).await? {
-        Some(row) => Profile::from_row(&row).map(Some),
+        Some(row) => from_row(&row).map(Some),
         None => Ok(None),
     }
 }
@@ -200,7 +147,7 @@ async fn resolve(
                 .query_opt(sql.as_str(), &[&project, &email.as_str()])
                 .await?
             {
-                Some(row) => Profile::from_row(&row).map(Some),
+                Some(row) => from_row(&row).map(Some),
                 None => Ok(None),
             }
         }
@@ -274,14 +221,14 @@ async fn attempt(
             merge_channels(&mut profile.channels, channels.clone());
             merge_properties(&mut profile.properties, data.clone());
             profile.last_seen = profile.last_seen.max(now);
-            profile.save(tx, project, now, on_race).await?
+            save(&mut profile, tx, project, now, on_race).await?
         }
         ProfileChange::Edit { user, changes } => {
             let Some(mut profile) = resolve(tx, project, user).await? else {
                 return Ok(Some(not_found()));
             };
             merge_properties(&mut profile.properties, changes.clone());
-            profile.save(tx, project, now, on_race).await?
+            save(&mut profile, tx, project, now, on_race).await?
         }
         ProfileChange::Tags { user, add, remove } => {
             let Some(mut profile) = resolve(tx, project, user).await? else {
@@ -291,7 +238,7 @@ async fn attempt(
                 return Ok(Some(Ok(())));
             }
             merge_tags(&mut profile.tags, add, remove);
-            profile.save(tx, project, now, on_race).await?
+            save(&mut profile, tx, project, now, on_race).await?
         }
         ProfileChange::Subscription { user, subscribed } => {
             // An unknown user is created so the choice is kept for when it shows up.
@@ -307,7 +254,7 @@ async fn attempt(
                 }
             };
             profile.subscribed = *subscribed;
-            profile.save(tx, project, now, on_race).await?
+            save(&mut profile, tx, project, now, on_race).await?
         }
         ProfileChange::Delete { user } => {
             let Some(profile) = resolve(tx, project, user).await? else {
@@ -325,23 +272,11 @@ async fn attempt(
                     move_dedup(tx, project, &old.user_key, new_id.as_str()).await?;
                     old.user_key = new_id.as_str().to_owned();
                     old.user_id = Some(new_id.as_str().to_owned());
-                    old.save(tx, project, now, on_race).await?
+                    save(&mut old, tx, project, now, on_race).await?
                 }
                 Some(mut new) => {
-                    // Merge into the existing `new_id`: its properties win, tags unite,
-                    // unsubscribed if either was; events and dedup records move.
-                    let mut properties = std::mem::take(&mut old.properties);
-                    merge_properties(&mut properties, std::mem::take(&mut new.properties));
-                    new.properties = properties;
-                    let mut channels = std::mem::take(&mut old.channels);
-                    merge_channels(&mut channels, std::mem::take(&mut new.channels));
-                    new.channels = channels;
-                    merge_tags(&mut new.tags, &old.tags, &[]);
-                    new.subscribed = new.subscribed && old.subscribed;
-                    new.email = new.email.or(old.email);
-                    new.phone_number = new.phone_number.or(old.phone_number);
-                    new.first_seen = new.first_seen.min(old.first_seen);
-                    new.last_seen = new.last_seen.max(old.last_seen);
+                    // Merge into the existing `new_id`; events and dedup records move.
+                    new.absorb(&mut old);
                     tx.execute(
                         "UPDATE events SET user_ref = $2 WHERE user_ref = $1",
                         &[&old.id, &new.id],
@@ -350,7 +285,7 @@ async fn attempt(
                     move_dedup(tx, project, &old.user_key, &new.user_key).await?;
                     tx.execute("DELETE FROM users WHERE id = $1", &[&old.id])
                         .await?;
-                    new.save(tx, project, now, on_race).await?
+                    save(&mut new, tx, project, now, on_race).await?
                 }
             }
         }

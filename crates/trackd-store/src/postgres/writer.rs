@@ -16,38 +16,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
-use tokio::sync::{mpsc, oneshot, Mutex};
-use trackd_core::error::Cause;
-use trackd_core::{
-    Clock, EventRecord, InsertOutcome, ProfileRequest, StoreError, StoreMetrics, TrackedEvent,
-};
+use tokio::sync::{mpsc, Mutex};
+use trackd_core::{Clock, EventRecord, InsertOutcome, StoreError, StoreMetrics, TrackedEvent};
 
 use super::profile;
 
 /// The most requests committed in one transaction.
 pub(super) const MAX_BATCH: usize = 1024;
 
-/// A queued write and where its answer goes.
-pub(crate) enum Job {
-    Track {
-        event: Box<TrackedEvent>,
-        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
-    },
-    Profile {
-        request: Box<ProfileRequest>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Restore {
-        events: Vec<EventRecord>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Counters {
-        counts: Vec<(i64, String, i64)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Commit everything queued before it, then stop taking writes.
-    Shutdown,
-}
+pub(crate) use crate::job::Job;
 
 /// What the writers share.
 pub(crate) struct Writers {
@@ -151,19 +128,8 @@ impl Writers {
                 self.ready.store(false, Ordering::Relaxed);
                 self.metrics.commit_failures.inc();
                 tracing::error!(error = %e, size, "batch failed, nothing committed");
-                let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
                 for job in batch.drain(..) {
-                    match job {
-                        Job::Track { reply, .. } => {
-                            let _ = reply.send(Err(failed()));
-                        }
-                        Job::Profile { reply, .. }
-                        | Job::Restore { reply, .. }
-                        | Job::Counters { reply, .. } => {
-                            let _ = reply.send(Err(failed()));
-                        }
-                        Job::Shutdown => {}
-                    }
+                    job.fail();
                 }
             }
         }

@@ -3,126 +3,71 @@
 //! the SQL lives here.
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use serde_json::{Map, Value};
 use trackd_core::users::{merge_channels, merge_properties, merge_tags};
 use trackd_core::{ProfileChange, ProfileRequest, StoreError, UserRef};
 
 use super::dedup::{DedupIndex, Overlay};
+use crate::user_row::{Profile, COLUMNS};
 
-/// A user's row, decoded.
-struct Profile {
-    id: i64,
-    user_key: String,
-    user_id: Option<String>,
-    email: Option<String>,
-    phone_number: Option<String>,
-    channels: Vec<Value>,
-    properties: Map<String, Value>,
-    tags: Vec<String>,
-    subscribed: bool,
-    first_seen: i64,
-    last_seen: i64,
+/// Reads a row selected as [`COLUMNS`].
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Profile> {
+    Ok(Profile::decode(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        &r.get::<_, String>(5)?,
+        &r.get::<_, String>(6)?,
+        &r.get::<_, String>(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
 }
 
-const COLUMNS: &str = "id, user_key, user_id, email, phone_number, channels, properties, tags, \
-                       subscribed, first_seen, last_seen";
-
-impl Profile {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        // The JSON columns are only ever written by `save`; a row that does not decode is
-        // read as empty rather than failing every later change of the user.
-        let json = |i: usize| -> rusqlite::Result<Value> {
-            let text: String = r.get(i)?;
-            Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-        };
-        Ok(Profile {
-            id: r.get(0)?,
-            user_key: r.get(1)?,
-            user_id: r.get(2)?,
-            email: r.get(3)?,
-            phone_number: r.get(4)?,
-            channels: match json(5)? {
-                Value::Array(items) => items,
-                _ => Vec::new(),
-            },
-            properties: match json(6)? {
-                Value::Object(map) => map,
-                _ => Map::new(),
-            },
-            tags: match json(7)? {
-                Value::Array(items) => items
-                    .into_iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-                _ => Vec::new(),
-            },
-            subscribed: r.get(8)?,
-            first_seen: r.get(9)?,
-            last_seen: r.get(10)?,
-        })
-    }
-
-    fn new(user_key: &str, now: i64) -> Self {
-        Profile {
-            id: 0,
-            user_key: user_key.to_owned(),
-            user_id: None,
-            email: None,
-            phone_number: None,
-            channels: Vec::new(),
-            properties: Map::new(),
-            tags: Vec::new(),
-            subscribed: true,
-            first_seen: now,
-            last_seen: now,
-        }
-    }
-
-    /// Inserts (id 0) or updates the row; returns its id.
-    fn save(&mut self, tx: &Transaction<'_>, project: i64, now: i64) -> rusqlite::Result<i64> {
-        let channels = Value::Array(std::mem::take(&mut self.channels)).to_string();
-        let properties = Value::Object(std::mem::take(&mut self.properties)).to_string();
-        let tags = serde_json::json!(self.tags).to_string();
-        self.id = tx
-            .prepare_cached(
-                "INSERT INTO users (id, project_id, user_key, user_id, email, phone_number, \
-                 channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
-                 updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
-                 ON CONFLICT (id) DO UPDATE SET user_key = excluded.user_key, \
-                   user_id = excluded.user_id, email = excluded.email, \
-                   phone_number = excluded.phone_number, channels = excluded.channels, \
-                   properties = excluded.properties, tags = excluded.tags, \
-                   subscribed = excluded.subscribed, first_seen = excluded.first_seen, \
-                   last_seen = excluded.last_seen, updated_at = excluded.updated_at \
-                 RETURNING id",
-            )?
-            .query_row(
-                params![
-                    (self.id != 0).then_some(self.id),
-                    project,
-                    self.user_key,
-                    self.user_id,
-                    self.email,
-                    self.phone_number,
-                    channels,
-                    properties,
-                    tags,
-                    self.subscribed,
-                    self.first_seen,
-                    self.last_seen,
-                    now,
-                ],
-                |r| r.get(0),
-            )?;
-        Ok(self.id)
-    }
+/// Inserts (id 0) or updates the row; returns its id.
+fn save(p: &mut Profile, tx: &Transaction<'_>, project: i64, now: i64) -> rusqlite::Result<i64> {
+    let json = p.encode();
+    p.id = tx
+        .prepare_cached(
+            "INSERT INTO users (id, project_id, user_key, user_id, email, phone_number, \
+             channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
+             updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
+             ON CONFLICT (id) DO UPDATE SET user_key = excluded.user_key, \
+               user_id = excluded.user_id, email = excluded.email, \
+               phone_number = excluded.phone_number, channels = excluded.channels, \
+               properties = excluded.properties, tags = excluded.tags, \
+               subscribed = excluded.subscribed, first_seen = excluded.first_seen, \
+               last_seen = excluded.last_seen, updated_at = excluded.updated_at \
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                (p.id != 0).then_some(p.id),
+                project,
+                p.user_key,
+                p.user_id,
+                p.email,
+                p.phone_number,
+                json.channels,
+                json.properties,
+                json.tags,
+                p.subscribed,
+                p.first_seen,
+                p.last_seen,
+                now,
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(p.id)
 }
 
 fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> rusqlite::Result<Option<Profile>> {
     tx.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM users WHERE project_id = ?1 AND user_key = ?2"
     ))?
-    .query_row(params![project, key], Profile::from_row)
+    .query_row(params![project, key], from_row)
     .optional()
 }
 
@@ -143,7 +88,7 @@ fn resolve(
                 "SELECT {COLUMNS} FROM users WHERE project_id = ?1 AND email = ?2 \
                  ORDER BY id LIMIT 1"
             ))?
-            .query_row(params![project, email.as_str()], Profile::from_row)
+            .query_row(params![project, email.as_str()], from_row)
             .optional(),
     }
 }
@@ -190,14 +135,14 @@ pub(crate) fn apply(
             merge_channels(&mut profile.channels, channels.clone());
             merge_properties(&mut profile.properties, data.clone());
             profile.last_seen = profile.last_seen.max(now);
-            profile.save(tx, project, now)?;
+            save(&mut profile, tx, project, now)?;
         }
         ProfileChange::Edit { user, changes } => {
             let Some(mut profile) = resolve(tx, project, user)? else {
                 return Ok(not_found());
             };
             merge_properties(&mut profile.properties, changes.clone());
-            profile.save(tx, project, now)?;
+            save(&mut profile, tx, project, now)?;
         }
         ProfileChange::Tags { user, add, remove } => {
             let Some(mut profile) = resolve(tx, project, user)? else {
@@ -207,7 +152,7 @@ pub(crate) fn apply(
                 return Ok(Ok(()));
             }
             merge_tags(&mut profile.tags, add, remove);
-            profile.save(tx, project, now)?;
+            save(&mut profile, tx, project, now)?;
         }
         ProfileChange::Subscription { user, subscribed } => {
             // An unknown user is created so the choice is kept for when it shows up.
@@ -223,7 +168,7 @@ pub(crate) fn apply(
                 }
             };
             profile.subscribed = *subscribed;
-            profile.save(tx, project, now)?;
+            save(&mut profile, tx, project, now)?;
         }
         ProfileChange::Delete { user } => {
             let Some(profile) = resolve(tx, project, user)? else {
@@ -239,23 +184,11 @@ pub(crate) fn apply(
                 None => {
                     old.user_key = new_id.as_str().to_owned();
                     old.user_id = Some(new_id.as_str().to_owned());
-                    old.save(tx, project, now)?;
+                    save(&mut old, tx, project, now)?;
                 }
                 Some(mut new) => {
-                    // Merge into the existing `new_id`: its properties win, tags unite,
-                    // unsubscribed if either was; events and dedup records move.
-                    let mut properties = std::mem::take(&mut old.properties);
-                    merge_properties(&mut properties, std::mem::take(&mut new.properties));
-                    new.properties = properties;
-                    let mut channels = std::mem::take(&mut old.channels);
-                    merge_channels(&mut channels, std::mem::take(&mut new.channels));
-                    new.channels = channels;
-                    merge_tags(&mut new.tags, &old.tags, &[]);
-                    new.subscribed = new.subscribed && old.subscribed;
-                    new.email = new.email.or(old.email);
-                    new.phone_number = new.phone_number.or(old.phone_number);
-                    new.first_seen = new.first_seen.min(old.first_seen);
-                    new.last_seen = new.last_seen.max(old.last_seen);
+                    // Merge into the existing `new_id`; events and dedup records move.
+                    new.absorb(&mut old);
                     for table in ["events", "dedup"] {
                         tx.prepare_cached(&format!(
                             "UPDATE {table} SET user_ref = ?2 WHERE user_ref = ?1"
@@ -264,7 +197,7 @@ pub(crate) fn apply(
                     }
                     tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                         .execute([old.id])?;
-                    new.save(tx, project, now)?;
+                    save(&mut new, tx, project, now)?;
                 }
             }
         }

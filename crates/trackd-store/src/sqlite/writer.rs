@@ -13,12 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
-use tokio::sync::oneshot;
-use trackd_core::error::Cause;
 use trackd_core::read::EventRow;
 use trackd_core::{
-    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, ProfileRequest, StoreError,
-    StoreMetrics, TrackedEvent,
+    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, StoreError, StoreMetrics, TrackedEvent,
 };
 
 use super::dedup::{DedupIndex, Overlay};
@@ -37,29 +34,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 /// comes back when the disk does even if no request arrives to try it.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// A queued write and where its answer goes.
-pub(crate) enum Job {
-    Track {
-        event: Box<TrackedEvent>,
-        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
-    },
-    Profile {
-        request: Box<ProfileRequest>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Exported events to store again as they were.
-    Restore {
-        events: Vec<EventRecord>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Additions to running totals: (project, counter name, amount).
-    Counters {
-        counts: Vec<(i64, String, i64)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Commit everything queued before it, then stop.
-    Shutdown,
-}
+pub(crate) use crate::job::Job;
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -226,19 +201,8 @@ impl Writer {
     fn fail(&mut self, batch: &mut Vec<Job>) {
         self.config.ready.store(false, Ordering::Relaxed);
         self.config.metrics.commit_failures.inc();
-        let failed = || StoreError::Unavailable(Box::new(Cause("commit failed")));
         for job in batch.drain(..) {
-            match job {
-                Job::Track { reply, .. } => {
-                    let _ = reply.send(Err(failed()));
-                }
-                Job::Profile { reply, .. }
-                | Job::Counters { reply, .. }
-                | Job::Restore { reply, .. } => {
-                    let _ = reply.send(Err(failed()));
-                }
-                Job::Shutdown => {}
-            }
+            job.fail();
         }
     }
 
