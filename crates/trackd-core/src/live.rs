@@ -26,8 +26,9 @@ pub struct LiveFeed {
     sender: broadcast::Sender<Arc<LiveBatch>>,
 }
 
-/// Batches a slow watcher may fall behind by before it is told it missed some.
-const CAPACITY: usize = 1024;
+/// Batches a slow watcher may fall behind by before it is told it missed some (a stalled
+/// watcher holds at most this many).
+const CAPACITY: usize = 64;
 
 impl Default for LiveFeed {
     fn default() -> Self {

@@ -61,7 +61,8 @@ function signOut(message) {
 async function signIn(event) {
   event.preventDefault();
   const key = $("key").value.trim();
-  const response = await fetch("/api/v2/stats/events", { headers: { Authorization: "Bearer " + key } });
+  // The cheapest read the key must be allowed: one event.
+  const response = await fetch("/api/v2/events?limit=1", { headers: { Authorization: "Bearer " + key } });
   if (!response.ok) {
     $("sign-in-error").textContent = await errorText(response);
     return;
@@ -145,11 +146,14 @@ const live = {
         if (done) break;
         pending += decoder.decode(value, { stream: true });
         let newline;
+        const arrived = [];
         while ((newline = pending.indexOf("\n")) >= 0) {
           const line = pending.slice(0, newline);
           pending = pending.slice(newline + 1);
-          if (line) this.message(JSON.parse(line));
+          if (line) this.message(JSON.parse(line), arrived);
         }
+        // One DOM update per chunk, however many events it holds.
+        if (arrived.length) this.render(arrived);
       }
     } catch (e) {
       if (controller.signal.aborted) return;
@@ -162,13 +166,16 @@ const live = {
     }
   },
 
-  message(m) {
+  message(m, arrived) {
     if (m.type === "hello" || m.type === "heartbeat") this.status("live", true);
     else if (m.type === "duplicates") this.duplicates += m.count;
     else if (m.type === "event") {
       this.arrivals.push(Date.now());
-      if (this.paused) this.held.push(m.event);
-      else this.render([m.event]);
+      if (!this.paused) arrived.push(m.event);
+      else {
+        this.held.push(m.event);
+        if (this.held.length > MAX_ROWS) this.held.shift();
+      }
     }
     $("live-dups").textContent = this.duplicates;
   },
@@ -191,7 +198,7 @@ const live = {
     this.paused = !this.paused;
     $("live-pause").textContent = this.paused ? "Resume" : "Pause";
     $("live-paused").hidden = !this.paused;
-    if (!this.paused) { this.render(this.held.slice(-MAX_ROWS)); this.held = []; }
+    if (!this.paused) { this.render(this.held); this.held = []; }
   },
 };
 

@@ -166,9 +166,16 @@ pub async fn admit(State(state): State<AppState>, request: Request, next: Next) 
             e.0.into_response()
         }
         Ok(permit) => {
+            // Decremented on drop: also when the client goes away mid-request.
+            struct InFlight(prometheus_client::metrics::gauge::Gauge);
+            impl Drop for InFlight {
+                fn drop(&mut self) {
+                    self.0.dec();
+                }
+            }
             metrics.in_flight.inc();
+            let _in_flight = InFlight(metrics.in_flight.clone());
             let response = next.run(request).await;
-            metrics.in_flight.dec();
             drop(permit);
             response
         }

@@ -68,6 +68,15 @@ pub struct PostgresStore {
     live: LiveFeed,
 }
 
+/// A counter shard for this node, at random: nodes in containers often share a process id.
+fn random_shard() -> i32 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random % u64::from(SHARDS)) as i32
+}
+
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(e)
 }
@@ -76,24 +85,35 @@ impl PostgresStore {
     /// Connects, applies migrations (safe when several nodes start at once) and starts the
     /// writers. Must be called inside a Tokio runtime.
     pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
-        let pg = tokio_postgres::Config::from_str(&config.url).map_err(unavailable)?;
-        let manager = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(WRITERS + 2))
-            .runtime(Runtime::Tokio1)
-            .timeouts(Timeouts {
-                wait: Some(POOL_WAIT),
-                create: Some(POOL_WAIT),
-                recycle: Some(POOL_WAIT),
-            })
-            .build()
-            .map_err(unavailable)?;
+        let mut pg = tokio_postgres::Config::from_str(&config.url).map_err(unavailable)?;
+        // A database host that vanishes without a reset must fail writes, not hang them:
+        // unacknowledged data and silent connections are given up on within seconds.
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .tcp_user_timeout(Duration::from_secs(15));
+        let build = |size: usize| {
+            let manager = Manager::from_config(
+                pg.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .timeouts(Timeouts {
+                    wait: Some(POOL_WAIT),
+                    create: Some(POOL_WAIT),
+                    recycle: Some(POOL_WAIT),
+                })
+                .build()
+                .map_err(unavailable)
+        };
+        // The writers' connections are their own: reads and exports, however slow, never
+        // make a write wait for a connection.
+        let write_pool = build(WRITERS + 1)?; // and one for the probe and the purge
+        let pool = build(config.pool_size.max(2))?;
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client).await.map_err(unavailable)?;
@@ -104,11 +124,11 @@ impl PostgresStore {
         let live_feed = LiveFeed::default();
         let live_wanted_until = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers = Arc::new(Writers {
-            pool: pool.clone(),
+            pool: write_pool,
             jobs: tokio::sync::Mutex::new(rx),
             window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
             dedup_clock: config.dedup_clock,
-            shard: (std::process::id() % SHARDS) as i32,
+            shard: random_shard(),
             ready: ready.clone(),
             metrics: metrics.clone(),
             live_wanted_until: live_wanted_until.clone(),
@@ -335,7 +355,10 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let client = self.client().await?;
             let rows = client
-                .query("SELECT id, name FROM projects ORDER BY name", &[])
+                .query(
+                    "SELECT id, name FROM projects ORDER BY name COLLATE \"C\"",
+                    &[],
+                )
                 .await
                 .map_err(unavailable)?;
             Ok(rows

@@ -99,7 +99,14 @@ impl Writers {
         let started = Instant::now();
         let size = batch.len();
         self.metrics.queue_depth.dec_by(size as i64);
-        match self.write(batch).await {
+        let mut written = self.write(batch).await;
+        if written.as_ref().is_err_and(WriteError::is_transient) {
+            // Another transaction won a lock or a key (a deadlock between nodes, a user
+            // created at the same moment): nothing was answered yet, so try once more.
+            tracing::debug!("batch lost a race, retrying it once");
+            written = self.write(batch).await;
+        }
+        match written {
             Ok(done) => {
                 self.ready.store(true, Ordering::Relaxed);
                 let elapsed = started.elapsed();
@@ -219,13 +226,20 @@ impl Writers {
             tx.execute(&add, &[&projects, &names, &values, &self.shard])
                 .await?;
         }
+        tx.commit().await?;
+        // Announced after the commit, outside it: only committed events are announced, and
+        // a commit never waits for the notification queue's lock. A failed announcement
+        // costs the live view an update, never a write.
         for (project, (ids, duplicates)) in live {
             for payload in live_payloads(project, &ids, duplicates) {
-                tx.execute("SELECT pg_notify('trackd_live', $1)", &[&payload])
-                    .await?;
+                if let Err(e) = client
+                    .execute("SELECT pg_notify('trackd_live', $1)", &[&payload])
+                    .await
+                {
+                    tracing::debug!(error = %e, "live announcement failed");
+                }
             }
         }
-        tx.commit().await?;
         Ok(done)
     }
 
@@ -312,9 +326,17 @@ impl Writers {
             if self.ready.load(Ordering::Relaxed) {
                 continue;
             }
+            // A committed write, not a read: a database that answers but cannot write
+            // (read-only after a failover, out of disk) is not ready.
             let reached = async {
                 let client = self.pool.get().await?;
-                client.execute("SELECT 1", &[]).await?;
+                client
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('write_probe', 0) \
+                         ON CONFLICT (key) DO UPDATE SET value = meta.value + 1",
+                        &[],
+                    )
+                    .await?;
                 Ok::<_, WriteError>(())
             };
             if reached.await.is_ok() {
@@ -495,4 +517,19 @@ pub(crate) enum WriteError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Database(#[from] tokio_postgres::Error),
+}
+
+impl WriteError {
+    /// Lost a race with another transaction: worth one retry.
+    fn is_transient(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            WriteError::Database(e) => e.code().is_some_and(|c| {
+                *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::UNIQUE_VIOLATION
+            }),
+            WriteError::Pool(_) => false,
+        }
+    }
 }
