@@ -147,6 +147,18 @@ pub struct Credential {
     pub kind: CredentialKind,
 }
 
+impl Credential {
+    /// A credential as stored (hash bytes, project id, kind name); `None` for a row that
+    /// is not one (a malformed hash or an unknown kind is skipped, never trusted).
+    pub fn from_stored(hash: &[u8], project: i64, kind: &str) -> Option<Self> {
+        Some(Credential {
+            hash: TokenHash::from_bytes(<[u8; 32]>::try_from(hash).ok()?),
+            project: ProjectId::new(project),
+            kind: CredentialKind::from_stored(kind)?,
+        })
+    }
+}
+
 /// A project as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {

@@ -297,6 +297,22 @@ pub struct EventRow {
     pub received_at: i64,
 }
 
+/// A page from `limit + 1` rows read in page order: the first `limit`, and the cursor of
+/// the next page when there was one more.
+pub fn page(mut rows: Vec<EventRow>, limit: usize, max_id: i64) -> crate::EventPage {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|last| Cursor {
+            created_at: last.created_at,
+            id: last.id,
+            max_id,
+        })
+    } else {
+        None
+    };
+    (rows, next)
+}
+
 impl EventRow {
     /// The row of a just-stored event (the live view's, before any read).
     pub fn of(record: &crate::EventRecord, id: i64) -> EventRow {

@@ -116,12 +116,14 @@ async fn the_application_role_needs_no_superuser() {
     let db = PgDatabase::create().await;
     let role = format!("trackd_app_{:08x}", rand::random::<u32>());
     let ddl = format!(
-        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; \
+        "CREATE ROLE {role} LOGIN PASSWORD '{role}' NOSUPERUSER NOCREATEDB NOCREATEROLE; \
          GRANT CREATE, USAGE ON SCHEMA public TO {role}"
     );
     db.with_client(|c| Box::pin(async move { c.batch_execute(&ddl).await.expect("role") }));
-    let url = db.url.replacen("://postgres@", &format!("://{role}@"), 1);
-    assert_ne!(url, db.url, "the test URL names the postgres user");
+    // The same server and database, as the new role.
+    let (scheme, rest) = db.url.split_once("://").expect("a postgres:// URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}:{role}@{host}");
     let (ok, stdout, stderr) =
         crate::helpers::run_cli(&["project", "create", "app", "--database-url", &url, "--json"]);
     assert!(ok, "{stderr}");

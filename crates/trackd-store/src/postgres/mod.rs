@@ -25,7 +25,7 @@ use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile}
 use trackd_core::{
     Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
     ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
-    TokenHash, TrackedEvent,
+    TrackedEvent,
 };
 
 use writer::{Job, Writers};
@@ -301,22 +301,12 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let hash: Vec<u8> = row.get(0);
-                let kind: String = row.get(2);
-                let (Ok(hash), Some(kind)) = (
-                    <[u8; 32]>::try_from(hash.as_slice()),
-                    CredentialKind::from_stored(&kind),
-                ) else {
-                    continue;
-                };
-                out.push(Credential {
-                    hash: TokenHash::from_bytes(hash),
-                    project: ProjectId::new(row.get(1)),
-                    kind,
-                });
-            }
+            let out = rows
+                .iter()
+                .filter_map(|r| {
+                    Credential::from_stored(r.get::<_, &[u8]>(0), r.get(1), r.get::<_, &str>(2))
+                })
+                .collect();
             Ok((version, out))
         })
     }

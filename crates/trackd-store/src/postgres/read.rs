@@ -4,9 +4,7 @@
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, GenericClient, Row};
-use trackd_core::read::{
-    Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
-};
+use trackd_core::read::{EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::StoreError;
 use trackd_core::{EventPage, ExportSink, ProjectId};
 
@@ -170,23 +168,13 @@ pub(super) async fn events(
         " ORDER BY e.created_at DESC, e.id DESC LIMIT {}",
         args.bind(q.limit as i64 + 1)
     ));
-    let mut rows = client
+    let rows = client
         .query(sql.as_str(), &args.refs())
         .await?
         .iter()
         .map(event_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let next = if rows.len() > q.limit {
-        rows.truncate(q.limit);
-        rows.last().map(|last| Cursor {
-            created_at: last.created_at,
-            id: last.id,
-            max_id,
-        })
-    } else {
-        None
-    };
-    Ok(Some((rows, next)))
+    Ok(Some(trackd_core::read::page(rows, q.limit, max_id)))
 }
 
 /// How many events one export statement reads: each chunk is a statement of its own, so a

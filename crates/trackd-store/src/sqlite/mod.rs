@@ -22,7 +22,7 @@ use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile}
 use trackd_core::{
     Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
     ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
-    TokenHash, TrackedEvent,
+    TrackedEvent,
 };
 
 use writer::{Job, Writer, WriterConfig};
@@ -359,17 +359,7 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (hash, project, kind) = row.map_err(unavailable)?;
-                let (Ok(hash), Some(kind)) = (
-                    <[u8; 32]>::try_from(hash.as_slice()),
-                    CredentialKind::from_stored(&kind),
-                ) else {
-                    continue;
-                };
-                out.push(Credential {
-                    hash: TokenHash::from_bytes(hash),
-                    project: ProjectId::new(project),
-                    kind,
-                });
+                out.extend(Credential::from_stored(&hash, project, &kind));
             }
             Ok((version, out))
         })

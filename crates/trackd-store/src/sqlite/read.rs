@@ -2,9 +2,7 @@
 //! reader connections (WAL: readers never block the writer, nor it them).
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row, ToSql};
-use trackd_core::read::{
-    Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
-};
+use trackd_core::read::{EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{EventPage, ExportSink, ProjectId};
 
 const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
@@ -112,20 +110,10 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
     // One more than the page: whether another page follows.
     args.push(Box::new(q.limit as i64 + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows: Vec<EventRow> = stmt
+    let rows: Vec<EventRow> = stmt
         .query_map(params_from_iter(args.iter()), event_row)?
         .collect::<Result<_, _>>()?;
-    let next = if rows.len() > q.limit {
-        rows.truncate(q.limit);
-        rows.last().map(|last| Cursor {
-            created_at: last.created_at,
-            id: last.id,
-            max_id,
-        })
-    } else {
-        None
-    };
-    Ok(Some((rows, next)))
+    Ok(Some(trackd_core::read::page(rows, q.limit, max_id)))
 }
 
 /// How many events one export statement reads: each chunk is a statement of its own, so a
