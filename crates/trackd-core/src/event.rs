@@ -164,12 +164,20 @@ impl TrackRequest {
         };
         let created_at = match extras.get("created_at") {
             None | Some(Value::Null) => received_at,
-            Some(Value::String(s)) => parse_iso8601(s).ok_or_else(|| {
-                FieldError::new(
-                    "extras.created_at",
-                    "not an ISO 8601 time between years 1 and 9999",
-                )
-            })?,
+            // A form sends Unix seconds as text (`extras[created_at]=1388534400`).
+            Some(Value::String(s)) => parse_iso8601(s)
+                .or_else(|| {
+                    let numeric = !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+                    numeric.then(|| parse_unix_seconds(s)).flatten()
+                })
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "extras.created_at",
+                        "not an ISO 8601 time or Unix seconds between years 1 and 9999",
+                    )
+                })?,
             Some(Value::Number(n)) => parse_unix_seconds(&n.to_string()).ok_or_else(|| {
                 FieldError::new(
                     "extras.created_at",
@@ -348,7 +356,7 @@ mod tests {
             ),
             (
                 r#"{"identity":{"id":"1"},"event_name":"x","extras":{"created_at":"soon"}}"#,
-                "extras.created_at: not an ISO 8601 time between years 1 and 9999",
+                "extras.created_at: not an ISO 8601 time or Unix seconds between years 1 and 9999",
             ),
             (
                 r#"{"identity":{"id":"1"},"event_name":"x","extras":{"created_at":true}}"#,

@@ -31,6 +31,8 @@ pub fn parse_line(
     if map.contains_key("event_key") && map.contains_key("received_at") {
         restore(map, project).map(|r| ImportItem::Restore(Box::new(r)))
     } else {
+        let mut map = map;
+        crate::wire::decode_json_fields(&mut map, crate::MAX_JSON_DEPTH)?;
         TrackRequest::new(map)
             .validate(project, now)
             .map(|t| ImportItem::Track(Box::new(t)))

@@ -4,7 +4,9 @@
 //! - [`json`]: the strict JSON reader every body goes through, and the canonical form.
 //! - [`identity`]: user ids, emails and the user key.
 //! - [`event`]: a track request becomes a [`TrackedEvent`] with its event key and dedup key.
-//! - [`users`]: profile changes (`users/*`) and their merge rules.
+//! - [`wire`]: bodies made one shape: form bracket notation and fields sent as JSON strings.
+//! - [`users`]: profile changes (`users/*`) and their merge rules; [`plan`]: what a change
+//!   writes, decided from the rows it finds (the one profile planner both stores execute).
 //! - [`project`]: projects, tracking tokens and secret keys.
 //! - [`import`]: import lines: export lines restored, track bodies ingested.
 //! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
@@ -20,6 +22,7 @@ pub mod import;
 pub mod json;
 pub mod live;
 pub mod metrics;
+pub mod plan;
 pub mod project;
 #[cfg(any(test, feature = "testing"))]
 pub mod properties;
@@ -27,6 +30,7 @@ pub mod read;
 pub mod store;
 pub mod time;
 pub mod users;
+pub mod wire;
 
 pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, EventRecord, TrackRequest, TrackedEvent};

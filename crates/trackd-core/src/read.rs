@@ -514,6 +514,64 @@ fn bucket(start: i64, counts: serde_json::Map<String, serde_json::Value>) -> ser
     serde_json::json!({"start": Timestamp::from_micros(start).to_rfc3339(), "counts": counts})
 }
 
+/// A project's running total, as both stores keep it (a row per name in `counters`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// Events accepted and stored.
+    Accepted,
+    /// Duplicates answered 200 and not stored.
+    Duplicates,
+    /// Requests refused, by reason ([`rejection_reason`]).
+    Rejected(String),
+}
+
+impl Counter {
+    /// The name it is stored under.
+    pub fn name(&self) -> String {
+        match self {
+            Counter::Accepted => "accepted".to_owned(),
+            Counter::Duplicates => "duplicates".to_owned(),
+            Counter::Rejected(reason) => format!("rejected:{reason}"),
+        }
+    }
+
+    /// The counter stored under `name`; `None` for a name no version of trackd wrote.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "accepted" => Some(Counter::Accepted),
+            "duplicates" => Some(Counter::Duplicates),
+            other => other
+                .strip_prefix("rejected:")
+                .map(|reason| Counter::Rejected(reason.to_owned())),
+        }
+    }
+
+    /// The counter for an event's outcome.
+    pub fn of(outcome: crate::InsertOutcome) -> Self {
+        match outcome {
+            crate::InsertOutcome::Inserted => Counter::Accepted,
+            crate::InsertOutcome::Duplicate => Counter::Duplicates,
+        }
+    }
+}
+
+impl Stats {
+    /// Adds a stored counter row to the totals (names no version wrote are skipped).
+    pub fn add_counter(&mut self, name: &str, value: i64) {
+        match Counter::parse(name) {
+            Some(Counter::Accepted) => self.accepted += value,
+            Some(Counter::Duplicates) => self.duplicates += value,
+            Some(Counter::Rejected(reason)) => {
+                match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, n)) => *n += value,
+                    None => self.rejected.push((reason, value)),
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 /// The reason a refusal is counted under: the first segment of the field path
 /// (`identity.email` → `identity`, `data.a[0]` → `data`).
 pub fn rejection_reason(field: &str) -> String {

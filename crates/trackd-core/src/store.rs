@@ -6,7 +6,9 @@ use crate::error::StoreError;
 use crate::event::EventRecord;
 use crate::event::TrackedEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
-use crate::read::{Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
+use crate::read::{
+    Counter, Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
+};
 use crate::users::ProfileRequest;
 
 /// What became of a tracked event. A duplicate is an outcome, not an error.
@@ -63,7 +65,7 @@ pub trait Store: Send + Sync + 'static {
     fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()>;
 
     /// Adds to the project's running totals (refused requests by reason).
-    fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()>;
+    fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()>;
 
     /// Every active credential, and the version of the credential set they were read at.
     fn credentials(&self) -> StoreFuture<'_, (u64, Vec<Credential>)>;

@@ -106,7 +106,8 @@ pub enum ProfileChange {
         /// Who.
         user: UserRef,
     },
-    /// Rename `id` to `new_id`, merging into `new_id` when it exists.
+    /// Rename `id` to `new_id`, merging into `new_id` when it exists; nothing when they
+    /// are equal.
     Reidentify {
         /// The current id.
         id: UserId,
@@ -159,12 +160,11 @@ impl ProfileRequest {
                 user: UserRef::parse(body)?,
             },
             ProfileOp::Reidentify => {
-                let id = required_id(body, "id")?;
-                let new_id = required_id(body, "new_id")?;
-                if id == new_id {
-                    return Err(FieldError::new("new_id", "must differ from id"));
+                // `new_id` equal to `id` is valid and changes nothing (older clients send it).
+                ProfileChange::Reidentify {
+                    id: required_id(body, "id")?,
+                    new_id: required_id(body, "new_id")?,
                 }
-                ProfileChange::Reidentify { id, new_id }
             }
         };
         Ok(ProfileRequest {
@@ -228,27 +228,41 @@ fn tag_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Field
         Some(Value::Array(items)) => items,
         Some(_) => return Err(FieldError::new(field, "must be an array of strings")),
     };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_IDENTITY_CHARS => {
-                Ok(s.clone())
+    let mut tags = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            // Clients send empty strings for unset list entries (the Go client's AddTags):
+            // there is no tag in them.
+            Value::String(s) if s.is_empty() => {}
+            Value::String(s) if s.chars().count() <= MAX_IDENTITY_CHARS => tags.push(s.clone()),
+            Value::String(_) => {
+                return Err(FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!("longer than {MAX_IDENTITY_CHARS} characters"),
+                ))
             }
-            Value::String(_) => Err(FieldError::new(
-                format!("{field}[{i}]"),
-                format!("must be 1 to {MAX_IDENTITY_CHARS} characters"),
-            )),
-            _ => Err(FieldError::new(format!("{field}[{i}]"), "must be a string")),
-        })
-        .collect()
+            _ => return Err(FieldError::new(format!("{field}[{i}]"), "must be a string")),
+        }
+    }
+    Ok(tags)
 }
 
 fn channels(body: &Map<String, Value>) -> Result<Vec<Value>, FieldError> {
+    let one;
     let items = match body.get("channels") {
         None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(FieldError::new("channels", "must be an array of objects")),
+        Some(Value::Array(items)) => items.as_slice(),
+        // RudderStack's mobile identify sends its one channel as an object.
+        Some(channel @ Value::Object(_)) => {
+            one = [channel.clone()];
+            &one[..]
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "channels",
+                "must be an array of objects (or one object)",
+            ))
+        }
     };
     for (i, item) in items.iter().enumerate() {
         let Value::Object(channel) = item else {
@@ -275,7 +289,7 @@ fn channels(body: &Map<String, Value>) -> Result<Vec<Value>, FieldError> {
             }
         }
     }
-    Ok(items.clone())
+    Ok(items.to_vec())
 }
 
 /// Shallow merge: every key of `changes` replaces the property of the same name.
@@ -364,8 +378,8 @@ mod tests {
             ),
             (
                 ProfileOp::Tags,
-                json!({"id": "1", "add": [""]}),
-                "add[0]: must be 1 to 254 characters",
+                json!({"id": "1", "add": ["", "x".repeat(255)]}),
+                "add[1]: longer than 254 characters",
             ),
             (
                 ProfileOp::Reidentify,
@@ -378,19 +392,14 @@ mod tests {
                 "id: is required",
             ),
             (
-                ProfileOp::Reidentify,
-                json!({"id": "1", "new_id": "1"}),
-                "new_id: must differ from id",
-            ),
-            (
-                ProfileOp::Reidentify,
-                json!({"id": 7, "new_id": "7"}),
-                "new_id: must differ from id",
+                ProfileOp::Track,
+                json!({"id": "1", "channels": "push"}),
+                "channels: must be an array of objects (or one object)",
             ),
             (
                 ProfileOp::Track,
                 json!({"id": "1", "channels": {}}),
-                "channels: must be an array of objects",
+                "channels[0].type: is required",
             ),
             (
                 ProfileOp::Track,
@@ -420,6 +429,36 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn what_real_clients_send_is_read() {
+        // RudderStack's mobile identify: one channel as an object.
+        let ProfileChange::Track { channels, .. } = parse(
+            ProfileOp::Track,
+            json!({"id": "rs-2", "channels": {"address": "apns-token-abc", "device": "iPhone",
+                   "platform": "iOS", "type": "push"}}),
+        )
+        .expect("valid") else {
+            panic!("track")
+        };
+        assert_eq!(channels.len(), 1);
+        // The Go client's AddTags: empty strings, and a null list.
+        let ProfileChange::Tags { add, remove, .. } = parse(
+            ProfileOp::Tags,
+            json!({"id": "g", "add": ["", "", "t-shirt fanatic", "so many tags"], "remove": null}),
+        )
+        .expect("valid") else {
+            panic!("tags")
+        };
+        assert_eq!(add, vec!["t-shirt fanatic", "so many tags"]);
+        assert!(remove.is_empty());
+        // A 2015 Node client: reidentify onto the same id.
+        assert!(parse(
+            ProfileOp::Reidentify,
+            json!({"id": "dm@example.com", "new_id": "dm@example.com"})
+        )
+        .is_ok());
     }
 
     #[test]

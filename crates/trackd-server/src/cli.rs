@@ -446,16 +446,26 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.write_queue,
     )
     .await?;
+    let listener = TcpListener::bind(args.listen).await?;
     // First start on an empty data dir: a project to send to at once.
     if store.projects().await?.is_empty() {
         // Nodes starting at once on an empty database: one creates it, the rest go on.
         match create_project(&store, "default").await {
-            Ok((project, tracking, secret)) => print_created(&project, &tracking, &secret),
+            Ok((project, tracking, secret)) => {
+                print_created(&project, &tracking, &secret);
+                let addr = listener.local_addr()?;
+                let host = if addr.ip().is_unspecified() {
+                    format!("127.0.0.1:{}", addr.port())
+                } else {
+                    addr.to_string()
+                };
+                println!("  web console:    http://{host}/ui (sign in with the secret key)");
+                println!("  send events to: http://{host}/api/v2/events/track");
+            }
             Err(CliError::Store(StoreError::Conflict(_))) => {}
             Err(e) => return Err(e),
         }
     }
-    let listener = TcpListener::bind(args.listen).await?;
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         failed_auth_per_ip: args.failed_auth_per_ip,

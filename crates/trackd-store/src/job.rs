@@ -4,7 +4,10 @@
 
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::{EventRecord, InsertOutcome, ProfileRequest, StoreError, TrackedEvent};
+use trackd_core::read::Counter;
+use trackd_core::{
+    EventRecord, InsertOutcome, ProfileRequest, ProjectId, StoreError, TrackedEvent,
+};
 
 /// A queued write.
 pub(crate) enum Job {
@@ -21,16 +24,66 @@ pub(crate) enum Job {
         events: Vec<EventRecord>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Additions to running totals: (project, counter name, amount).
+    /// Additions to running totals: (project, counter, amount).
     Counters {
-        counts: Vec<(i64, String, i64)>,
+        counts: Vec<(ProjectId, Counter, i64)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Commit everything queued before it, then stop.
     Shutdown,
 }
 
+/// What became of one job of a committed batch, as both writers report it.
+pub(crate) enum Done {
+    /// An event: stored or a duplicate.
+    Event(InsertOutcome),
+    /// Any other job: done, or refused without failing the batch (a user not found).
+    Other(Result<(), StoreError>),
+    /// Nothing to answer (a shutdown marker).
+    Nothing,
+}
+
+/// A committed batch's running totals, summed per project and counter, written once per
+/// batch rather than once per event.
+#[derive(Default)]
+pub(crate) struct Totals(std::collections::BTreeMap<(i64, Counter), i64>);
+
+impl Totals {
+    /// Adds `n` to a project's counter.
+    pub fn add(&mut self, project: ProjectId, counter: Counter, n: i64) {
+        *self.0.entry((project.get(), counter)).or_default() += n;
+    }
+
+    /// (project, counter name, amount) rows to write, in a stable order.
+    pub fn rows(self) -> impl Iterator<Item = (i64, String, i64)> {
+        self.0.into_iter().map(|((p, c), n)| (p, c.name(), n))
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Job {
+    /// Answers a job of a committed batch with what became of it. A requester may have
+    /// gone away (client disconnected): what it asked for is committed either way.
+    pub fn answer(self, done: Done) {
+        match (self, done) {
+            (Job::Track { reply, .. }, Done::Event(outcome)) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            (Job::Profile { reply, .. }, Done::Other(result))
+            | (Job::Counters { reply, .. }, Done::Other(result))
+            | (Job::Restore { reply, .. }, Done::Other(result)) => {
+                let _ = reply.send(result);
+            }
+            // A mismatch cannot happen (each writer pushes one `Done` per job, in order);
+            // were it to, the job is failed rather than left hanging.
+            (job, _) => job.fail(),
+        }
+    }
+
     /// Answers that the batch holding this job did not commit (the requester may have gone
     /// away; nothing is lost by not telling it).
     pub fn fail(self) {

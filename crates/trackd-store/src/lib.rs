@@ -8,7 +8,6 @@
 mod job;
 pub mod postgres;
 pub mod sqlite;
-mod user_row;
 
 pub use postgres::{PgConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};

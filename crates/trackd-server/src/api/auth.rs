@@ -2,9 +2,13 @@
 //! credentials that keeps the lookup off the database.
 //!
 //! The cache is reloaded whenever the store's credential version changes: checked every
-//! second in the background (so a revocation takes effect within a second), and on a miss
-//! (so a token created a moment ago works at once), at most ten times a second so unknown
-//! tokens cannot turn into database load.
+//! second in the background (so a revocation takes effect within a second), and on a miss,
+//! so a token created a moment ago works at once. A refusal never comes from a stale cache:
+//! an unknown token waits for a reload that started after it was seen to be missing. The
+//! reloads are single flight: however many requests miss at once, one reload runs and
+//! every request that was waiting for it reads its result, so unknown tokens cost the store
+//! at most one version check at a time (and the failed-credential limit bounds them per
+//! address).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +42,10 @@ impl Location {
     }
 }
 
+/// Why a secret key in a query string is refused even where it would be valid.
+const SECRET_IN_QUERY: &str =
+    "a secret key must never be sent in a query string (revoke it: URLs are logged)";
+
 const NAMES: [&str; 2] = ["auth_token", "tracking_api_key"];
 
 /// Finds the credential, first found wins: query `auth_token`, query `tracking_api_key`,
@@ -58,7 +66,7 @@ pub fn find(
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
             Some(Value::String(s)) => return Ok(Some((Token::presented(s), Location::Body(name)))),
-            Some(_) => return Err(ApiError::BadRequest(format!("{name}: must be a string"))),
+            Some(_) => return Err(ApiError::bad_request(name, "must be a string")),
         }
     }
     Ok(bearer(headers)?.map(|t| (Token::presented(t), Location::Header)))
@@ -73,8 +81,9 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(ApiError::BadRequest(
-            "authorization: given more than once".into(),
+        return Err(ApiError::bad_request(
+            "authorization",
+            "given more than once",
         ));
     }
     let malformed = || ApiError::Unauthorized("authorization: must be Bearer <token>".into());
@@ -95,11 +104,14 @@ pub struct CredentialCache {
     store: DynStore,
     map: RwLock<Arc<HashMap<TokenHash, Credential>>>,
     version: AtomicU64,
-    last_miss_check: Mutex<Option<Instant>>,
+    /// Reloads started so far: a miss waits for one numbered past what it saw.
+    reloads_started: AtomicU64,
+    /// The number of the last reload that finished (successfully or not).
+    reloads_done: AtomicU64,
+    /// Held by the one reload running; misses queue on it.
+    reloading: tokio::sync::Mutex<()>,
 }
 
-/// The least time between two reloads caused by unknown tokens.
-const MISS_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often the background task looks for changes (revocations).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -111,8 +123,15 @@ impl CredentialCache {
             store,
             map: RwLock::new(Arc::new(index(creds))),
             version: AtomicU64::new(version),
-            last_miss_check: Mutex::new(None),
+            reloads_started: AtomicU64::new(0),
+            reloads_done: AtomicU64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// What the cache holds for a token, without reloading.
+    pub fn cached(&self, token: &Token) -> Option<Credential> {
+        self.get(&token.hash())
     }
 
     fn get(&self, hash: &TokenHash) -> Option<Credential> {
@@ -120,8 +139,17 @@ impl CredentialCache {
         map.get(hash).cloned()
     }
 
-    /// Reloads when the store's credential version moved.
+    /// Reloads when the store's credential version moved (the background check). It runs
+    /// as one of the single-flight reloads, so two reloads never race to install their
+    /// sets and an older set never replaces a newer one.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        self.reload_after(self.reloads_started.load(Ordering::Acquire))
+            .await
+    }
+
+    /// One reload: checks the version and reads the set if it moved. Callers hold
+    /// `reloading`.
+    async fn reload(&self) -> Result<(), StoreError> {
         let current = self.store.credentials_version().await?;
         if current != self.version.load(Ordering::Acquire) {
             let (version, creds) = self.store.credentials().await?;
@@ -134,27 +162,32 @@ impl CredentialCache {
         Ok(())
     }
 
-    /// Looks a token up, reloading on a miss if the last miss-reload is old enough.
+    /// Looks a token up. On a miss, waits for a reload that started after the miss was
+    /// seen (joining one that is about to start, or running it), then looks again: a token
+    /// created before the request arrived is always found.
     pub async fn lookup(&self, token: &Token) -> Result<Option<Credential>, StoreError> {
         let hash = token.hash();
+        // Read before the lookup: any reload numbered past this one started after it.
+        let seen = self.reloads_started.load(Ordering::Acquire);
         if let Some(found) = self.get(&hash) {
             return Ok(Some(found));
         }
-        let due = match self.last_miss_check.lock() {
-            Ok(mut last) => {
-                let due = last.is_none_or(|t| t.elapsed() >= MISS_CHECK_EVERY);
-                if due {
-                    *last = Some(Instant::now());
-                }
-                due
-            }
-            Err(_) => false,
-        };
-        if due {
-            self.refresh().await?;
-            return Ok(self.get(&hash));
+        self.reload_after(seen).await?;
+        Ok(self.get(&hash))
+    }
+
+    /// Makes sure a reload that started after `seen` reloads had started has finished.
+    async fn reload_after(&self, seen: u64) -> Result<(), StoreError> {
+        let _running = self.reloading.lock().await;
+        // While this request queued, another may have run a reload that started after the
+        // miss: its result is as fresh as one this request would run.
+        if self.reloads_done.load(Ordering::Acquire) > seen {
+            return Ok(());
         }
-        Ok(None)
+        let number = self.reloads_started.fetch_add(1, Ordering::AcqRel) + 1;
+        let result = self.reload().await;
+        self.reloads_done.store(number, Ordering::Release);
+        result
     }
 }
 
@@ -184,9 +217,9 @@ pub async fn tracking_credential(
     };
     match (credential.kind, location) {
         (CredentialKind::Tracking, _) => Ok(credential),
-        (CredentialKind::Secret, Location::Query(_)) => Err(ApiError::BadRequest(format!(
-            "{field}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
-        ))),
+        (CredentialKind::Secret, Location::Query(_)) => {
+            Err(ApiError::bad_request(field, SECRET_IN_QUERY))
+        }
         (CredentialKind::Secret, _) => Err(ApiError::Forbidden(format!(
             "{field}: a secret key is not accepted here, use a tracking token"
         ))),
@@ -205,11 +238,11 @@ pub async fn secret_credential(
         if value.is_empty() {
             continue;
         }
-        let found = cache.lookup(&Token::presented(value)).await?;
+        // Only what the cache holds: a query value is not a credential here, and must not
+        // cost a reload; a secret key created this very second is a risk not worth that.
+        let found = cache.cached(&Token::presented(value));
         if found.is_some_and(|c| c.kind == CredentialKind::Secret) {
-            return Err(ApiError::BadRequest(format!(
-                "{name}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
-            )));
+            return Err(ApiError::bad_request(name, SECRET_IN_QUERY));
         }
     }
     let Some((token, _)) = find(&[], &Map::new(), headers)? else {

@@ -1,6 +1,6 @@
 //! Reading a request body: size limit, `Content-Encoding: gzip`, and decoding to a JSON
-//! object from JSON (whatever the content type says) or from a form whose object and array
-//! fields are JSON-encoded strings.
+//! object from JSON (whatever the content type says) or from a form, urlencoded or
+//! multipart, in bracket notation or with object and list fields as JSON strings.
 
 use std::io::Read;
 
@@ -8,14 +8,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value};
-use trackd_core::json;
+use trackd_core::{json, wire, FieldError};
 
 use super::error::ApiError;
-
-/// Form fields that carry JSON (objects and arrays) as strings.
-const JSON_FORM_FIELDS: &[&str] = &[
-    "identity", "data", "extras", "changes", "add", "remove", "channels",
-];
 
 /// Reads the whole body, at most `limit` bytes before and after decompression, within
 /// `timeout` (a client that trickles its body is answered 408 and holds nothing longer).
@@ -44,7 +39,7 @@ pub async fn read(
     let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(_) => return Err(ApiError::BadRequest("body: could not be read".into())),
+        Err(_) => return Err(ApiError::bad_request("body", "could not be read")),
     };
     match content_encoding(headers)? {
         Encoding::Identity => Ok(bytes.to_vec()),
@@ -83,56 +78,126 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
             "body: larger than {limit} bytes after decompression"
         ))),
         Ok(_) => Ok(out),
-        Err(_) => Err(ApiError::BadRequest("body: invalid gzip data".into())),
+        Err(_) => Err(ApiError::bad_request("body", "invalid gzip data")),
     }
 }
 
-/// Decodes a body into a JSON object: a form when the content type says so, JSON otherwise
-/// (browsers' `sendBeacon` sends JSON as `text/plain`). A "form" that starts with `{` is
-/// JSON sent with curl's default content type: no form field name starts with a brace.
-pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let is_form = headers
+/// How a body is encoded, by its content type.
+enum Form {
+    /// `application/x-www-form-urlencoded`.
+    UrlEncoded,
+    /// `multipart/form-data` with its boundary.
+    Multipart(String),
+    /// JSON, whatever the content type says (browsers' `sendBeacon` sends `text/plain`).
+    Json,
+}
+
+fn form_kind(headers: &HeaderMap) -> Result<Form, ApiError> {
+    let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if is_form && !looks_like_json {
-        decode_form(bytes)
+    else {
+        return Ok(Form::Json);
+    };
+    let lower = content_type.trim_start().to_ascii_lowercase();
+    if lower.starts_with("application/x-www-form-urlencoded") {
+        Ok(Form::UrlEncoded)
+    } else if lower.starts_with("multipart/form-data") {
+        multer::parse_boundary(content_type)
+            .map(Form::Multipart)
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "content-type",
+                    "multipart/form-data without a valid boundary",
+                )
+            })
     } else {
-        json::parse_object(bytes, "", trackd_core::MAX_JSON_DEPTH)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))
+        Ok(Form::Json)
     }
 }
 
-fn decode_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let mut map = Map::new();
-    for (key, value) in form_pairs(bytes, "body")? {
-        if map.contains_key(&key) {
-            return Err(ApiError::BadRequest(format!("{key}: duplicate key")));
+/// Decodes a body into a JSON object: JSON (whatever the content type says), or a form
+/// (urlencoded or multipart) whose fields may use bracket notation or hold JSON strings;
+/// then the object and list fields sent as JSON strings are decoded
+/// ([`trackd_core::wire`]). A "form" that starts with `{` is JSON sent with curl's default
+/// content type: no form field name starts with a brace.
+pub async fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let depth = trackd_core::MAX_JSON_DEPTH;
+    let mut body = match form_kind(headers)? {
+        Form::UrlEncoded if !looks_like_json => {
+            wire::form_object(form_pairs(bytes, "body")?, depth)?
         }
-        let value = if JSON_FORM_FIELDS.contains(&key.as_str()) {
-            if value.is_empty() {
-                Value::Null
-            } else {
-                // The form is level 1, so a JSON field starts at level 2.
-                json::parse_value(value.as_bytes(), &key, trackd_core::MAX_JSON_DEPTH - 1)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        Form::Multipart(boundary) if !looks_like_json => {
+            wire::form_object(multipart_pairs(bytes, boundary).await?, depth)?
+        }
+        _ => json::parse_object(bytes, "", depth).map_err(FieldError::from)?,
+    };
+    wire::decode_json_fields(&mut body, depth)?;
+    Ok(body)
+}
+
+/// The text fields of a `multipart/form-data` body (Vero's Postman collection sends its
+/// examples this way). A file part is refused: nothing in a tracking call is a file.
+async fn multipart_pairs(
+    bytes: &[u8],
+    boundary: String,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let stream = futures_util::stream::once(std::future::ready(Ok::<_, std::convert::Infallible>(
+        axum::body::Bytes::copy_from_slice(bytes),
+    )));
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut pairs = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => return Ok(pairs),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "body",
+                    format!("malformed multipart/form-data: {}", multipart_problem(&e)),
+                ))
             }
-        } else {
-            if value.contains('\0') {
-                return Err(ApiError::BadRequest(format!(
-                    "{key}: contains a NUL character (\\u0000)"
-                )));
-            }
-            Value::String(value)
         };
-        map.insert(key, value);
+        let Some(name) = field.name().map(str::to_owned) else {
+            return Err(ApiError::bad_request(
+                "body",
+                "malformed multipart/form-data: a part without a name",
+            ));
+        };
+        if field.file_name().is_some() {
+            return Err(ApiError::bad_request(
+                name.chars().take(100).collect::<String>(),
+                "a file part is not accepted, send the value as a text field",
+            ));
+        }
+        let value = field.bytes().await.map_err(|e| {
+            ApiError::bad_request(
+                "body",
+                format!("malformed multipart/form-data: {}", multipart_problem(&e)),
+            )
+        })?;
+        let value = String::from_utf8(value.to_vec()).map_err(|_| {
+            ApiError::bad_request(name.chars().take(100).collect::<String>(), "invalid UTF-8")
+        })?;
+        pairs.push((name, value));
     }
-    Ok(map)
+}
+
+/// What is wrong with a multipart body, in words that hold no client data.
+fn multipart_problem(e: &multer::Error) -> &'static str {
+    match e {
+        multer::Error::IncompleteStream | multer::Error::IncompleteFieldData { .. } => {
+            "the body ends before its closing boundary"
+        }
+        multer::Error::IncompleteHeaders | multer::Error::ReadHeaderFailed(_) => {
+            "a part's headers are malformed"
+        }
+        multer::Error::DecodeHeaderName { .. } | multer::Error::DecodeHeaderValue { .. } => {
+            "a part's header is not valid"
+        }
+        _ => "not a valid multipart body",
+    }
 }
 
 /// Splits `application/x-www-form-urlencoded` text (a body or a query string) into decoded
@@ -146,7 +211,7 @@ pub fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, Api
         percent_encoding::percent_decode(&spaced)
             .decode_utf8()
             .map(|s| s.into_owned())
-            .map_err(|_| ApiError::BadRequest(format!("{what}: invalid UTF-8 in form encoding")))
+            .map_err(|_| ApiError::bad_request(what, "invalid UTF-8 in form encoding"))
     };
     bytes
         .split(|&b| b == b'&')
@@ -167,10 +232,11 @@ pub fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, Api
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn check_decode(kind: u8, bytes: &[u8]) {
-    const TYPES: [Option<&str>; 4] = [
+    const TYPES: [Option<&str>; 5] = [
         Some("application/json"),
         Some("application/x-www-form-urlencoded"),
         Some("text/plain"),
+        Some("multipart/form-data; boundary=XyZ"),
         None,
     ];
     let mut headers = HeaderMap::new();
@@ -180,8 +246,12 @@ pub fn check_decode(kind: u8, bytes: &[u8]) {
             axum::http::HeaderValue::from_static(content_type),
         );
     }
-    let first = decode(&headers, bytes);
-    let second = decode(&headers, bytes);
+    // Decoding never waits (the body is in memory): a current-thread runtime drives it.
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let first = runtime.block_on(decode(&headers, bytes));
+    let second = runtime.block_on(decode(&headers, bytes));
     match (first, second) {
         (Ok(map), Ok(again)) => {
             assert_eq!(map, again, "decoding is not deterministic");

@@ -9,13 +9,15 @@ use trackd_core::{FieldError, StoreError};
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: malformed body, missing or invalid field, secret key in a query string.
-    BadRequest(String),
+    BadRequest(FieldError),
     /// 401: credential missing or unknown.
     Unauthorized(String),
     /// 403: credential valid but not allowed here.
     Forbidden(String),
-    /// 404: no such route.
+    /// 404: no such route, or no such user where the operation needs one.
     NotFound(String),
+    /// 409: the thing to create exists already.
+    Conflict(String),
     /// 405: the route exists, the method does not.
     MethodNotAllowed {
         /// The request path.
@@ -41,7 +43,7 @@ pub enum ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        ApiError::BadRequest(e)
     }
 }
 
@@ -49,19 +51,25 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => ApiError::Overloaded,
-            other => ApiError::Unavailable(other),
+            e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what}: not found")),
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what}: already exists")),
         }
     }
 }
 
 impl ApiError {
+    /// 400 for `field`.
+    pub fn bad_request(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ApiError::BadRequest(FieldError::new(field, problem))
+    }
+
     /// The reason a refused event is counted under in `/metrics`: the refused field's first
     /// segment for a bad request, else the kind of refusal. A small, fixed set.
     pub fn reason(&self) -> String {
         match self {
-            ApiError::BadRequest(m) => {
-                let field = m.split_once(": ").map_or("body", |(field, _)| field);
-                let reason = trackd_core::read::rejection_reason(field);
+            ApiError::BadRequest(e) => {
+                let reason = trackd_core::read::rejection_reason(&e.field);
                 // A path can start with a key the client chose (a duplicate key): only the
                 // fields trackd knows become labels.
                 if KNOWN_FIELDS.contains(&reason.as_str()) {
@@ -72,6 +80,7 @@ impl ApiError {
             }
             ApiError::Unauthorized(_) | ApiError::Forbidden(_) => "auth".to_owned(),
             ApiError::NotFound(_) | ApiError::MethodNotAllowed { .. } => "route".to_owned(),
+            ApiError::Conflict(_) => "conflict".to_owned(),
             ApiError::RequestTimeout(_) => "timeout".to_owned(),
             ApiError::PayloadTooLarge(_) => "too_large".to_owned(),
             ApiError::UnsupportedMediaType(_) => "encoding".to_owned(),
@@ -105,10 +114,11 @@ const RETRY_AFTER_SECS: &str = "1";
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message, retry) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, false),
+            ApiError::BadRequest(e) => (StatusCode::BAD_REQUEST, e.to_string(), false),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m, false),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m, false),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, false),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m, false),
             ApiError::MethodNotAllowed { path, allow } => {
                 let mut response = json_response(
                     StatusCode::METHOD_NOT_ALLOWED,

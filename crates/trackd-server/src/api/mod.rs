@@ -29,6 +29,7 @@ use axum::http::{header, HeaderMap, Method, Uri};
 use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
+use trackd_core::read::Counter;
 use trackd_core::{Clock, DynStore, ProfileOp, ProjectId};
 
 use auth::CredentialCache;
@@ -98,19 +99,19 @@ pub struct AppState {
 /// Counts of refused requests by project and reason, added to the store's running totals
 /// in the background (a burst of bad requests must not become a burst of writes).
 #[derive(Default)]
-pub struct Rejections(std::sync::Mutex<std::collections::HashMap<(ProjectId, String), i64>>);
+pub struct Rejections(std::sync::Mutex<std::collections::HashMap<(ProjectId, Counter), i64>>);
 
 impl Rejections {
     /// Counts one refusal of a request for `project` because of `field`.
     pub fn record(&self, project: ProjectId, field: &str) {
         if let Ok(mut counts) = self.0.lock() {
-            let reason = format!("rejected:{}", trackd_core::read::rejection_reason(field));
+            let reason = Counter::Rejected(trackd_core::read::rejection_reason(field));
             *counts.entry((project, reason)).or_default() += 1;
         }
     }
 
     /// Takes the counts gathered so far.
-    pub fn take(&self) -> Vec<(ProjectId, String, i64)> {
+    pub fn take(&self) -> Vec<(ProjectId, Counter, i64)> {
         match self.0.lock() {
             Ok(mut counts) => counts.drain().map(|((p, name), n)| (p, name, n)).collect(),
             Err(_) => Vec::new(),
@@ -257,6 +258,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/healthz", with_allow(get(track::healthz), "GET"))
         .route("/readyz", with_allow(get(track::readyz), "GET"))
         .route("/openapi.json", with_allow(get(openapi::document), "GET"))
+        .route("/", with_allow(get(ui::root), "GET"))
         .route("/ui", with_allow(get(ui::page), "GET"))
         .route("/ui/", with_allow(get(ui::page), "GET"))
         .route("/ui/{file}", with_allow(get(ui::asset), "GET"));

@@ -72,6 +72,17 @@ pub fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/".to_owned(),
+        json!({"get": {
+            "operationId": "root",
+            "summary": "Redirects to the web console at /ui",
+            "tags": ["console"],
+            "responses": {"303": {"description": "See /ui",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+        }}),
+    );
+    paths.insert(
         "/ui".to_owned(),
         json!({"get": {
             "operationId": "console",

@@ -52,7 +52,7 @@ fn json(bytes: Vec<u8>) -> Response {
 /// The `{id}` of a path, URL-decoded; a 400 naming `id` when it does not decode.
 fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(id)| id)
-        .map_err(|_| ApiError::BadRequest("id: not valid UTF-8 once URL-decoded".into()))
+        .map_err(|_| ApiError::bad_request("id", "not valid UTF-8 once URL-decoded"))
 }
 
 /// `GET /api/v2/users/{id}`.
@@ -66,9 +66,10 @@ pub async fn user(
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let id = user_id(path)?;
     if let Some((name, _)) = query.first() {
-        return Err(ApiError::BadRequest(format!(
-            "{name}: unknown parameter (this route takes none)"
-        )));
+        return Err(ApiError::bad_request(
+            name,
+            "unknown parameter (this route takes none)",
+        ));
     }
     match state.store.user(credential.project, &id).await? {
         Some(profile) => Ok(json(profile.to_json())),
@@ -195,7 +196,7 @@ pub async fn import(
     let dedup = match params.get("dedup") {
         None | Some("true") => true,
         Some("false") => false,
-        Some(_) => return Err(ApiError::BadRequest("dedup: must be true or false".into())),
+        Some(_) => return Err(ApiError::bad_request("dedup", "must be true or false")),
     };
     let stream = request_body
         .into_data_stream()

@@ -47,6 +47,23 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// `GET /`: a newcomer's browser opening the server's address is sent to the console; the
+/// body says where it is for clients that do not follow redirects.
+pub async fn root() -> Response {
+    (
+        axum::http::StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, HeaderValue::from_static("/ui")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        r#"{"status":303,"message":"/: the web console is at /ui, the Vero API at /api/v2"}"#,
+    )
+        .into_response()
+}
+
 /// `GET /ui`.
 pub async fn page() -> Response {
     file("text/html; charset=utf-8", INDEX)

@@ -51,7 +51,7 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
         }
         replayed += 1;
     }
-    assert_eq!(replayed, 41);
+    assert_eq!(replayed, 53);
 
     let db = rusqlite::Connection::open(dir.path().join("trackd.db")).expect("db");
     let users: Vec<(String, Option<String>, String, String, bool)> = db
@@ -67,10 +67,13 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
         .expect("rows");
     let keys: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
     // 42 became 4242, 1234 became 5678; 43, js-1/js-2 and rb-1 were deleted; rb-2 exists
-    // because it unsubscribed.
+    // because it unsubscribed; the event named by nina's email alone went to n8nl-1.
     assert_eq!(
         keys,
-        vec!["1000", "4242", "5678", "nd-1", "rb-2", "rs-1", "sg-1", "web-1"]
+        vec![
+            "1000", "4242", "5678", "n8n-1", "n8nl-1", "nd-1", "pm-1", "rb-2", "rs-1", "rs-2",
+            "sg-1", "web-1"
+        ]
     );
     let user = |key: &str| users.iter().find(|u| u.0 == key).expect("user");
     let ann = user("4242");
@@ -90,6 +93,31 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
     );
     assert!(!user("rb-2").4);
     assert_eq!(user("5678").3, r#"["prospect"]"#);
+    // Bodies that lost data once (issue 11): bracket notation, JSON strings, multipart,
+    // one channel as an object, empty tags.
+    assert_eq!(
+        serde_json::from_str::<Value>(&user("n8nl-1").2).expect("json"),
+        serde_json::json!({"plan": "pro", "first_name": "Nina"})
+    );
+    assert_eq!(user("n8n-1").3, r#"["beta","vip"]"#);
+    assert_eq!(user("pm-1").3, r#"["test-tag"]"#);
+    assert_eq!(
+        serde_json::from_str::<Value>(&user("pm-1").2).expect("json"),
+        serde_json::json!({"first_name": "Jeff"})
+    );
+    assert_eq!(user("rs-2").3, r#"["so many tags","t-shirt fanatic"]"#);
+    let channels: String = db
+        .query_row(
+            "SELECT channels FROM users WHERE user_key = 'rs-2'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("rs-2");
+    assert_eq!(
+        serde_json::from_str::<Value>(&channels).expect("json"),
+        serde_json::json!([{"address": "apns-token-abc", "device": "iPhone",
+                            "platform": "iOS", "type": "push"}])
+    );
 
     let mut stmt = db
         .prepare(
@@ -123,6 +151,10 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
             ("sg-1", "viewed_page"),
             ("nd-1", "Signed up"),
             ("1000", "Viewed product"),
+            ("n8nl-1", "Workflow ran"),
+            ("n8n-1", "Nightly run"),
+            ("pm-1", "Viewed product"),
+            ("n8nl-1", "Email only"),
         ]
     );
     let find = |user: &str, name: &str| {
@@ -130,6 +162,12 @@ async fn recorded_client_requests_are_answered_200_and_stored_as_sent() {
             .find(|r| r.0 == user && r.1 == name)
             .unwrap_or_else(|| panic!("no {name} for {user} in {rows:?}"))
     };
+    assert_eq!(
+        find("n8nl-1", "Workflow ran").3,
+        r#"{"workflow":"nightly"}"#
+    );
+    assert_eq!(find("n8n-1", "Nightly run").4.as_deref(), Some("n8n"));
+    assert_eq!(find("pm-1", "Viewed product").4.as_deref(), Some("postman"));
     // Python client: a float kept as sent.
     assert_eq!(
         find("4242", "Viewed product").3,
@@ -198,7 +236,7 @@ async fn error_fixtures_are_refused_with_their_status_and_message() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 21);
     // Nothing was stored but the seeded user.
     let db = rusqlite::Connection::open(dir.path().join("trackd.db")).expect("db");
     let (users, events): (i64, i64) = db

@@ -2,6 +2,7 @@
 
 mod canary;
 mod cli;
+mod clients;
 mod compat;
 mod console;
 mod crash;

@@ -218,11 +218,11 @@ async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
         ),
         (
             r#"{"identity":{"id":"1"},"event_name":"x","data":"s"}"#.into(),
-            "data: must be an object",
+            "data: must be an object, or a string holding it as JSON",
         ),
         (
             r#"{"identity":{"id":"1"},"event_name":"x","extras":{"created_at":"tomorrow"}}"#.into(),
-            "extras.created_at: not an ISO 8601 time between years 1 and 9999",
+            "extras.created_at: not an ISO 8601 time or Unix seconds between years 1 and 9999",
         ),
         (
             format!(
@@ -521,9 +521,9 @@ async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
     app.send(app.client.post(app.url("/api/v2/events/nope")))
         .await
         .assert_error(404, "/api/v2/events/nope: no such route");
-    app.send(app.client.get(app.url("/")))
+    app.send(app.client.post(app.url("/")))
         .await
-        .assert_error(404, "/: no such route");
+        .assert_error(405, "/: method not allowed, use GET");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! Profile changes inside the writer's transaction: each reads the user's row, applies the
-//! domain's merge rules, and writes it back, so the rules live in `trackd-core` and only
-//! the SQL lives here. The same changes as `sqlite/profile.rs`, with the same outcomes.
+//! Profile changes inside the writer's transaction: the rows `trackd_core::plan` asks
+//! for are read here, it decides, and its plan is written here, as in `sqlite/profile.rs`.
+//! The rules live in `trackd-core`; only the SQL lives here.
 //!
 //! SQLite has one writer; here other nodes change users at the same time. Rows are read
 //! `FOR UPDATE`, so a read-modify-write never overwrites a change committed between its
@@ -10,10 +10,8 @@
 //! transaction came first, which it did.
 
 use tokio_postgres::{Error, Row, Transaction};
-use trackd_core::users::{merge_channels, merge_properties, merge_tags};
-use trackd_core::{ProfileChange, ProfileRequest, StoreError, UserRef};
-
-use crate::user_row::{Profile, COLUMNS};
+use trackd_core::plan::{self, Found, Lookup, Plan, UserRow, USER_COLUMNS as COLUMNS};
+use trackd_core::{ProfileRequest, StoreError, UserRef};
 
 const INSERT: &str = "INSERT INTO users (project_id, user_key, user_id, email, phone_number, \
                       channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
@@ -30,8 +28,8 @@ enum OnRace {
 }
 
 /// Reads a row selected as [`COLUMNS`].
-fn from_row(r: &Row) -> Result<Profile, Error> {
-    Ok(Profile::decode(
+fn from_row(r: &Row) -> Result<UserRow, Error> {
+    Ok(UserRow::decode(
         r.try_get(0)?,
         r.try_get(1)?,
         r.try_get(2)?,
@@ -52,7 +50,7 @@ fn from_row(r: &Row) -> Result<Profile, Error> {
 /// Two statements where SQLite has one upsert on `id`: a BIGSERIAL takes its next value
 /// only when the column is left out, never for an explicit NULL.
 async fn save(
-    p: &mut Profile,
+    p: &mut UserRow,
     tx: &Transaction<'_>,
     project: i64,
     now: i64,
@@ -117,7 +115,7 @@ async fn save(
     }
 }
 
-async fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> Result<Option<Profile>, Error> {
+async fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> Result<Option<UserRow>, Error> {
     let sql =
         format!("SELECT {COLUMNS} FROM users WHERE project_id = $1 AND user_key = $2 FOR UPDATE");
     match tx.query_opt(sql.as_str(), &[&project, &key]).await? {
@@ -132,7 +130,7 @@ async fn resolve(
     tx: &Transaction<'_>,
     project: i64,
     user: &UserRef,
-) -> Result<Option<Profile>, Error> {
+) -> Result<Option<UserRow>, Error> {
     if let Some(found) = by_key(tx, project, user.key()).await? {
         return Ok(Some(found));
     }
@@ -152,10 +150,6 @@ async fn resolve(
             }
         }
     }
-}
-
-fn not_found() -> Result<(), StoreError> {
-    Err(StoreError::NotFound("user".into()))
 }
 
 /// Applies one change. `Ok(Err(NotFound))` when it needs a user that does not exist (the
@@ -183,9 +177,9 @@ pub(super) async fn apply(
     }
 }
 
-/// One try at a change: `None` when it yielded to a user another transaction created
-/// meanwhile. Nothing is written before the insert that may yield, so a try that yields
-/// leaves nothing behind.
+/// One try at a change: reads what the planner asks for, lets it decide, writes the plan.
+/// `None` when it yielded to a user another transaction created meanwhile. Nothing is
+/// written before the insert that may yield, so a try that yields leaves nothing behind.
 async fn attempt(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
@@ -193,101 +187,36 @@ async fn attempt(
 ) -> Result<Option<Result<(), StoreError>>, Error> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
-    let saved = match &request.change {
-        ProfileChange::Track {
-            identity,
-            phone_number,
-            channels,
-            data,
-        } => {
-            let user = match (identity.id(), identity.email()) {
-                (Some(id), _) => UserRef::Id(id.clone()),
-                (None, Some(email)) => UserRef::Email(email.clone()),
-                (None, None) => return Ok(Some(not_found())),
-            };
-            let mut profile = match resolve(tx, project, &user).await? {
-                Some(p) => p,
-                None => Profile::new(identity.user_key(), now),
-            };
-            if let Some(id) = identity.id() {
-                profile.user_id = Some(id.as_str().to_owned());
-            }
-            if let Some(email) = identity.email() {
-                profile.email = Some(email.as_str().to_owned());
-            }
-            if phone_number.is_some() {
-                profile.phone_number.clone_from(phone_number);
-            }
-            merge_channels(&mut profile.channels, channels.clone());
-            merge_properties(&mut profile.properties, data.clone());
-            profile.last_seen = profile.last_seen.max(now);
-            save(&mut profile, tx, project, now, on_race).await?
-        }
-        ProfileChange::Edit { user, changes } => {
-            let Some(mut profile) = resolve(tx, project, user).await? else {
-                return Ok(Some(not_found()));
-            };
-            merge_properties(&mut profile.properties, changes.clone());
-            save(&mut profile, tx, project, now, on_race).await?
-        }
-        ProfileChange::Tags { user, add, remove } => {
-            let Some(mut profile) = resolve(tx, project, user).await? else {
-                return Ok(Some(not_found()));
-            };
-            if add.is_empty() && remove.is_empty() {
-                return Ok(Some(Ok(())));
-            }
-            merge_tags(&mut profile.tags, add, remove);
-            save(&mut profile, tx, project, now, on_race).await?
-        }
-        ProfileChange::Subscription { user, subscribed } => {
-            // An unknown user is created so the choice is kept for when it shows up.
-            let mut profile = match resolve(tx, project, user).await? {
-                Some(p) => p,
-                None => {
-                    let mut p = Profile::new(user.key(), now);
-                    match user {
-                        UserRef::Id(id) => p.user_id = Some(id.as_str().to_owned()),
-                        UserRef::Email(email) => p.email = Some(email.as_str().to_owned()),
-                    }
-                    p
-                }
-            };
-            profile.subscribed = *subscribed;
-            save(&mut profile, tx, project, now, on_race).await?
-        }
-        ProfileChange::Delete { user } => {
-            let Some(profile) = resolve(tx, project, user).await? else {
-                return Ok(Some(not_found()));
-            };
-            delete(tx, project, &profile).await?;
+    let found = match plan::lookup(&request.change) {
+        Lookup::Nothing => Found::Nothing,
+        Lookup::User(user) => Found::User(resolve(tx, project, &user).await?),
+        Lookup::Pair { from, to } => Found::Pair(
+            by_key(tx, project, &from).await?,
+            by_key(tx, project, &to).await?,
+        ),
+    };
+    let saved = match plan::plan(&request.change, now, found) {
+        Plan::Nothing => true,
+        Plan::NotFound => return Ok(Some(Err(StoreError::NotFound("user".into())))),
+        Plan::Save(mut row) => save(&mut row, tx, project, now, on_race).await?,
+        Plan::Delete(row) => {
+            delete(tx, project, &row).await?;
             true
         }
-        ProfileChange::Reidentify { id, new_id } => {
-            let Some(mut old) = by_key(tx, project, id.as_str()).await? else {
-                return Ok(Some(not_found()));
-            };
-            match by_key(tx, project, new_id.as_str()).await? {
-                None => {
-                    move_dedup(tx, project, &old.user_key, new_id.as_str()).await?;
-                    old.user_key = new_id.as_str().to_owned();
-                    old.user_id = Some(new_id.as_str().to_owned());
-                    save(&mut old, tx, project, now, on_race).await?
-                }
-                Some(mut new) => {
-                    // Merge into the existing `new_id`; events and dedup records move.
-                    new.absorb(&mut old);
-                    tx.execute(
-                        "UPDATE events SET user_ref = $2 WHERE user_ref = $1",
-                        &[&old.id, &new.id],
-                    )
-                    .await?;
-                    move_dedup(tx, project, &old.user_key, &new.user_key).await?;
-                    tx.execute("DELETE FROM users WHERE id = $1", &[&old.id])
-                        .await?;
-                    save(&mut new, tx, project, now, on_race).await?
-                }
-            }
+        Plan::Rename { mut user, from_key } => {
+            move_dedup(tx, project, &from_key, &user.user_key).await?;
+            save(&mut user, tx, project, now, on_race).await?
+        }
+        Plan::Merge { from, mut into } => {
+            tx.execute(
+                "UPDATE events SET user_ref = $2 WHERE user_ref = $1",
+                &[&from.id, &into.id],
+            )
+            .await?;
+            move_dedup(tx, project, &from.user_key, &into.user_key).await?;
+            tx.execute("DELETE FROM users WHERE id = $1", &[&from.id])
+                .await?;
+            save(&mut into, tx, project, now, on_race).await?
         }
     };
     // Only an insert can yield, and every insert is the change's first write.
@@ -299,7 +228,7 @@ async fn attempt(
 /// as forgetting their keys in the index does in the SQLite store. They are found by the
 /// user's key (a scan of the window's records: deletions are rare, and an index on it would
 /// cost every event a second index entry).
-async fn delete(tx: &Transaction<'_>, project: i64, user: &Profile) -> Result<(), Error> {
+async fn delete(tx: &Transaction<'_>, project: i64, user: &UserRow) -> Result<(), Error> {
     tx.execute("DELETE FROM events WHERE user_ref = $1", &[&user.id])
         .await?;
     tx.execute(

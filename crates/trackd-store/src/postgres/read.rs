@@ -297,15 +297,7 @@ pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result
     for counter in &counters {
         let name: String = counter.try_get(0)?;
         let value: i64 = counter.try_get(1)?;
-        match name.as_str() {
-            "accepted" => stats.accepted = value,
-            "duplicates" => stats.duplicates = value,
-            other => {
-                if let Some(reason) = other.strip_prefix("rejected:") {
-                    stats.rejected.push((reason.to_owned(), value));
-                }
-            }
-        }
+        stats.add_counter(&name, value);
     }
     Ok(stats)
 }

@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, Mutex};
-use trackd_core::{Clock, EventRecord, InsertOutcome, StoreError, StoreMetrics, TrackedEvent};
+use trackd_core::read::Counter;
+use trackd_core::{Clock, EventRecord, InsertOutcome, StoreMetrics, TrackedEvent};
 
 use super::profile;
 
 /// The most requests committed in one transaction.
 pub(super) const MAX_BATCH: usize = 1024;
 
-pub(crate) use crate::job::Job;
+pub(crate) use crate::job::{Done, Job, Totals};
 
 /// What the writers share.
 pub(crate) struct Writers {
@@ -118,17 +119,7 @@ impl Writers {
                     "batch committed"
                 );
                 for (job, done) in batch.drain(..).zip(done) {
-                    match (job, done) {
-                        (Job::Track { reply, .. }, Done::Event(outcome)) => {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        (Job::Profile { reply, .. }, Done::Other(result))
-                        | (Job::Restore { reply, .. }, Done::Other(result))
-                        | (Job::Counters { reply, .. }, Done::Other(result)) => {
-                            let _ = reply.send(result);
-                        }
-                        _ => {}
-                    }
+                    job.answer(done);
                 }
             }
             Err(e) => {
@@ -149,7 +140,7 @@ impl Writers {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
-        let mut totals: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        let mut totals = Totals::default();
         let announce = now_ms() < self.live_wanted_until.load(Ordering::Relaxed);
         let mut live: BTreeMap<i64, (Vec<i64>, u64)> = BTreeMap::new();
         let mut i = 0;
@@ -174,13 +165,7 @@ impl Writers {
                                 InsertOutcome::Duplicate => entry.1 += 1,
                             }
                         }
-                        let name = match outcome {
-                            InsertOutcome::Inserted => "accepted",
-                            InsertOutcome::Duplicate => "duplicates",
-                        };
-                        *totals
-                            .entry((event.project.get(), name.to_owned()))
-                            .or_default() += 1;
+                        totals.add(event.project, Counter::of(outcome), 1);
                         done.push(Done::Event(outcome));
                     }
                     continue;
@@ -190,12 +175,13 @@ impl Writers {
                 }
                 Job::Restore { events, .. } => {
                     let records: Vec<&EventRecord> = events.iter().collect();
-                    insert_events(&tx, &records).await?;
+                    let keys = user_keys(&tx, &records).await?;
+                    insert_events(&tx, &records, &keys).await?;
                     done.push(Done::Other(Ok(())));
                 }
                 Job::Counters { counts, .. } => {
-                    for (project, name, n) in counts {
-                        *totals.entry((*project, name.clone())).or_default() += n;
+                    for (project, counter, n) in counts {
+                        totals.add(*project, counter.clone(), *n);
                     }
                     done.push(Done::Other(Ok(())));
                 }
@@ -204,16 +190,15 @@ impl Writers {
             i += 1;
         }
         if !totals.is_empty() {
-            let (projects, names, values): (Vec<i64>, Vec<String>, Vec<i64>) =
-                totals.into_iter().map(|((p, name), n)| (p, name, n)).fold(
-                    (vec![], vec![], vec![]),
-                    |(mut a, mut b, mut c), (p, n, v)| {
-                        a.push(p);
-                        b.push(n);
-                        c.push(v);
-                        (a, b, c)
-                    },
-                );
+            let (projects, names, values): (Vec<i64>, Vec<String>, Vec<i64>) = totals.rows().fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut b, mut c), (p, n, v)| {
+                    a.push(p);
+                    b.push(n);
+                    c.push(v);
+                    (a, b, c)
+                },
+            );
             let add = tx
                 .prepare_cached(
                     "INSERT INTO counters (project_id, name, shard, value) \
@@ -249,8 +234,12 @@ impl Writers {
         &self,
         tx: &Transaction<'_>,
         run: &[&TrackedEvent],
-    ) -> Result<(Vec<InsertOutcome>, Vec<i64>), tokio_postgres::Error> {
+    ) -> Result<(Vec<InsertOutcome>, Vec<i64>), WriteError> {
         let mut outcomes = vec![InsertOutcome::Inserted; run.len()];
+        let records: Vec<&EventRecord> = run.iter().map(|e| &e.record).collect();
+        // The user each event is filed under (an email alone may name an id-keyed user):
+        // its dedup record names that user too, so deleting the user finds it.
+        let user_keys = user_keys(tx, &records).await?;
         if self.window_micros > 0 {
             // Identical keys in the batch: the first stands for all; the rest are its
             // duplicates whatever the database says of it.
@@ -268,10 +257,7 @@ impl Writers {
                 .iter()
                 .map(|&i| run[i].dedup_key.as_bytes().to_vec())
                 .collect();
-            let users: Vec<&str> = candidates
-                .iter()
-                .map(|&i| run[i].identity.user_key())
-                .collect();
+            let users: Vec<&str> = candidates.iter().map(|&i| user_keys[i].as_str()).collect();
             let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
             let statement = tx
                 .prepare_cached(
@@ -302,17 +288,17 @@ impl Writers {
                 }
             }
         }
-        let accepted: Vec<&TrackedEvent> = run
-            .iter()
+        let (accepted, keys): (Vec<&EventRecord>, Vec<String>) = records
+            .into_iter()
+            .zip(user_keys)
             .zip(&outcomes)
             .filter(|(_, o)| **o == InsertOutcome::Inserted)
-            .map(|(e, _)| *e)
-            .collect();
+            .map(|(pair, _)| pair)
+            .unzip();
         if accepted.is_empty() {
             return Ok((outcomes, Vec::new()));
         }
-        let records: Vec<&EventRecord> = accepted.iter().map(|e| &e.record).collect();
-        let ids = insert_events(tx, &records).await?;
+        let ids = insert_events(tx, &accepted, &keys).await?;
         Ok((outcomes, ids))
     }
 
@@ -376,12 +362,63 @@ impl Writers {
     }
 }
 
-/// The users of `events` (created or touched, one statement, in key order) and the event
-/// rows (one statement, in order); returns the events' ids, in order.
+/// The key of the user each event is filed under: its identity's user key, except for an
+/// event that names its user by email alone, which belongs to the user whose key is that
+/// email, else to the oldest whose email field it is (DESIGN §3), else to a new user keyed
+/// by the email. One statement for every email-only event of the run.
+async fn user_keys(
+    tx: &Transaction<'_>,
+    events: &[&EventRecord],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut keys: Vec<String> = events
+        .iter()
+        .map(|e| e.identity.user_key().to_owned())
+        .collect();
+    let by_email: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].identity.id().is_none())
+        .collect();
+    if by_email.is_empty() {
+        return Ok(keys);
+    }
+    let projects: Vec<i64> = by_email.iter().map(|&i| events[i].project.get()).collect();
+    let emails: Vec<&str> = by_email.iter().map(|&i| keys[i].as_str()).collect();
+    let find = tx
+        .prepare_cached(
+            "SELECT q.o, u.user_key \
+             FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS q(p, e, o) \
+             CROSS JOIN LATERAL ( \
+               SELECT user_key FROM ( \
+                 (SELECT user_key, 0 AS rank, id FROM users \
+                   WHERE project_id = q.p AND user_key = q.e) \
+                 UNION ALL \
+                 (SELECT user_key, 1 AS rank, id FROM users \
+                   WHERE project_id = q.p AND email = q.e ORDER BY id LIMIT 1) \
+               ) AS c ORDER BY rank, id LIMIT 1 \
+             ) AS u",
+        )
+        .await?;
+    let found: Vec<(usize, String)> = tx
+        .query(&find, &[&projects, &emails])
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as usize - 1, r.get::<_, String>(1)))
+        .collect();
+    for (slot, key) in found {
+        if let Some(&i) = by_email.get(slot) {
+            keys[i] = key;
+        }
+    }
+    Ok(keys)
+}
+
+/// The users of `events` (created or touched, one statement, in key order), each event
+/// filed under `keys[i]`, and the event rows (one statement, in order); returns the events'
+/// ids, in order.
 async fn insert_events(
     tx: &Transaction<'_>,
     events: &[&EventRecord],
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+    keys: &[String],
+) -> Result<Vec<i64>, WriteError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -394,10 +431,10 @@ async fn insert_events(
         last: i64,
     }
     let mut users: BTreeMap<(i64, String), Touch> = BTreeMap::new();
-    for e in events {
+    for (e, key) in events.iter().zip(keys) {
         let received = e.received_at.as_micros();
         let touch = users
-            .entry((e.project.get(), e.identity.user_key().to_owned()))
+            .entry((e.project.get(), key.clone()))
             .or_insert(Touch {
                 user_id: None,
                 email: None,
@@ -414,14 +451,14 @@ async fn insert_events(
         touch.last = touch.last.max(received);
     }
     let mut projects = Vec::with_capacity(users.len());
-    let mut keys = Vec::with_capacity(users.len());
+    let mut user_keys = Vec::with_capacity(users.len());
     let mut ids = Vec::with_capacity(users.len());
     let mut emails = Vec::with_capacity(users.len());
     let mut firsts = Vec::with_capacity(users.len());
     let mut lasts = Vec::with_capacity(users.len());
     for ((project, key), t) in users {
         projects.push(project);
-        keys.push(key);
+        user_keys.push(key);
         ids.push(t.user_id);
         emails.push(t.email);
         firsts.push(t.first);
@@ -444,7 +481,10 @@ async fn insert_events(
         )
         .await?;
     let refs: HashMap<(i64, String), i64> = tx
-        .query(&upsert, &[&projects, &keys, &ids, &emails, &firsts, &lasts])
+        .query(
+            &upsert,
+            &[&projects, &user_keys, &ids, &emails, &firsts, &lasts],
+        )
         .await?
         .iter()
         .map(|r| {
@@ -455,13 +495,14 @@ async fn insert_events(
         })
         .collect();
     let mut user_refs = Vec::with_capacity(events.len());
-    for e in events {
-        // Every user was just upserted, so the lookup cannot miss.
-        user_refs.push(
-            refs.get(&(e.project.get(), e.identity.user_key().to_owned()))
-                .copied()
-                .unwrap_or_default(),
-        );
+    for (e, key) in events.iter().zip(keys) {
+        // Every user was just upserted and returned: a miss is a broken invariant, and the
+        // batch fails rather than file an event under no user.
+        let user_ref = refs
+            .get(&(e.project.get(), key.clone()))
+            .copied()
+            .ok_or(WriteError::Invariant("an upserted user was not returned"))?;
+        user_refs.push(user_ref);
     }
     let projects: Vec<i64> = events.iter().map(|e| e.project.get()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
@@ -503,13 +544,6 @@ async fn insert_events(
     Ok(ids)
 }
 
-/// What became of one job of a committed batch.
-enum Done {
-    Event(InsertOutcome),
-    Other(Result<(), StoreError>),
-    Nothing,
-}
-
 /// Why a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WriteError {
@@ -517,6 +551,8 @@ pub(crate) enum WriteError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Database(#[from] tokio_postgres::Error),
+    #[error("invariant broken: {0}")]
+    Invariant(&'static str),
 }
 
 impl WriteError {
@@ -529,7 +565,7 @@ impl WriteError {
                     || *c == SqlState::T_R_SERIALIZATION_FAILURE
                     || *c == SqlState::UNIQUE_VIOLATION
             }),
-            WriteError::Pool(_) => false,
+            WriteError::Pool(_) | WriteError::Invariant(_) => false,
         }
     }
 }

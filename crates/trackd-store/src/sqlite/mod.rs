@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::read::{EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::read::{Counter, EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
 use trackd_core::{
     Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
     ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
@@ -332,11 +332,7 @@ impl Store for SqliteStore {
         self.submit(|reply| Job::Restore { events, reply })
     }
 
-    fn add_counters(&self, counts: Vec<(ProjectId, String, i64)>) -> StoreFuture<'_, ()> {
-        let counts = counts
-            .into_iter()
-            .map(|(p, name, n)| (p.get(), name, n))
-            .collect();
+    fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()> {
         self.submit(|reply| Job::Counters { counts, reply })
     }
 

@@ -1,17 +1,16 @@
-//! Profile changes inside the writer's transaction: each reads the user's row, applies the
-//! domain's merge rules, and writes it back, so the rules live in `trackd-core` and only
-//! the SQL lives here.
+//! Profile changes inside the writer's transaction: the rows `trackd_core::plan` asks
+//! for are read here, it decides, and its plan is written here. The rules live in
+//! `trackd-core`; only the SQL lives here.
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use trackd_core::users::{merge_channels, merge_properties, merge_tags};
-use trackd_core::{ProfileChange, ProfileRequest, StoreError, UserRef};
+use trackd_core::plan::{self, Found, Lookup, Plan, UserRow, USER_COLUMNS as COLUMNS};
+use trackd_core::{ProfileRequest, StoreError, UserRef};
 
 use super::dedup::{DedupIndex, Overlay};
-use crate::user_row::{Profile, COLUMNS};
 
 /// Reads a row selected as [`COLUMNS`].
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Profile> {
-    Ok(Profile::decode(
+pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow::decode(
         r.get(0)?,
         r.get(1)?,
         r.get(2)?,
@@ -27,7 +26,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Profile> {
 }
 
 /// Inserts (id 0) or updates the row; returns its id.
-fn save(p: &mut Profile, tx: &Transaction<'_>, project: i64, now: i64) -> rusqlite::Result<i64> {
+fn save(p: &mut UserRow, tx: &Transaction<'_>, project: i64, now: i64) -> rusqlite::Result<i64> {
     let json = p.encode();
     p.id = tx
         .prepare_cached(
@@ -63,7 +62,7 @@ fn save(p: &mut Profile, tx: &Transaction<'_>, project: i64, now: i64) -> rusqli
     Ok(p.id)
 }
 
-fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> rusqlite::Result<Option<Profile>> {
+fn by_key(tx: &Transaction<'_>, project: i64, key: &str) -> rusqlite::Result<Option<UserRow>> {
     tx.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM users WHERE project_id = ?1 AND user_key = ?2"
     ))?
@@ -77,7 +76,7 @@ fn resolve(
     tx: &Transaction<'_>,
     project: i64,
     user: &UserRef,
-) -> rusqlite::Result<Option<Profile>> {
+) -> rusqlite::Result<Option<UserRow>> {
     if let Some(found) = by_key(tx, project, user.key())? {
         return Ok(Some(found));
     }
@@ -93,12 +92,9 @@ fn resolve(
     }
 }
 
-fn not_found() -> Result<(), StoreError> {
-    Err(StoreError::NotFound("user".into()))
-}
-
-/// Applies one change. `Ok(Err(NotFound))` when it needs a user that does not exist (the
-/// batch goes on); `Err` only for a database failure (the batch rolls back).
+/// Applies one change: reads what the planner asks for, lets it decide, writes the plan.
+/// `Ok(Err(NotFound))` when it needs a user that does not exist (the batch goes on); `Err`
+/// only for a database failure (the batch rolls back).
 pub(crate) fn apply(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
@@ -107,99 +103,34 @@ pub(crate) fn apply(
 ) -> rusqlite::Result<Result<(), StoreError>> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
-    match &request.change {
-        ProfileChange::Track {
-            identity,
-            phone_number,
-            channels,
-            data,
-        } => {
-            let user = match (identity.id(), identity.email()) {
-                (Some(id), _) => UserRef::Id(id.clone()),
-                (None, Some(email)) => UserRef::Email(email.clone()),
-                (None, None) => return Ok(not_found()),
-            };
-            let mut profile = match resolve(tx, project, &user)? {
-                Some(p) => p,
-                None => Profile::new(identity.user_key(), now),
-            };
-            if let Some(id) = identity.id() {
-                profile.user_id = Some(id.as_str().to_owned());
-            }
-            if let Some(email) = identity.email() {
-                profile.email = Some(email.as_str().to_owned());
-            }
-            if phone_number.is_some() {
-                profile.phone_number.clone_from(phone_number);
-            }
-            merge_channels(&mut profile.channels, channels.clone());
-            merge_properties(&mut profile.properties, data.clone());
-            profile.last_seen = profile.last_seen.max(now);
-            save(&mut profile, tx, project, now)?;
+    let found = match plan::lookup(&request.change) {
+        Lookup::Nothing => Found::Nothing,
+        Lookup::User(user) => Found::User(resolve(tx, project, &user)?),
+        Lookup::Pair { from, to } => {
+            Found::Pair(by_key(tx, project, &from)?, by_key(tx, project, &to)?)
         }
-        ProfileChange::Edit { user, changes } => {
-            let Some(mut profile) = resolve(tx, project, user)? else {
-                return Ok(not_found());
-            };
-            merge_properties(&mut profile.properties, changes.clone());
-            save(&mut profile, tx, project, now)?;
+    };
+    match plan::plan(&request.change, now, found) {
+        Plan::Nothing => {}
+        Plan::NotFound => return Ok(Err(StoreError::NotFound("user".into()))),
+        Plan::Save(mut row) => {
+            save(&mut row, tx, project, now)?;
         }
-        ProfileChange::Tags { user, add, remove } => {
-            let Some(mut profile) = resolve(tx, project, user)? else {
-                return Ok(not_found());
-            };
-            if add.is_empty() && remove.is_empty() {
-                return Ok(Ok(()));
+        // Dedup records point at the row, so they follow a rename by themselves.
+        Plan::Rename { mut user, .. } => {
+            save(&mut user, tx, project, now)?;
+        }
+        Plan::Delete(row) => delete(tx, row.id, index, overlay)?,
+        Plan::Merge { from, mut into } => {
+            for table in ["events", "dedup"] {
+                tx.prepare_cached(&format!(
+                    "UPDATE {table} SET user_ref = ?2 WHERE user_ref = ?1"
+                ))?
+                .execute(params![from.id, into.id])?;
             }
-            merge_tags(&mut profile.tags, add, remove);
-            save(&mut profile, tx, project, now)?;
-        }
-        ProfileChange::Subscription { user, subscribed } => {
-            // An unknown user is created so the choice is kept for when it shows up.
-            let mut profile = match resolve(tx, project, user)? {
-                Some(p) => p,
-                None => {
-                    let mut p = Profile::new(user.key(), now);
-                    match user {
-                        UserRef::Id(id) => p.user_id = Some(id.as_str().to_owned()),
-                        UserRef::Email(email) => p.email = Some(email.as_str().to_owned()),
-                    }
-                    p
-                }
-            };
-            profile.subscribed = *subscribed;
-            save(&mut profile, tx, project, now)?;
-        }
-        ProfileChange::Delete { user } => {
-            let Some(profile) = resolve(tx, project, user)? else {
-                return Ok(not_found());
-            };
-            delete(tx, profile.id, index, overlay)?;
-        }
-        ProfileChange::Reidentify { id, new_id } => {
-            let Some(mut old) = by_key(tx, project, id.as_str())? else {
-                return Ok(not_found());
-            };
-            match by_key(tx, project, new_id.as_str())? {
-                None => {
-                    old.user_key = new_id.as_str().to_owned();
-                    old.user_id = Some(new_id.as_str().to_owned());
-                    save(&mut old, tx, project, now)?;
-                }
-                Some(mut new) => {
-                    // Merge into the existing `new_id`; events and dedup records move.
-                    new.absorb(&mut old);
-                    for table in ["events", "dedup"] {
-                        tx.prepare_cached(&format!(
-                            "UPDATE {table} SET user_ref = ?2 WHERE user_ref = ?1"
-                        ))?
-                        .execute(params![old.id, new.id])?;
-                    }
-                    tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
-                        .execute([old.id])?;
-                    save(&mut new, tx, project, now)?;
-                }
-            }
+            tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute([from.id])?;
+            save(&mut into, tx, project, now)?;
         }
     }
     Ok(Ok(()))

@@ -191,15 +191,7 @@ pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Stats
     })?;
     for counter in counters {
         let (name, value) = counter?;
-        match name.as_str() {
-            "accepted" => stats.accepted = value,
-            "duplicates" => stats.duplicates = value,
-            other => {
-                if let Some(reason) = other.strip_prefix("rejected:") {
-                    stats.rejected.push((reason.to_owned(), value));
-                }
-            }
-        }
+        stats.add_counter(&name, value);
     }
     Ok(stats)
 }

@@ -2,20 +2,19 @@
 //! concurrent requests in one transaction each (group commit).
 //!
 //! Requests wait on a oneshot channel; each is answered only after the transaction holding
-//! it committed, or with [`StoreError::Unavailable`] if it did not. Batching is what makes
+//! it committed, or with [`StoreError::Unavailable`](trackd_core::StoreError::Unavailable) if it did not. Batching is what makes
 //! `synchronous=FULL` affordable: one fsync covers every event in the batch.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
-use trackd_core::read::EventRow;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use trackd_core::read::{Counter, EventRow};
 use trackd_core::{
-    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, StoreError, StoreMetrics, TrackedEvent,
+    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, StoreMetrics, TrackedEvent,
 };
 
 use super::dedup::{DedupIndex, Overlay};
@@ -34,7 +33,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 /// comes back when the disk does even if no request arrives to try it.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) use crate::job::Job;
+pub(crate) use crate::job::{Done, Job, Totals};
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -169,19 +168,7 @@ impl Writer {
                     "batch committed"
                 );
                 for (job, done) in batch.drain(..).zip(written.done) {
-                    // A requester may have gone away (client disconnected): what it asked
-                    // for is committed either way.
-                    match (job, done) {
-                        (Job::Track { reply, .. }, Done::Event(outcome)) => {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        (Job::Profile { reply, .. }, Done::Profile(result))
-                        | (Job::Counters { reply, .. }, Done::Profile(result))
-                        | (Job::Restore { reply, .. }, Done::Profile(result)) => {
-                            let _ = reply.send(result);
-                        }
-                        _ => {}
-                    }
+                    job.answer(done);
                 }
             }
             Err(e) => {
@@ -295,13 +282,6 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
-/// What became of one job of a committed batch.
-enum Done {
-    Event(InsertOutcome),
-    Profile(Result<(), StoreError>),
-    Nothing,
-}
-
 /// What a committed batch wrote.
 struct Written {
     /// Each job's result, in order.
@@ -341,7 +321,7 @@ fn write_batch(
         }
     }
     let mut done = Vec::with_capacity(jobs.len());
-    let mut totals: HashMap<(i64, String), i64> = HashMap::new();
+    let mut totals = Totals::default();
     let mut last_dedup_id = 0;
     let mut live: std::collections::BTreeMap<i64, LiveBatch> = std::collections::BTreeMap::new();
     for job in jobs {
@@ -367,28 +347,24 @@ fn write_batch(
                         None => batch.duplicates += 1,
                     }
                 }
-                let name = match outcome {
-                    InsertOutcome::Inserted => "accepted",
-                    InsertOutcome::Duplicate => "duplicates",
-                };
-                *totals.entry((project, name.to_owned())).or_default() += 1;
+                totals.add(event.project, Counter::of(outcome), 1);
                 done.push(Done::Event(outcome));
             }
             Job::Profile { request, .. } => {
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
-                done.push(Done::Profile(result));
+                done.push(Done::Other(result));
             }
             Job::Restore { events, .. } => {
                 for event in events {
                     insert_event(&tx, event)?;
                 }
-                done.push(Done::Profile(Ok(())));
+                done.push(Done::Other(Ok(())));
             }
             Job::Counters { counts, .. } => {
-                for (project, name, n) in counts {
-                    *totals.entry((*project, name.clone())).or_default() += n;
+                for (project, counter, n) in counts {
+                    totals.add(*project, counter.clone(), *n);
                 }
-                done.push(Done::Profile(Ok(())));
+                done.push(Done::Other(Ok(())));
             }
             Job::Shutdown => done.push(Done::Nothing),
         }
@@ -397,7 +373,7 @@ fn write_batch(
         "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
          ON CONFLICT (project_id, name) DO UPDATE SET value = value + excluded.value",
     )?;
-    for ((project, name), n) in totals {
+    for (project, name, n) in totals.rows() {
         count.execute(params![project, name, n])?;
     }
     drop(count);
@@ -414,28 +390,10 @@ fn write_batch(
 /// The user upsert (creating the user, or touching it) and the event row; returns the
 /// user's row id and the event's.
 fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<(i64, i64)> {
-    let user_ref: i64 = tx
-        .prepare_cached(
-            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
-                                created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
-             ON CONFLICT (project_id, user_key) DO UPDATE \
-               SET first_seen = min(first_seen, excluded.first_seen), \
-                   last_seen = max(last_seen, excluded.last_seen), \
-                   user_id = coalesce(excluded.user_id, user_id), \
-                   email = coalesce(excluded.email, email) \
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                e.project.get(),
-                e.identity.user_key(),
-                e.identity.id().map(|i| i.as_str()),
-                e.identity.email().map(|e| e.as_str()),
-                e.received_at.as_micros(),
-            ],
-            |r| r.get(0),
-        )?;
+    let user_ref = match email_user(tx, e)? {
+        Some(user_ref) => user_ref,
+        None => upsert_user(tx, e)?,
+    };
     tx.prepare_cached(
         "INSERT INTO events \
          (project_id, user_ref, event_name, event_key, data, source, created_at, received_at) \
@@ -452,6 +410,64 @@ fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<(i64,
         e.received_at.as_micros(),
     ])?;
     Ok((user_ref, tx.last_insert_rowid()))
+}
+
+/// For an event that names its user by email alone: the user whose key is that email, else
+/// the oldest whose email field it is (DESIGN §3), touched; `None` when there is neither
+/// (the upsert then creates the user keyed by the email).
+fn email_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<Option<i64>> {
+    let (None, Some(email)) = (e.identity.id(), e.identity.email()) else {
+        return Ok(None);
+    };
+    let project = e.project.get();
+    let mut found = None;
+    for sql in [
+        "SELECT id FROM users WHERE project_id = ?1 AND user_key = ?2",
+        "SELECT id FROM users WHERE project_id = ?1 AND email = ?2 ORDER BY id LIMIT 1",
+    ] {
+        found = tx
+            .prepare_cached(sql)?
+            .query_row(params![project, email.as_str()], |r| r.get::<_, i64>(0))
+            .optional()?;
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(user_ref) = found else {
+        return Ok(None);
+    };
+    let received = e.received_at.as_micros();
+    tx.prepare_cached(
+        "UPDATE users SET first_seen = min(first_seen, ?2), last_seen = max(last_seen, ?2) \
+         WHERE id = ?1",
+    )?
+    .execute(params![user_ref, received])?;
+    Ok(Some(user_ref))
+}
+
+/// Creates the event's user keyed by its identity, or touches it; returns its row id.
+fn upsert_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
+                                created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
+             ON CONFLICT (project_id, user_key) DO UPDATE \
+               SET first_seen = min(first_seen, excluded.first_seen), \
+                   last_seen = max(last_seen, excluded.last_seen), \
+                   user_id = coalesce(excluded.user_id, user_id), \
+                   email = coalesce(excluded.email, email) \
+             RETURNING id",
+    )?
+    .query_row(
+        params![
+            e.project.get(),
+            e.identity.user_key(),
+            e.identity.id().map(|i| i.as_str()),
+            e.identity.email().map(|e| e.as_str()),
+            e.received_at.as_micros(),
+        ],
+        |r| r.get(0),
+    )
 }
 
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
