@@ -1,7 +1,8 @@
 //! The live view across nodes. A node whose console watches says so every second
 //! (`NOTIFY trackd_live_wanted`); while anyone does, every node's commits announce their
-//! events (`NOTIFY trackd_live` in the committing transaction, so only committed events
-//! are announced); every node listens on a connection of its own and hands the announced
+//! events (`pg_notify('trackd_live', …)` on the writer's connection right after the commit,
+//! outside the transaction: only committed events are announced, and a commit never waits
+//! for the notification queue's lock); every node listens on a connection of its own and hands the announced
 //! events, read back by id, to its watchers. With nobody watching, commits pay nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
