@@ -47,6 +47,9 @@ pub enum StoreError {
     /// The thing to create exists already.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The write would break a bound on what is stored (a profile past its limits).
+    #[error("{0}")]
+    Invalid(FieldError),
 }
 
 impl StoreError {

@@ -7,7 +7,11 @@
 
 use serde_json::{Map, Value};
 
-use crate::users::{merge_channels, merge_properties, merge_tags, ProfileChange, UserRef};
+use crate::error::FieldError;
+use crate::users::{
+    merge_channels, merge_properties, merge_tags, properties_bytes, ProfileChange, ProfileLimits,
+    UserRef,
+};
 
 /// A user's row, decoded: what the planner reads and writes. `id` 0 is a user not stored
 /// yet.
@@ -186,6 +190,8 @@ pub enum Plan {
     Nothing,
     /// The change needs a user that does not exist: nothing is written.
     NotFound,
+    /// The merged profile would go past a bound of [`ProfileLimits`]: nothing is written.
+    Refused(FieldError),
     /// Insert (id 0) or update this row.
     Save(UserRow),
     /// Remove the user, its events and its dedup records.
@@ -230,8 +236,62 @@ pub fn lookup(change: &ProfileChange) -> Lookup {
 }
 
 /// Decides what `change`, received at `now` (microseconds), writes given what was `found`
-/// for its [`lookup`].
-pub fn plan(change: &ProfileChange, now: i64, found: Found) -> Plan {
+/// for its [`lookup`]; a profile merged past `limits` is refused. (A reidentify merge is
+/// not bounded: each side was, and refusing to rename a user would lose the rename.)
+pub fn plan(change: &ProfileChange, now: i64, found: Found, limits: &ProfileLimits) -> Plan {
+    match plan_unbounded(change, now, found) {
+        Plan::Save(row) => match past_limits(&row, limits, change) {
+            Some(e) => Plan::Refused(e),
+            None => Plan::Save(row),
+        },
+        other => other,
+    }
+}
+
+/// What in `row` goes past `limits`, named by the field that would have put it there.
+fn past_limits(
+    row: &UserRow,
+    limits: &ProfileLimits,
+    change: &ProfileChange,
+) -> Option<FieldError> {
+    if row.channels.len() > limits.channels {
+        return Some(FieldError::new(
+            "channels",
+            format!(
+                "the profile would hold {} channels, more than {}",
+                row.channels.len(),
+                limits.channels
+            ),
+        ));
+    }
+    if row.tags.len() > limits.tags {
+        return Some(FieldError::new(
+            "add",
+            format!(
+                "the profile would hold {} tags, more than {}",
+                row.tags.len(),
+                limits.tags
+            ),
+        ));
+    }
+    let bytes = properties_bytes(&row.properties);
+    if bytes > limits.properties_bytes {
+        let field = match change {
+            ProfileChange::Edit { .. } => "changes",
+            _ => "data",
+        };
+        return Some(FieldError::new(
+            field,
+            format!(
+                "the profile's properties would take {bytes} bytes, more than {}",
+                limits.properties_bytes
+            ),
+        ));
+    }
+    None
+}
+
+fn plan_unbounded(change: &ProfileChange, now: i64, found: Found) -> Plan {
     let (user, pair) = match found {
         Found::Nothing => (None, (None, None)),
         Found::User(user) => (user, (None, None)),
@@ -326,6 +386,11 @@ mod tests {
 
     const NOW: i64 = 1_000;
 
+    /// The planner with the default bounds (bounds have tests of their own).
+    fn plan(change: &ProfileChange, now: i64, found: Found) -> Plan {
+        super::plan(change, now, found, &ProfileLimits::default())
+    }
+
     fn change(op: ProfileOp, body: Value) -> ProfileChange {
         let Value::Object(map) = body else {
             panic!("object")
@@ -389,7 +454,11 @@ mod tests {
             vec![json!({"type": "push", "address": "tok"})]
         );
         assert_eq!(Value::Object(row.properties), json!({"plan": "pro"}));
-        let Plan::Save(row) = plan(&c, NOW, Found::User(Some(stored("u")))) else {
+        let Plan::Save(row) = plan(
+            &c,
+            NOW,
+            Found::User(Some(stored("u"))),
+        ) else {
             panic!("save")
         };
         assert_eq!((row.id, row.first_seen, row.last_seen), (7, 10, NOW));
@@ -403,7 +472,11 @@ mod tests {
             (ProfileOp::Delete, json!({"id": "x"})),
         ] {
             assert_eq!(
-                plan(&change(op, body), NOW, Found::User(None)),
+                plan(
+                    &change(op, body),
+                    NOW,
+                    Found::User(None),
+                ),
                 Plan::NotFound
             );
         }
@@ -452,10 +525,45 @@ mod tests {
     }
 
     #[test]
+    fn merged_profiles_past_their_bounds_are_refused() {
+        let limits = ProfileLimits {
+            channels: 2,
+            tags: 2,
+            properties_bytes: 10,
+        };
+        let mut row = stored("u");
+        row.tags = vec!["a".into(), "b".into()];
+        let c = change(ProfileOp::Tags, json!({"id": "u", "add": ["c"]}));
+        assert_eq!(
+            super::plan(&c, NOW, Found::User(Some(row.clone())), &limits),
+            Plan::Refused(FieldError::new(
+                "add",
+                "the profile would hold 3 tags, more than 2"
+            ))
+        );
+        let c = change(ProfileOp::Tags, json!({"id": "u", "add": ["c"], "remove": ["a"]}));
+        assert!(matches!(
+            super::plan(&c, NOW, Found::User(Some(row)), &limits),
+            Plan::Save(_)
+        ));
+        let c = change(ProfileOp::Edit, json!({"id": "u", "changes": {"k": "123456"}}));
+        assert_eq!(
+            super::plan(&c, NOW, Found::User(Some(stored("u"))), &limits),
+            Plan::Refused(FieldError::new(
+                "changes",
+                "the profile's properties would take 14 bytes, more than 10"
+            ))
+        );
+    }
+
+    #[test]
     fn reidentify_renames_or_merges() {
         let c = change(ProfileOp::Reidentify, json!({"id": "a", "new_id": "b"}));
-        let Plan::Rename { user, from_key } = plan(&c, NOW, Found::Pair(Some(stored("a")), None))
-        else {
+        let Plan::Rename { user, from_key } = plan(
+            &c,
+            NOW,
+            Found::Pair(Some(stored("a")), None),
+        ) else {
             panic!("rename")
         };
         assert_eq!((user.user_key.as_str(), from_key.as_str()), ("b", "a"));

@@ -116,6 +116,88 @@ pub enum ProfileChange {
     },
 }
 
+/// The most a profile may hold: one tenant's request must never make the shared writer do
+/// unbounded work, nor a profile grow without end (DESIGN §7: bounded everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileLimits {
+    /// Channels on one profile.
+    pub channels: usize,
+    /// Tags on one profile.
+    pub tags: usize,
+    /// Bytes of the profile's properties as stored (compact JSON).
+    pub properties_bytes: usize,
+}
+
+impl Default for ProfileLimits {
+    fn default() -> Self {
+        ProfileLimits {
+            channels: 100,
+            tags: 1_000,
+            properties_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ProfileLimits {
+    /// Refuses a request that alone goes past a bound, before it reaches the writer.
+    fn check_request(&self, change: &ProfileChange) -> Result<(), FieldError> {
+        let too_many = |field: &str, n: usize, max: usize, what: &str| {
+            if n > max {
+                Err(FieldError::new(
+                    field,
+                    format!("{n} {what}, more than a profile may hold ({max})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match change {
+            ProfileChange::Track { channels, data, .. } => {
+                too_many("channels", channels.len(), self.channels, "channels")?;
+                self.check_properties("data", data)
+            }
+            ProfileChange::Edit { changes, .. } => self.check_properties("changes", changes),
+            ProfileChange::Tags { add, remove, .. } => {
+                too_many("add", add.len(), self.tags, "tags")?;
+                too_many("remove", remove.len(), self.tags, "tags")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_properties(&self, field: &str, map: &Map<String, Value>) -> Result<(), FieldError> {
+        let bytes = properties_bytes(map);
+        if bytes > self.properties_bytes {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{bytes} bytes of properties, more than a profile may hold ({})",
+                    self.properties_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The size of properties as stored (compact JSON).
+pub fn properties_bytes(map: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, map);
+    count.0
+}
+
 /// A profile change for a project, with the time it was received.
 #[derive(Debug, Clone)]
 pub struct ProfileRequest {
@@ -125,6 +207,8 @@ pub struct ProfileRequest {
     pub received_at: Timestamp,
     /// What to change.
     pub change: ProfileChange,
+    /// What the changed profile may hold (checked again on the merged profile).
+    pub limits: ProfileLimits,
 }
 
 impl ProfileRequest {
@@ -171,7 +255,16 @@ impl ProfileRequest {
             project,
             received_at,
             change,
+            limits: ProfileLimits::default(),
         })
+    }
+
+    /// Bounds the change by `limits`: a request that alone goes past one is refused here;
+    /// the merged profile is checked again where it is merged ([`crate::plan`]).
+    pub fn limited(mut self, limits: ProfileLimits) -> Result<Self, FieldError> {
+        limits.check_request(&self.change)?;
+        self.limits = limits;
+        Ok(self)
     }
 }
 
@@ -300,23 +393,41 @@ pub fn merge_properties(properties: &mut Map<String, Value>, changes: Map<String
 }
 
 /// Merges channels by `type` + `address`: a channel already present is replaced by the new
-/// one, a new one is appended. An empty list changes nothing.
+/// one, a new one is appended. An empty list changes nothing. Linear: one index of the
+/// present channels, never a scan per new one.
 pub fn merge_channels(channels: &mut Vec<Value>, new: Vec<Value>) {
-    let id = |c: &Value| (c.get("type").cloned(), c.get("address").cloned());
+    if new.is_empty() {
+        return;
+    }
+    let id = |c: &Value| {
+        let part = |key: &str| c.get(key).map(Value::to_string);
+        (part("type"), part("address"))
+    };
+    let mut index: std::collections::HashMap<_, usize> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (id(c), i))
+        .collect();
     for channel in new {
-        match channels.iter_mut().find(|c| id(c) == id(&channel)) {
-            Some(existing) => *existing = channel,
-            None => channels.push(channel),
+        match index.entry(id(&channel)) {
+            std::collections::hash_map::Entry::Occupied(at) => channels[*at.get()] = channel,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(channels.len());
+                channels.push(channel);
+            }
         }
     }
 }
 
-/// Adds, then removes, keeping the tags a sorted set.
+/// Adds, then removes, keeping the tags a sorted set. `O(n log n)` in all the tags
+/// involved: a set, never a scan per tag.
 pub fn merge_tags(tags: &mut Vec<String>, add: &[String], remove: &[String]) {
-    tags.extend(add.iter().cloned());
-    tags.retain(|t| !remove.contains(t));
-    tags.sort_unstable();
-    tags.dedup();
+    let mut set: std::collections::BTreeSet<String> = std::mem::take(tags).into_iter().collect();
+    set.extend(add.iter().cloned());
+    for tag in remove {
+        set.remove(tag);
+    }
+    *tags = set.into_iter().collect();
 }
 
 #[cfg(test)]

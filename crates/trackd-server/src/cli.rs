@@ -180,6 +180,15 @@ pub struct ServeArgs {
     /// Requests per second per tracking token before 429 (0: unlimited).
     #[arg(long, env = "TRACKD_TOKEN_RATE", default_value_t = 0)]
     token_rate: u32,
+    /// Channels one profile may hold (a `users/track` past it is 400).
+    #[arg(long, env = "TRACKD_MAX_PROFILE_CHANNELS", default_value_t = 100)]
+    max_profile_channels: usize,
+    /// Tags one profile may hold (a `users/tags/edit` past it is 400).
+    #[arg(long, env = "TRACKD_MAX_PROFILE_TAGS", default_value_t = 1_000)]
+    max_profile_tags: usize,
+    /// Bytes of properties one profile may hold, as compact JSON (past it: 400).
+    #[arg(long, env = "TRACKD_MAX_PROFILE_BYTES", default_value_t = 65_536)]
+    max_profile_bytes: usize,
     /// Serve /metrics on this address instead of --listen.
     #[arg(long, env = "TRACKD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -475,6 +484,11 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         max_in_flight: args.max_in_flight,
         ip_rate: args.ip_rate,
         token_rate: args.token_rate,
+        profile: trackd_core::users::ProfileLimits {
+            channels: args.max_profile_channels,
+            tags: args.max_profile_tags,
+            properties_bytes: args.max_profile_bytes,
+        },
     };
     let mut app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
     if let Some(addr) = args.metrics_listen {

@@ -54,6 +54,7 @@ impl From<StoreError> for ApiError {
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what}: not found")),
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what}: already exists")),
+            StoreError::Invalid(e) => ApiError::BadRequest(e),
         }
     }
 }

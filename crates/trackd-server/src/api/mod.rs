@@ -55,6 +55,8 @@ pub struct Limits {
     pub ip_rate: u32,
     /// Requests per second per tracking token before 429 (0: unlimited).
     pub token_rate: u32,
+    /// What one profile may hold.
+    pub profile: trackd_core::users::ProfileLimits,
 }
 
 impl Default for Limits {
@@ -68,6 +70,7 @@ impl Default for Limits {
             max_in_flight: 4096,
             ip_rate: 0,
             token_rate: 0,
+            profile: trackd_core::users::ProfileLimits::default(),
         }
     }
 }

@@ -99,6 +99,7 @@ pub async fn profile(
     let (received_at, credential, decoded) =
         decode_authenticated(&state, peer, &uri, &headers, request_body).await?;
     let request = ProfileRequest::parse(op, &decoded, credential.project, received_at)
+        .and_then(|r| r.limited(state.limits.profile))
         .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
     let field = match &request.change {
         ProfileChange::Track { .. } => "id",
@@ -111,6 +112,10 @@ pub async fn profile(
     match committed(&state, state.store.change_profile(request)).await {
         Ok(()) => Ok(success(InsertOutcome::Inserted)),
         Err(StoreError::NotFound(_)) => Err(ApiError::NotFound(format!("{field}: no such user"))),
+        Err(StoreError::Invalid(e)) => {
+            state.rejections.record(credential.project, &e.field);
+            Err(ApiError::BadRequest(e))
+        }
         Err(e) => Err(e.into()),
     }
 }

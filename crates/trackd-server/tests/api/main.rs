@@ -1,5 +1,6 @@
 //! Black-box tests: the real server on port 0 with its own data directory, over HTTP.
 
+mod bounds;
 mod canary;
 mod cli;
 mod clients;

@@ -6,6 +6,8 @@
 // The helpers serve both suites; some are for the SQLite one only.
 #![allow(dead_code)]
 
+#[path = "../api/bounds.rs"]
+mod bounds;
 #[path = "../api/clients.rs"]
 mod clients;
 #[path = "../api/dedup.rs"]

@@ -195,9 +195,10 @@ async fn attempt(
             by_key(tx, project, &to).await?,
         ),
     };
-    let saved = match plan::plan(&request.change, now, found) {
+    let saved = match plan::plan(&request.change, now, found, &request.limits) {
         Plan::Nothing => true,
         Plan::NotFound => return Ok(Some(Err(StoreError::NotFound("user".into())))),
+        Plan::Refused(e) => return Ok(Some(Err(StoreError::Invalid(e)))),
         Plan::Save(mut row) => save(&mut row, tx, project, now, on_race).await?,
         Plan::Delete(row) => {
             delete(tx, project, &row).await?;

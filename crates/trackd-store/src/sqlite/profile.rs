@@ -110,9 +110,10 @@ pub(crate) fn apply(
             Found::Pair(by_key(tx, project, &from)?, by_key(tx, project, &to)?)
         }
     };
-    match plan::plan(&request.change, now, found) {
+    match plan::plan(&request.change, now, found, &request.limits) {
         Plan::Nothing => {}
         Plan::NotFound => return Ok(Err(StoreError::NotFound("user".into()))),
+        Plan::Refused(e) => return Ok(Err(StoreError::Invalid(e))),
         Plan::Save(mut row) => {
             save(&mut row, tx, project, now)?;
         }

@@ -1,0 +1,158 @@
+//! Bounded work per request (issue 12): what one tenant's request may make the shared writer
+//! do, and what a profile may hold. Runs on both stores.
+
+use serde_json::{json, Value};
+use trackd_core::users::ProfileLimits;
+use trackd_server::api::Limits;
+
+use crate::helpers::TestApp;
+
+async fn with_profile_limits(channels: usize, tags: usize, properties_bytes: usize) -> TestApp {
+    TestApp::spawn_with_limits(Limits {
+        profile: ProfileLimits {
+            channels,
+            tags,
+            properties_bytes,
+        },
+        ..Limits::default()
+    })
+    .await
+}
+
+fn channels(from: usize, to: usize) -> Value {
+    Value::Array(
+        (from..to)
+            .map(|i| json!({"type": "push", "address": format!("device-{i}")}))
+            .collect(),
+    )
+}
+
+async fn profile(app: &TestApp, id: &str) -> Value {
+    let answer = app.read(format!("/api/v2/users/{id}")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()
+}
+
+#[tokio::test]
+async fn a_request_past_a_profile_bound_is_400_before_the_writer() {
+    let app = TestApp::spawn().await;
+    let limits = ProfileLimits::default();
+    // The defaults, documented in the README: 100 channels, 1,000 tags, 64 KiB.
+    assert_eq!(
+        (limits.channels, limits.tags, limits.properties_bytes),
+        (100, 1_000, 65_536)
+    );
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "big", "channels": channels(0, 101)}),
+    )
+    .await
+    .assert_error(
+        400,
+        "channels: 101 channels, more than a profile may hold (100)",
+    );
+    let tags: Vec<String> = (0..1_001).map(|i| format!("t{i}")).collect();
+    app.call("PUT", "users/tags/edit", &json!({"id": "big", "add": tags}))
+        .await
+        .assert_error(400, "add: 1001 tags, more than a profile may hold (1000)");
+    let data = json!({"blob": "x".repeat(65_536)});
+    app.call("POST", "users/track", &json!({"id": "big", "data": data}))
+        .await
+        .assert_error(
+            400,
+            "data: 65547 bytes of properties, more than a profile may hold (65536)",
+        );
+    app.read("/api/v2/users/big")
+        .await
+        .assert_error(404, "id: no such user");
+    // At the bounds: accepted.
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "big", "channels": channels(0, 100),
+                "data": {"blob": "x".repeat(65_536 - 11)}}),
+    )
+    .await
+    .assert_success(false);
+    let tags: Vec<String> = (0..1_000).map(|i| format!("t{i}")).collect();
+    app.call("PUT", "users/tags/edit", &json!({"id": "big", "add": tags}))
+        .await
+        .assert_success(false);
+    let user = profile(&app, "big").await;
+    assert_eq!(user["channels"].as_array().expect("channels").len(), 100);
+    assert_eq!(user["tags"].as_array().expect("tags").len(), 1_000);
+}
+
+#[tokio::test]
+async fn a_profile_merged_past_a_bound_is_refused_and_keeps_what_it_had() {
+    let app = with_profile_limits(4, 3, 40).await;
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "u", "channels": channels(0, 3), "data": {"a": "12345"}}),
+    )
+    .await
+    .assert_success(false);
+    // Re-sending present channels merges in place: still 3.
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "u", "channels": channels(0, 3)}),
+    )
+    .await
+    .assert_success(false);
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "u", "channels": channels(2, 5)}),
+    )
+    .await
+    .assert_error(
+        400,
+        "channels: the profile would hold 5 channels, more than 4",
+    );
+    app.call(
+        "PUT",
+        "users/tags/edit",
+        &json!({"id": "u", "add": ["a", "b", "c"]}),
+    )
+    .await
+    .assert_success(false);
+    app.call("PUT", "users/tags/edit", &json!({"id": "u", "add": ["d"]}))
+        .await
+        .assert_error(400, "add: the profile would hold 4 tags, more than 3");
+    // Removing one makes room in the same call.
+    app.call(
+        "PUT",
+        "users/tags/edit",
+        &json!({"id": "u", "add": ["d"], "remove": ["a"]}),
+    )
+    .await
+    .assert_success(false);
+    app.call(
+        "PUT",
+        "users/edit",
+        &json!({"id": "u", "changes": {"b": "012345678901234567890"}}),
+    )
+    .await
+    .assert_error(
+        400,
+        "changes: the profile's properties would take 41 bytes, more than 40",
+    );
+    let user = profile(&app, "u").await;
+    assert_eq!(user["channels"], channels(0, 3));
+    assert_eq!(user["tags"], json!(["b", "c", "d"]));
+    assert_eq!(user["properties"], json!({"a": "12345"}));
+    // Refusals are counted by the field that caused them (flushed every second).
+    let want = json!({"channels": 1, "add": 1, "changes": 1});
+    let mut rejected = Value::Null;
+    for _ in 0..50 {
+        rejected = app.read("/api/v2/stats/events").await.json()["totals"]["rejected"].clone();
+        if rejected == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(rejected, want);
+}
