@@ -454,11 +454,7 @@ mod tests {
             vec![json!({"type": "push", "address": "tok"})]
         );
         assert_eq!(Value::Object(row.properties), json!({"plan": "pro"}));
-        let Plan::Save(row) = plan(
-            &c,
-            NOW,
-            Found::User(Some(stored("u"))),
-        ) else {
+        let Plan::Save(row) = plan(&c, NOW, Found::User(Some(stored("u")))) else {
             panic!("save")
         };
         assert_eq!((row.id, row.first_seen, row.last_seen), (7, 10, NOW));
@@ -472,11 +468,7 @@ mod tests {
             (ProfileOp::Delete, json!({"id": "x"})),
         ] {
             assert_eq!(
-                plan(
-                    &change(op, body),
-                    NOW,
-                    Found::User(None),
-                ),
+                plan(&change(op, body), NOW, Found::User(None),),
                 Plan::NotFound
             );
         }
@@ -541,12 +533,18 @@ mod tests {
                 "the profile would hold 3 tags, more than 2"
             ))
         );
-        let c = change(ProfileOp::Tags, json!({"id": "u", "add": ["c"], "remove": ["a"]}));
+        let c = change(
+            ProfileOp::Tags,
+            json!({"id": "u", "add": ["c"], "remove": ["a"]}),
+        );
         assert!(matches!(
             super::plan(&c, NOW, Found::User(Some(row)), &limits),
             Plan::Save(_)
         ));
-        let c = change(ProfileOp::Edit, json!({"id": "u", "changes": {"k": "123456"}}));
+        let c = change(
+            ProfileOp::Edit,
+            json!({"id": "u", "changes": {"k": "123456"}}),
+        );
         assert_eq!(
             super::plan(&c, NOW, Found::User(Some(stored("u"))), &limits),
             Plan::Refused(FieldError::new(
@@ -559,11 +557,8 @@ mod tests {
     #[test]
     fn reidentify_renames_or_merges() {
         let c = change(ProfileOp::Reidentify, json!({"id": "a", "new_id": "b"}));
-        let Plan::Rename { user, from_key } = plan(
-            &c,
-            NOW,
-            Found::Pair(Some(stored("a")), None),
-        ) else {
+        let Plan::Rename { user, from_key } = plan(&c, NOW, Found::Pair(Some(stored("a")), None))
+        else {
             panic!("rename")
         };
         assert_eq!((user.user_key.as_str(), from_key.as_str()), ("b", "a"));

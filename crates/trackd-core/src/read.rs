@@ -297,11 +297,52 @@ pub struct EventRow {
     pub received_at: i64,
 }
 
-/// A page from `limit + 1` rows read in page order: the first `limit`, and the cursor of
-/// the next page when there was one more.
-pub fn page(mut rows: Vec<EventRow>, limit: usize, max_id: i64) -> crate::EventPage {
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
+/// The most bytes of events one page holds (their `data` and names): a page stops early
+/// there and hands a cursor, so a page of large events never has to be built whole (1,000
+/// events of 1 MiB would be 1 GB). A page holds at least one event whatever its size.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a page of events costs in memory, roughly: what varies per event, plus a fixed
+/// part for the rest of the row.
+pub fn row_bytes(data_len: usize, name_len: usize) -> usize {
+    data_len + 2 * name_len + 256
+}
+
+/// Decides where a page ends while its rows are read in page order: at `limit` rows or
+/// once [`PAGE_BYTES`] are reached, whichever comes first.
+#[derive(Debug)]
+pub struct PageBudget {
+    limit: usize,
+    rows: usize,
+    bytes: usize,
+}
+
+impl PageBudget {
+    /// A page of at most `limit` rows.
+    pub fn new(limit: usize) -> Self {
+        PageBudget {
+            limit,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the page is full: a further row, if there is one, starts the next page.
+    pub fn full(&self) -> bool {
+        self.rows >= self.limit || (self.rows > 0 && self.bytes >= PAGE_BYTES)
+    }
+
+    /// Counts a row taken into the page.
+    pub fn take(&mut self, bytes: usize) {
+        self.rows += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// A page of rows read in page order, and whether a row followed it (then the cursor of the
+/// next page starts after the last row).
+pub fn page_of(rows: Vec<EventRow>, more: bool, max_id: i64) -> crate::EventPage {
+    let next = if more {
         rows.last().map(|last| Cursor {
             created_at: last.created_at,
             id: last.id,

@@ -156,3 +156,45 @@ async fn a_profile_merged_past_a_bound_is_refused_and_keeps_what_it_had() {
     }
     assert_eq!(rejected, want);
 }
+
+#[tokio::test]
+async fn a_page_of_large_events_stops_at_its_byte_budget_and_the_walk_is_complete() {
+    let app = TestApp::spawn().await;
+    // Ten events of 900 KB each: a page of 1,000 would be 9 MB; the budget is 4 MiB.
+    let blob = "x".repeat(900_000);
+    for n in 0..10 {
+        app.track(&json!({"identity": {"id": "fat"}, "event_name": "Big",
+                          "data": {"n": n, "blob": blob}}))
+            .await
+            .assert_success(false);
+    }
+    for route in [
+        "/api/v2/events?limit=1000",
+        "/api/v2/users/fat/events?limit=1000",
+    ] {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        let mut path = route.to_owned();
+        loop {
+            let answer = app.read(path.clone()).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert!(
+                answer.body.len() < 5 * 1024 * 1024,
+                "a page of {} bytes",
+                answer.body.len()
+            );
+            let page = answer.json();
+            pages += 1;
+            for e in page["events"].as_array().expect("events") {
+                seen.push(e["data"]["n"].as_i64().expect("n"));
+            }
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("{route}&cursor={cursor}"),
+                None => break,
+            }
+        }
+        // 4 MiB a page: five events of 900 KB, then the next five.
+        assert_eq!(pages, 2, "{route}");
+        assert_eq!(seen, (0..10).rev().collect::<Vec<_>>(), "{route}");
+    }
+}

@@ -4,7 +4,10 @@
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, GenericClient, Row};
-use trackd_core::read::{EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::read::{
+    page_of, row_bytes, EventQuery, EventRow, ExportQuery, PageBudget, Stats, StatsQuery,
+    UserProfile,
+};
 use trackd_core::StoreError;
 use trackd_core::{EventPage, ExportSink, ProjectId};
 
@@ -117,8 +120,11 @@ pub(super) async fn events(
     client: &impl GenericClient,
     q: &EventQuery,
 ) -> Result<Option<EventPage>, Error> {
-    let mut sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref WHERE ");
+    // First the page's ids and sizes (`octet_length` reads a TOASTed value's header, not
+    // the value), so the page ends at its byte budget; then only those rows whole.
+    let mut sql = "SELECT e.id, octet_length(e.data), octet_length(e.event_name) \
+                   FROM events e WHERE "
+        .to_owned();
     let mut args = Args::default();
     if let Some(key) = &q.user_key {
         let Some(user) = user_ref(client, q.project, key).await? else {
@@ -168,13 +174,30 @@ pub(super) async fn events(
         " ORDER BY e.created_at DESC, e.id DESC LIMIT {}",
         args.bind(q.limit as i64 + 1)
     ));
+    let mut budget = PageBudget::new(q.limit);
+    let mut ids: Vec<i64> = Vec::new();
+    let mut more = false;
+    for row in client.query(sql.as_str(), &args.refs()).await? {
+        if budget.full() {
+            more = true;
+            break;
+        }
+        let data: i32 = row.try_get(1)?;
+        let name: i32 = row.try_get(2)?;
+        budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
+        ids.push(row.try_get(0)?);
+    }
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
+         WHERE e.id = ANY($1) ORDER BY e.created_at DESC, e.id DESC"
+    );
     let rows = client
-        .query(sql.as_str(), &args.refs())
+        .query(sql.as_str(), &[&ids])
         .await?
         .iter()
         .map(event_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(trackd_core::read::page(rows, q.limit, max_id)))
+    Ok(Some(page_of(rows, more, max_id)))
 }
 
 /// How many events one export statement reads: each chunk is a statement of its own, so a

@@ -2,7 +2,10 @@
 //! reader connections (WAL: readers never block the writer, nor it them).
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row, ToSql};
-use trackd_core::read::{EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::read::{
+    page_of, row_bytes, EventQuery, EventRow, ExportQuery, PageBudget, Stats, StatsQuery,
+    UserProfile,
+};
 use trackd_core::{EventPage, ExportSink, ProjectId};
 
 const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
@@ -110,10 +113,21 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
     // One more than the page: whether another page follows.
     args.push(Box::new(q.limit as i64 + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows: Vec<EventRow> = stmt
-        .query_map(params_from_iter(args.iter()), event_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(Some(trackd_core::read::page(rows, q.limit, max_id)))
+    // Rows are read one at a time and the page ends at its byte budget: only one row past
+    // the page is ever read, never the whole limit of large events.
+    let mut budget = PageBudget::new(q.limit);
+    let mut rows: Vec<EventRow> = Vec::new();
+    let mut more = false;
+    for row in stmt.query_map(params_from_iter(args.iter()), event_row)? {
+        if budget.full() {
+            more = true;
+            break;
+        }
+        let row = row?;
+        budget.take(row_bytes(row.data.len(), row.event_name.len()));
+        rows.push(row);
+    }
+    Ok(Some(page_of(rows, more, max_id)))
 }
 
 /// How many events one export statement reads: each chunk is a statement of its own, so a
