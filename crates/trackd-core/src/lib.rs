@@ -38,7 +38,9 @@ pub use identity::{Email, Identity, UserId};
 pub use live::{LiveBatch, LiveFeed};
 pub use metrics::StoreMetrics;
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
-pub use store::{DynStore, EventPage, ExportSink, InsertOutcome, Store, StoreFuture};
+pub use store::{
+    export_chunks, DynStore, EventPage, ExportChunk, InsertOutcome, Store, StoreFuture,
+};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use users::{ProfileChange, ProfileOp, ProfileRequest, UserRef};
 

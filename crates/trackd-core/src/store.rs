@@ -7,7 +7,7 @@ use crate::event::EventRecord;
 use crate::event::TrackedEvent;
 use crate::project::{Credential, CredentialKind, Project, ProjectId, Token};
 use crate::read::{
-    Counter, Cursor, EventQuery, EventRow, ExportQuery, Stats, StatsQuery, UserProfile,
+    Counter, Cursor, EventQuery, EventRow, ExportKey, ExportQuery, Stats, StatsQuery, UserProfile,
 };
 use crate::users::ProfileRequest;
 
@@ -52,10 +52,19 @@ pub trait Store: Send + Sync + 'static {
     /// query names a user that does not exist.
     fn events(&self, query: EventQuery) -> StoreFuture<'_, Option<EventPage>>;
 
-    /// Every event of the export, oldest first by receive time, handed to `sink` one by one
-    /// without holding them all, then `None` once at the end; `sink` returns `false` to
-    /// stop. Resolves to the count.
-    fn export(&self, query: ExportQuery, sink: ExportSink) -> StoreFuture<'_, u64>;
+    /// The next chunk of an export, oldest first by receive time: the events after `after`
+    /// (from the query's start when `None`), at most [`EXPORT_CHUNK_ROWS`] and about
+    /// [`PAGE_BYTES`] of them, and the key to resume after (`None` once the export is
+    /// complete). Each chunk is a short read of its own: nothing (no snapshot, no
+    /// connection) is held between chunks, however slowly the caller goes on.
+    ///
+    /// [`EXPORT_CHUNK_ROWS`]: crate::read::EXPORT_CHUNK_ROWS
+    /// [`PAGE_BYTES`]: crate::read::PAGE_BYTES
+    fn export_chunk(
+        &self,
+        query: ExportQuery,
+        after: Option<ExportKey>,
+    ) -> StoreFuture<'_, ExportChunk>;
 
     /// Counts per bucket and the running totals.
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats>;
@@ -110,9 +119,27 @@ pub trait Store: Send + Sync + 'static {
 /// A page of events and the cursor of the next page, if there is one.
 pub type EventPage = (Vec<EventRow>, Option<Cursor>);
 
-/// Receives exported events, then `None` at the end; returns `false` to stop the export.
-/// It may block (waiting for a slow client): stores call it from a blocking thread.
-pub type ExportSink = Box<dyn FnMut(Option<&EventRow>) -> bool + Send>;
+/// An export chunk: events oldest first, and the key the next chunk starts after (`None`
+/// when this was the last).
+pub type ExportChunk = (Vec<EventRow>, Option<ExportKey>);
+
+/// Every chunk of an export in turn, each read when the previous one was taken.
+pub fn export_chunks(
+    store: DynStore,
+    query: ExportQuery,
+) -> impl futures_util::Stream<Item = Result<Vec<EventRow>, StoreError>> {
+    futures_util::stream::unfold(Some(None), move |next: Option<Option<ExportKey>>| {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            let after = next?;
+            match store.export_chunk(query, after).await {
+                Ok((rows, next)) => Some((Ok(rows), next.map(Some))),
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+}
 
 /// A shared store, as the server holds it.
 pub type DynStore = Arc<dyn Store>;

@@ -44,6 +44,7 @@ impl App {
                 admission: Arc::new(Admission::new(&limits)),
                 metrics,
                 shutting_down: tokio_util::sync::CancellationToken::new(),
+                exports: Default::default(),
                 store,
                 credentials,
                 clock,

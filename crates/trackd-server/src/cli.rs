@@ -189,6 +189,9 @@ pub struct ServeArgs {
     /// Bytes of properties one profile may hold, as compact JSON (past it: 400).
     #[arg(long, env = "TRACKD_MAX_PROFILE_BYTES", default_value_t = 65_536)]
     max_profile_bytes: usize,
+    /// Seconds an export waits for its client to read more before it ends (unfinished).
+    #[arg(long, env = "TRACKD_EXPORT_TIMEOUT", default_value_t = 30)]
+    export_timeout: u64,
     /// Serve /metrics on this address instead of --listen.
     #[arg(long, env = "TRACKD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -489,6 +492,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
             tags: args.max_profile_tags,
             properties_bytes: args.max_profile_bytes,
         },
+        export_timeout: Duration::from_secs(args.export_timeout),
     };
     let mut app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
     if let Some(addr) = args.metrics_listen {

@@ -2,15 +2,13 @@
 //! running server (`--url`, `--key`), with a progress bar on a terminal and a summary.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 use trackd_core::read::ExportQuery;
-use trackd_core::{ExportSink, SystemClock};
+use trackd_core::SystemClock;
 
 use crate::cli::{admin_store, CliError, ExportArgs, ImportArgs};
 use crate::import::{ImportSummary, Progress};
@@ -97,32 +95,21 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
                     None => Box::new(std::io::stdout()),
                 };
                 let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
-                let failed = Arc::new(AtomicBool::new(false));
-                let write_failed = failed.clone();
-                let progress = bar.clone();
+                let mut chunks = std::pin::pin!(trackd_core::export_chunks(store.clone(), query));
+                let mut count = 0u64;
                 let mut line = Vec::with_capacity(1024);
-                let sink: ExportSink = Box::new(move |event| {
-                    let written = match event {
-                        Some(event) => {
-                            line.clear();
-                            event.write_json(&mut line);
-                            line.push(b'\n');
-                            progress.inc(1);
-                            out.write_all(&line)
-                        }
-                        None => out.flush(),
-                    };
-                    if written.is_err() {
-                        write_failed.store(true, Ordering::Relaxed);
+                while let Some(events) = chunks.next().await {
+                    for event in events? {
+                        line.clear();
+                        event.write_json(&mut line);
+                        line.push(b'\n');
+                        out.write_all(&line)?;
+                        count += 1;
                     }
-                    written.is_ok()
-                });
-                let count = store.export(query, sink).await?;
-                if failed.load(Ordering::Relaxed) {
-                    return Err(CliError::Io(std::io::Error::other(
-                        "could not write the output",
-                    )));
+
+                    bar.set_position(count);
                 }
+                out.flush()?;
                 Ok::<u64, CliError>(count)
             }
             .await;

@@ -187,6 +187,7 @@ store_contract!(
     reidentify_renames_merges_and_keeps_dedup_under_the_old_id,
     restore_keeps_events_as_they_were_without_dedup,
     export_is_oldest_first_by_receive_time,
+    export_chunks_end_at_their_byte_budget_and_hold_nothing_between,
     stats_count_events_duplicates_and_refusals,
     credentials_version_moves_with_every_change,
     projects_are_unique_by_name,
@@ -457,33 +458,83 @@ async fn export_is_oldest_first_by_receive_time(b: &Backend) {
         .await;
         b.clock.advance_secs(1);
     }
-    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink_names = names.clone();
-    let count = b
-        .store
-        .export(
-            ExportQuery {
-                project: b.project,
-                since: None,
-                until: None,
-            },
-            Box::new(move |row| {
-                if let Some(row) = row {
-                    sink_names
-                        .lock()
-                        .expect("lock")
-                        .push(row.event_name.clone());
-                }
-                true
-            }),
-        )
+    let names: Vec<String> = all_chunks(b, None)
         .await
-        .expect("export");
-    assert_eq!(count, 5);
+        .into_iter()
+        .flatten()
+        .map(|row| row.event_name)
+        .collect();
+    assert_eq!(names, vec!["e0", "e1", "e2", "e3", "e4"]);
+    // `since` and `until` bound the receive time.
+    let names: Vec<String> = all_chunks(
+        b,
+        Some((START.as_micros() + 1_000_000, START.as_micros() + 3_000_000)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .map(|row| row.event_name)
+    .collect();
+    assert_eq!(names, vec!["e1", "e2"]);
+}
+
+/// Every chunk of an export of the project, optionally between two receive times.
+async fn all_chunks(
+    b: &Backend,
+    range: Option<(i64, i64)>,
+) -> Vec<Vec<trackd_core::read::EventRow>> {
+    let query = ExportQuery {
+        project: b.project,
+        since: range.map(|r| Timestamp::from_micros(r.0)),
+        until: range.map(|r| Timestamp::from_micros(r.1)),
+    };
+    let mut chunks = std::pin::pin!(trackd_core::export_chunks(b.store.clone(), query));
+    let mut out = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        out.push(chunk.expect("chunk"));
+    }
+    out
+}
+
+async fn export_chunks_end_at_their_byte_budget_and_hold_nothing_between(b: &Backend) {
+    let blob = "x".repeat(1_000_000);
+    for n in 0..9 {
+        b.track(
+            json!({"identity": {"id": "fat"}, "event_name": "Big", "data": {"n": n, "blob": blob}}),
+        )
+        .await;
+    }
+    let chunks = all_chunks(b, None).await;
+    let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+    // About 4 MiB a chunk: it ends with the event that reaches the budget (five of 1 MB),
+    // then the other four.
+    assert_eq!(sizes, vec![5, 4]);
+    let ns: Vec<Value> = chunks
+        .into_iter()
+        .flatten()
+        .map(|row| serde_json::from_str::<Value>(&row.data).expect("data")["n"].clone())
+        .collect();
+    assert_eq!(ns, (0..9).map(|n| json!(n)).collect::<Vec<_>>());
+    // A write between two chunks is not blocked by the export (no snapshot held): the
+    // writer commits while an export is half read.
+    let query = ExportQuery {
+        project: b.project,
+        since: None,
+        until: None,
+    };
+    let (first, next) = b
+        .store
+        .export_chunk(query.clone(), None)
+        .await
+        .expect("chunk");
+    assert_eq!(first.len(), 5);
     assert_eq!(
-        *names.lock().expect("lock"),
-        vec!["e0", "e1", "e2", "e3", "e4"]
+        b.track(event("w", "During", json!({}))).await,
+        InsertOutcome::Inserted
     );
+    let (second, _) = b.store.export_chunk(query, next).await.expect("chunk");
+    // The rest, and the event written meanwhile (received after them).
+    assert_eq!(second.len(), 5);
 }
 
 async fn stats_count_events_duplicates_and_refusals(b: &Backend) {

@@ -57,6 +57,8 @@ pub struct Limits {
     pub token_rate: u32,
     /// What one profile may hold.
     pub profile: trackd_core::users::ProfileLimits,
+    /// How long an export waits for its client to take more before it ends.
+    pub export_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -71,6 +73,7 @@ impl Default for Limits {
             ip_rate: 0,
             token_rate: 0,
             profile: trackd_core::users::ProfileLimits::default(),
+            export_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +100,40 @@ pub struct AppState {
     /// Cancelled when the server starts shutting down: endless streams (the live view)
     /// end then instead of holding the exit.
     pub shutting_down: tokio_util::sync::CancellationToken,
+    /// Exports running per project.
+    pub exports: Arc<ExportPermits>,
+}
+
+/// Exports one project may run at once: its own exports, however slowly they are read,
+/// never hold another project's back.
+pub const EXPORTS_PER_PROJECT: usize = 2;
+
+/// The export permits of each project.
+#[derive(Default)]
+pub struct ExportPermits(
+    std::sync::Mutex<std::collections::HashMap<ProjectId, Arc<tokio::sync::Semaphore>>>,
+);
+
+impl ExportPermits {
+    /// A permit for one more export of `project`, held until the export ends; 429 when the
+    /// project runs as many as it may.
+    pub fn acquire(
+        &self,
+        project: ProjectId,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, error::ApiError> {
+        let semaphore = match self.0.lock() {
+            Ok(mut map) => map
+                .entry(project)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(EXPORTS_PER_PROJECT)))
+                .clone(),
+            Err(_) => Arc::new(tokio::sync::Semaphore::new(EXPORTS_PER_PROJECT)),
+        };
+        semaphore.try_acquire_owned().map_err(|_| {
+            error::ApiError::TooManyRequests(format!(
+                "export: {EXPORTS_PER_PROJECT} exports of this project are running, retry when one ends"
+            ))
+        })
+    }
 }
 
 /// Counts of refused requests by project and reason, added to the store's running totals

@@ -1,6 +1,9 @@
 //! The read API (secret key, `Authorization: Bearer`): profiles, events by page, NDJSON
 //! export and import, statistics. No CORS: these routes are for servers, not browsers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use std::net::SocketAddr;
@@ -10,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
-use trackd_core::{Credential, ExportSink};
+use trackd_core::Credential;
 
 use super::error::ApiError;
 use super::{auth, body, AppState};
@@ -109,11 +112,13 @@ pub async fn events(
 
 /// Bytes of NDJSON gathered before they are handed to the connection.
 const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks in flight between the reader and the connection: with the chunk size, the bound
-/// on an export's memory whatever its length.
+/// Chunks in flight between the reader and the connection: with the chunk size and the
+/// store's chunk of rows, the bound on an export's memory whatever its length.
 const EXPORT_CHUNKS_IN_FLIGHT: usize = 8;
-
-/// `GET /api/v2/events/export`: NDJSON, oldest first by receive time, streamed.
+/// `GET /api/v2/events/export`: NDJSON, oldest first by receive time, streamed. The store
+/// is read in short chunks (nothing held between them); a client that takes nothing for
+/// `--export-timeout` loses its export, which ends without its last chunk, so an
+/// incomplete export never looks complete.
 pub async fn export(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -122,42 +127,56 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let query = ExportQuery::parse(credential.project, &query)?;
+    let permit = state.exports.acquire(credential.project)?;
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS_IN_FLIGHT);
     let store = state.store.clone();
+    let timeout = state.limits.export_timeout;
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
     tokio::spawn(async move {
+        let _permit = permit;
+        let failed = |why: &'static str| Err(std::io::Error::other(why));
+        let mut chunks = std::pin::pin!(trackd_core::export_chunks(store, query));
         let mut buffer = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
-        let chunks = tx.clone();
-        // Runs on the store's blocking thread: a full channel blocks the reader, so a slow
-        // client slows the export instead of growing memory.
-        let sink: ExportSink = Box::new(move |event| {
-            if let Some(event) = event {
+        let mut count = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let events = match chunk {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "export failed midway");
+                    let _ = tx.send(failed("export failed")).await;
+                    return;
+                }
+            };
+            for event in &events {
                 event.write_json(&mut buffer);
                 buffer.push(b'\n');
-                if buffer.len() < EXPORT_CHUNK_BYTES {
-                    return true;
+                count += 1;
+                if buffer.len() >= EXPORT_CHUNK_BYTES && !send(&tx, &mut buffer, timeout).await {
+                    return;
                 }
             }
-            if buffer.is_empty() {
-                return true;
-            }
-            let chunk = Bytes::from(std::mem::replace(
-                &mut buffer,
-                Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096),
-            ));
-            chunks.blocking_send(Ok(chunk)).is_ok()
-        });
-        let result = store.export(query, sink).await;
-        match result {
-            Ok(count) => tracing::debug!(count, "export finished"),
-            Err(e) => {
-                tracing::error!(error = %e, "export failed midway");
-                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+        }
+        if !buffer.is_empty() && !send(&tx, &mut buffer, timeout).await {
+            return;
+        }
+        done.store(true, Ordering::Release);
+        tracing::debug!(count, "export finished");
+    });
+    // The body ends cleanly only after the export finished: a reader that stopped early
+    // (timeout, store failure) ends it with an error, so no client takes a cut export for
+    // a whole one.
+    let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+        let finished = finished.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(item) => Some((item, Some(rx))),
+                None if finished.load(Ordering::Acquire) => None,
+                None => Some((Err(std::io::Error::other("export ended early")), None)),
             }
         }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
     });
     Ok((
         [(
@@ -167,6 +186,29 @@ pub async fn export(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Hands the buffered NDJSON to the connection; `false` when the export must end: the
+/// client went away, or took nothing for `timeout`. Then the body ends with an error (no
+/// closing chunk): the client sees a broken transfer, never a short export.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> bool {
+    let chunk = Bytes::from(std::mem::replace(
+        buffer,
+        Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096),
+    ));
+    match tokio::time::timeout(timeout, tx.send(Ok(chunk))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!("export ended: the client read nothing in time");
+            // The channel is full; the reader drops it, and the body ends unfinished.
+            false
+        }
+    }
 }
 
 /// `GET /api/v2/stats/events`.

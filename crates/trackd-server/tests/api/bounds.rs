@@ -198,3 +198,91 @@ async fn a_page_of_large_events_stops_at_its_byte_budget_and_the_walk_is_complet
         assert_eq!(seen, (0..10).rev().collect::<Vec<_>>(), "{route}");
     }
 }
+
+/// Tracks `n` events of about `size` bytes for the app's project, 100 at a time.
+async fn fill(app: &TestApp, n: usize, size: usize) {
+    let blob = "y".repeat(size);
+    for start in (0..n).step_by(100) {
+        let sends = (start..(start + 100).min(n)).map(|i| {
+            let body = json!({"identity": {"id": format!("u{}", i % 50)}, "event_name": "Fill",
+                              "data": {"i": i, "blob": blob}});
+            async move { app.track(&body).await }
+        });
+        for answer in futures::future::join_all(sends).await {
+            answer.assert_success(false);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unread_exports_of_one_project_never_hold_back_another() {
+    let app = TestApp::spawn().await;
+    fill(&app, 2_000, 10_000).await;
+    let (other_token, other_secret) = app.add_project("other").await;
+    app.track_as(
+        &other_token,
+        &json!({"identity": {"id": "b"}, "event_name": "Mine"}),
+    )
+    .await
+    .assert_success(false);
+    // Two exports of 20 MB each, opened and never read: they hold their project's permits.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .client
+            .get(app.url("/api/v2/events/export"))
+            .bearer_auth(&app.secret)
+            .send()
+            .await
+            .expect("export opened");
+        assert_eq!(response.status(), 200);
+        held.push(response);
+    }
+    app.read("/api/v2/events/export").await.assert_error(
+        429,
+        "export: 2 exports of this project are running, retry when one ends",
+    );
+    // The other project's export is answered whole, at once.
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        app.read_as(&other_secret, "/api/v2/events/export"),
+    )
+    .await
+    .expect("the other project's export is not held back");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.lines().count(), 1);
+    // Writes go on meanwhile.
+    app.track(&json!({"identity": {"id": "w"}, "event_name": "During"}))
+        .await
+        .assert_success(false);
+    drop(held);
+}
+
+#[tokio::test]
+async fn an_export_its_client_stops_reading_ends_unfinished() {
+    let app = TestApp::spawn_with_limits(Limits {
+        export_timeout: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    fill(&app, 2_000, 10_000).await;
+    let response = app
+        .client
+        .get(app.url("/api/v2/events/export"))
+        .bearer_auth(&app.secret)
+        .send()
+        .await
+        .expect("export opened");
+    assert_eq!(response.status(), 200);
+    // Read nothing for longer than the timeout, then everything that is left.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let read = response.bytes().await;
+    assert!(
+        read.is_err(),
+        "an export cut by its timeout must not end like a whole one"
+    );
+    // The permit went back with it: a new export runs to its end.
+    let answer = app.read("/api/v2/events/export").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.lines().count(), 2_000);
+}

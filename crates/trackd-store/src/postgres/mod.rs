@@ -21,11 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use trackd_core::error::Cause;
-use trackd_core::read::{Counter, EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::read::{
+    Counter, EventQuery, ExportKey, ExportQuery, Stats, StatsQuery, UserProfile,
+};
 use trackd_core::{
-    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
-    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
-    TrackedEvent,
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportChunk, InsertOutcome,
+    LiveFeed, ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics,
+    Token, TrackedEvent,
 };
 
 use writer::{Job, Writers};
@@ -253,7 +255,11 @@ impl Store for PostgresStore {
         })
     }
 
-    fn export(&self, query: ExportQuery, sink: ExportSink) -> StoreFuture<'_, u64> {
+    fn export_chunk(
+        &self,
+        query: ExportQuery,
+        after: Option<ExportKey>,
+    ) -> StoreFuture<'_, ExportChunk> {
         Box::pin(async move {
             let _permit = self
                 .exporting
@@ -262,7 +268,10 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             let client = self.client().await?;
-            read::export(&**client, &query, sink).await
+            let after = after.unwrap_or_else(|| query.start());
+            read::export_chunk(&**client, &query, after)
+                .await
+                .map_err(unavailable)
         })
     }
 

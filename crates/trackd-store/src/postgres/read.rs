@@ -5,11 +5,10 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, GenericClient, Row};
 use trackd_core::read::{
-    page_of, row_bytes, EventQuery, EventRow, ExportQuery, PageBudget, Stats, StatsQuery,
-    UserProfile,
+    page_of, row_bytes, EventQuery, EventRow, ExportKey, ExportQuery, PageBudget, Stats,
+    StatsQuery, UserProfile, EXPORT_CHUNK_ROWS,
 };
-use trackd_core::StoreError;
-use trackd_core::{EventPage, ExportSink, ProjectId};
+use trackd_core::{EventPage, ExportChunk, ProjectId};
 
 pub(super) const EVENT_COLUMNS: &str =
     "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
@@ -200,71 +199,60 @@ pub(super) async fn events(
     Ok(Some(page_of(rows, more, max_id)))
 }
 
-/// How many events one export statement reads: each chunk is a statement of its own, so a
-/// long export does not hold one snapshot (which holds back vacuum) for its whole length.
-const EXPORT_CHUNK: i64 = 10_000;
-
-/// Every event of the export, in chunks. Rows are fetched here, on the runtime; the sink
-/// is fed on a blocking thread, since it may block (the server's waits for a slow client).
-pub(super) async fn export(
+/// One export chunk: the events after `after`, oldest first by receive time, at most
+/// [`EXPORT_CHUNK_ROWS`] and about [`PAGE_BYTES`]. As for a page: the keys and sizes first
+/// (`octet_length` reads a TOASTed value's header), then only the rows that fit.
+pub(super) async fn export_chunk(
     client: &impl GenericClient,
     q: &ExportQuery,
-    mut sink: ExportSink,
-) -> Result<u64, StoreError> {
-    // The keyset is (receive time, id). `since` is folded into the starting key rather
-    // than given as its own bound, as in the SQLite store (where a plain bound beside the
-    // key made every chunk rescan from `since`): one bound, which PostgreSQL turns into
-    // the index's start on receive time.
-    let mut after = match q.since {
-        Some(since) => (since.as_micros().saturating_sub(1), i64::MAX),
-        None => (i64::MIN, i64::MIN),
-    };
-    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
+    after: ExportKey,
+) -> Result<ExportChunk, Error> {
+    let keys = client
+        .query(
+            "SELECT e.id, octet_length(e.data), octet_length(e.event_name) FROM events e \
+             WHERE e.project_id = $1 AND (e.received_at, e.id) > ($2, $3) \
+               AND e.received_at < $4 \
+             ORDER BY e.received_at, e.id LIMIT $5",
+            &[
+                &q.project.get(),
+                &after.received_at,
+                &after.id,
+                &q.end(),
+                &(EXPORT_CHUNK_ROWS as i64 + 1),
+            ],
+        )
+        .await?;
+    let mut budget = PageBudget::new(EXPORT_CHUNK_ROWS);
+    let mut ids: Vec<i64> = Vec::new();
+    let mut more = false;
+    for row in &keys {
+        if budget.full() {
+            more = true;
+            break;
+        }
+        let data: i32 = row.try_get(1)?;
+        let name: i32 = row.try_get(2)?;
+        budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
+        ids.push(row.try_get(0)?);
+    }
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
-         WHERE e.project_id = $1 AND (e.received_at, e.id) > ($2, $3) \
-           AND e.received_at < $4 \
-         ORDER BY e.received_at, e.id LIMIT $5"
+         WHERE e.id = ANY($1) ORDER BY e.received_at, e.id"
     );
-    let mut count = 0u64;
-    loop {
-        let rows = client
-            .query(
-                sql.as_str(),
-                &[&q.project.get(), &after.0, &after.1, &until, &EXPORT_CHUNK],
-            )
-            .await
-            .map_err(StoreError::unavailable)?;
-        let events = rows
-            .iter()
-            .map(event_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::unavailable)?;
-        if let Some(last) = events.last() {
-            after = (last.received_at, last.id);
-        }
-        let last_chunk = (events.len() as i64) < EXPORT_CHUNK;
-        let (returned, fed, go_on) = tokio::task::spawn_blocking(move || {
-            let mut fed = 0u64;
-            for event in &events {
-                fed += 1;
-                if !sink(Some(event)) {
-                    return (sink, fed, false);
-                }
-            }
-            if last_chunk {
-                sink(None);
-            }
-            (sink, fed, true)
-        })
-        .await
-        .map_err(StoreError::unavailable)?;
-        sink = returned;
-        count += fed;
-        if !go_on || last_chunk {
-            return Ok(count);
-        }
-    }
+    let events = client
+        .query(sql.as_str(), &[&ids])
+        .await?
+        .iter()
+        .map(event_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = more
+        .then(|| events.last())
+        .flatten()
+        .map(|last: &EventRow| ExportKey {
+            received_at: last.received_at,
+            id: last.id,
+        });
+    Ok((events, next))
 }
 
 /// Events by id, for the live view of events committed by any node.

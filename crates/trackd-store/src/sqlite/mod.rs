@@ -18,11 +18,13 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::read::{Counter, EventQuery, ExportQuery, Stats, StatsQuery, UserProfile};
+use trackd_core::read::{
+    Counter, EventQuery, ExportKey, ExportQuery, Stats, StatsQuery, UserProfile,
+};
 use trackd_core::{
-    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportSink, InsertOutcome, LiveFeed,
-    ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics, Token,
-    TrackedEvent,
+    Clock, Credential, CredentialKind, EventPage, EventRecord, ExportChunk, InsertOutcome,
+    LiveFeed, ProfileRequest, Project, ProjectId, Store, StoreError, StoreFuture, StoreMetrics,
+    Token, TrackedEvent,
 };
 
 use writer::{Job, Writer, WriterConfig};
@@ -318,9 +320,14 @@ impl Store for SqliteStore {
         self.read(move |conn| read::events(conn, &query))
     }
 
-    fn export(&self, query: ExportQuery, mut sink: ExportSink) -> StoreFuture<'_, u64> {
+    fn export_chunk(
+        &self,
+        query: ExportQuery,
+        after: Option<ExportKey>,
+    ) -> StoreFuture<'_, ExportChunk> {
         self.read_with(self.exporting.clone(), move |conn| {
-            read::export(conn, &query, &mut sink)
+            let after = after.unwrap_or_else(|| query.start());
+            read::export_chunk(conn, &query, after)
         })
     }
 

@@ -3,10 +3,10 @@
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row, ToSql};
 use trackd_core::read::{
-    page_of, row_bytes, EventQuery, EventRow, ExportQuery, PageBudget, Stats, StatsQuery,
-    UserProfile,
+    page_of, row_bytes, EventQuery, EventRow, ExportKey, ExportQuery, PageBudget, Stats,
+    StatsQuery, UserProfile, EXPORT_CHUNK_ROWS,
 };
-use trackd_core::{EventPage, ExportSink, ProjectId};
+use trackd_core::{EventPage, ExportChunk, ProjectId};
 
 const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
                              e.source, e.created_at, e.received_at";
@@ -130,54 +130,51 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
     Ok(Some(page_of(rows, more, max_id)))
 }
 
-/// How many events one export statement reads: each chunk is a statement of its own, so a
-/// long export does not pin one WAL snapshot (and the WAL's size) for its whole length.
-const EXPORT_CHUNK: i64 = 10_000;
-
-pub(crate) fn export(
+/// One export chunk: the events after `after`, oldest first by receive time, at most
+/// [`EXPORT_CHUNK_ROWS`] and about [`PAGE_BYTES`]; one statement, finished before the chunk
+/// is handed on, so no snapshot is pinned while a slow client reads (which would also keep
+/// the WAL from resetting).
+pub(crate) fn export_chunk(
     conn: &Connection,
     q: &ExportQuery,
-    sink: &mut ExportSink,
-) -> rusqlite::Result<u64> {
-    // The keyset is (receive time, id). `since` is folded into the starting key rather
-    // than given as its own bound: with both, SQLite seeks by the plain bound and filters
-    // by the key, so every chunk would rescan from `since` (quadratic; found on 10 million
-    // events).
-    let mut after = match q.since {
-        Some(since) => (since.as_micros().saturating_sub(1), i64::MAX),
-        None => (i64::MIN, i64::MIN),
-    };
-    let until = q.until.map_or(i64::MAX, |t| t.as_micros());
-    let mut count = 0u64;
-    loop {
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
-             WHERE e.project_id = ?1 AND (e.received_at, e.id) > (?2, ?3) \
-               AND e.received_at < ?4 \
-             ORDER BY e.received_at, e.id LIMIT ?5"
-        ))?;
-        let mut rows = stmt.query(rusqlite::params![
+    after: ExportKey,
+) -> rusqlite::Result<ExportChunk> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
+         WHERE e.project_id = ?1 AND (e.received_at, e.id) > (?2, ?3) \
+           AND e.received_at < ?4 \
+         ORDER BY e.received_at, e.id LIMIT ?5"
+    ))?;
+    let mut budget = PageBudget::new(EXPORT_CHUNK_ROWS);
+    let mut events = Vec::new();
+    let mut more = false;
+    let rows = stmt.query_map(
+        rusqlite::params![
             q.project.get(),
-            after.0,
-            after.1,
-            until,
-            EXPORT_CHUNK
-        ])?;
-        let mut in_chunk = 0;
-        while let Some(row) = rows.next()? {
-            let event = event_row(row)?;
-            after = (event.received_at, event.id);
-            in_chunk += 1;
-            count += 1;
-            if !sink(Some(&event)) {
-                return Ok(count);
-            }
+            after.received_at,
+            after.id,
+            q.end(),
+            EXPORT_CHUNK_ROWS as i64 + 1
+        ],
+        event_row,
+    )?;
+    for row in rows {
+        if budget.full() {
+            more = true;
+            break;
         }
-        if in_chunk < EXPORT_CHUNK {
-            sink(None);
-            return Ok(count);
-        }
+        let row = row?;
+        budget.take(row_bytes(row.data.len(), row.event_name.len()));
+        events.push(row);
     }
+    let next = more
+        .then(|| events.last())
+        .flatten()
+        .map(|last: &EventRow| ExportKey {
+            received_at: last.received_at,
+            id: last.id,
+        });
+    Ok((events, next))
 }
 
 pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Stats> {
