@@ -9,6 +9,7 @@ mod console;
 mod crash;
 mod dedup;
 mod durability;
+mod erasure;
 mod faults;
 mod helpers;
 mod hostile;

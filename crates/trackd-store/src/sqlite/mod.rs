@@ -51,8 +51,8 @@ pub struct SqliteConfig {
 pub struct SqliteStore {
     jobs: SyncSender<Job>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Dropping it stops the checkpointer.
-    checkpointer: Mutex<Option<(SyncSender<()>, JoinHandle<()>)>>,
+    /// Dropping it (and the writer's) stops the checkpointer.
+    checkpointer: Mutex<Option<(SyncSender<Checkpoint>, JoinHandle<()>)>>,
     /// For admin writes and reads; SQLite serialises it with the writer (busy timeout).
     admin: Arc<Mutex<Connection>>,
     /// Idle reader connections, and a bound on how many queries read at once.
@@ -127,6 +127,7 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
         let checkpointer =
             spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
+        let erased = checkpointer.0.clone();
         let admin = open_connection(&path).map_err(StoreError::unavailable)?;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
@@ -143,6 +144,7 @@ impl SqliteStore {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
                 live: live.clone(),
+                erased,
             },
         )
         .map_err(StoreError::unavailable)?;
@@ -254,25 +256,50 @@ impl SqliteStore {
 /// How often the checkpointer copies committed WAL pages into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// What the writer asks of the checkpointer.
+pub(crate) enum Checkpoint {
+    /// A deletion committed: copy the whole WAL into the database and truncate it, so the
+    /// older page images holding the deleted data leave the files now, not whenever the
+    /// WAL happens to be overwritten (and not only at a clean shutdown).
+    Truncate,
+}
+
 /// Runs passive checkpoints on a connection of its own, so the writer's commits never pay
 /// for copying the WAL into the database (SQLite's default runs them inside the commit that
-/// crosses the threshold). A passive checkpoint never blocks the writer.
-fn spawn_checkpointer(conn: Connection) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
-    let (stop, stopped) = sync_channel::<()>(0);
+/// crosses the threshold). A passive checkpoint never blocks the writer. After a deletion it
+/// runs a truncating one: that waits for the writer's lock and holds it while it copies
+/// what is left of the WAL (the passive ones have copied most of it), so a deletion costs
+/// the writer one short pause; until it succeeds it is tried again every tick.
+fn spawn_checkpointer(
+    conn: Connection,
+) -> Result<(SyncSender<Checkpoint>, JoinHandle<()>), StoreError> {
+    let (asks, asked) = sync_channel::<Checkpoint>(1);
     let handle = std::thread::Builder::new()
         .name("trackd-checkpoint".into())
         .spawn(move || {
-            // Returns when the store drops or signals its end.
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(CHECKPOINT_EVERY)
-            {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "checkpoint failed, retrying later");
+            let mut truncate = false;
+            loop {
+                // Returns when the store and its writer are gone.
+                match asked.recv_timeout(CHECKPOINT_EVERY) {
+                    Ok(Checkpoint::Truncate) => truncate = true,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                let sql = if truncate {
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                } else {
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                };
+                // The first column is 1 when the checkpoint could not finish (busy).
+                match conn.query_row(sql, [], |r| r.get::<_, i64>(0)) {
+                    Ok(0) => truncate = false,
+                    Ok(_) => tracing::debug!(truncate, "checkpoint busy, retrying"),
+                    Err(e) => tracing::warn!(error = %e, "checkpoint failed, retrying later"),
                 }
             }
         })
         .map_err(StoreError::unavailable)?;
-    Ok((stop, handle))
+    Ok((asks, handle))
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {

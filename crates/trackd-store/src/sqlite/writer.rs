@@ -59,6 +59,8 @@ pub(crate) struct WriterConfig {
     pub metrics: StoreMetrics,
     /// Committed events for watching consoles.
     pub live: LiveFeed,
+    /// Told after a committed deletion (a truncating checkpoint follows).
+    pub erased: std::sync::mpsc::SyncSender<super::Checkpoint>,
 }
 
 impl Writer {
@@ -154,6 +156,10 @@ impl Writer {
                     .committed(&written.overlay, written.last_dedup_id);
                 for batch in written.live {
                     self.config.live.publish(batch);
+                }
+                if written.erased {
+                    // One pending request is enough: a full channel means one is queued.
+                    let _ = self.config.erased.try_send(super::Checkpoint::Truncate);
                 }
                 self.config.ready.store(true, Ordering::Relaxed);
                 let elapsed = started.elapsed();
@@ -295,6 +301,8 @@ struct Written {
     catch_up: Option<i64>,
     /// What watching consoles are shown, by project (empty when nobody watches).
     live: Vec<LiveBatch>,
+    /// Whether a user was deleted: the WAL's older copies of it must go.
+    erased: bool,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -323,6 +331,7 @@ fn write_batch(
     let mut done = Vec::with_capacity(jobs.len());
     let mut totals = Totals::default();
     let mut last_dedup_id = 0;
+    let mut erased = false;
     let mut live: std::collections::BTreeMap<i64, LiveBatch> = std::collections::BTreeMap::new();
     for job in jobs {
         match job {
@@ -352,6 +361,8 @@ fn write_batch(
             }
             Job::Profile { request, .. } => {
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
+                erased |= result.is_ok()
+                    && matches!(request.change, trackd_core::ProfileChange::Delete { .. });
                 done.push(Done::Other(result));
             }
             Job::Restore { events, .. } => {
@@ -384,6 +395,7 @@ fn write_batch(
         last_dedup_id,
         catch_up,
         live: live.into_values().collect(),
+        erased,
     })
 }
 
