@@ -35,7 +35,7 @@ pub mod wire;
 pub use error::{FieldError, StoreError};
 pub use event::{DedupKey, EventKey, EventName, EventRecord, TrackRequest, TrackedEvent};
 pub use identity::{Email, Identity, UserId};
-pub use live::{LiveBatch, LiveFeed};
+pub use live::{LiveBatch, LiveFeed, LiveItem, LiveReceiver};
 pub use metrics::StoreMetrics;
 pub use project::{Credential, CredentialKind, Project, ProjectId, Token, TokenHash};
 pub use store::{

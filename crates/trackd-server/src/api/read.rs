@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use trackd_core::read::{EventQuery, ExportQuery, StatsQuery};
-use trackd_core::Credential;
+use trackd_core::{Credential, LiveItem};
 
 use super::error::ApiError;
 use super::{auth, body, AppState};
@@ -305,8 +305,8 @@ pub async fn live(
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let filter = LiveFilter::parse(&query)?;
-    let feed = state.store.live().subscribe();
     let project = credential.project;
+    let feed = state.store.live().subscribe(project);
     let stopping = state.shutting_down.clone();
     let hello = live_line(&serde_json::json!({"type": "hello"}));
     let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(hello) });
@@ -320,12 +320,11 @@ pub async fn live(
                 };
                 let chunk = match received {
                     Err(_) => live_line(&serde_json::json!({"type": "heartbeat"})),
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    Ok(Some(LiveItem::Missed(n))) => {
                         live_line(&serde_json::json!({"type": "lagged", "missed": n}))
                     }
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-                    Ok(Ok(batch)) if batch.project != project => continue,
-                    Ok(Ok(batch)) => {
+                    Ok(None) => return None,
+                    Ok(Some(LiveItem::Batch(batch))) => {
                         let mut out = Vec::new();
                         for event in batch.events.iter().filter(|e| filter.admits(e)) {
                             out.extend_from_slice(br#"{"type":"event","event":"#);

@@ -80,6 +80,10 @@ async fn listen_once(
             continue;
         };
         let project = payload["p"].as_i64().unwrap_or_default();
+        // Only a watched project's events are read back.
+        if !live.watches(ProjectId::new(project)) {
+            continue;
+        }
         let ids: Vec<i64> = payload["ids"]
             .as_array()
             .map(|ids| ids.iter().filter_map(serde_json::Value::as_i64).collect())
