@@ -12,6 +12,11 @@ use trackd_core::{json, wire, FieldError};
 
 use super::error::ApiError;
 
+/// Above this many bytes a body is decompressed and parsed on the blocking pool: the async
+/// runtime has one worker per core but one, and a megabyte of JSON costs milliseconds that
+/// every other request on that worker would wait.
+pub const BLOCKING_BYTES: usize = 64 * 1024;
+
 /// Reads the whole body, at most `limit` bytes before and after decompression, within
 /// `timeout` (a client that trickles its body is answered 408 and holds nothing longer).
 pub async fn read(
@@ -43,6 +48,12 @@ pub async fn read(
     };
     match content_encoding(headers)? {
         Encoding::Identity => Ok(bytes.to_vec()),
+        // Inflating up to a megabyte is CPU work: off the runtime's few workers when large.
+        Encoding::Gzip if bytes.len() > BLOCKING_BYTES => {
+            tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
+                .await
+                .map_err(|_| ApiError::bad_request("body", "could not be decompressed"))?
+        }
         Encoding::Gzip => gunzip(&bytes, limit),
     }
 }
@@ -121,7 +132,19 @@ fn form_kind(headers: &HeaderMap) -> Result<Form, ApiError> {
 /// then the object and list fields sent as JSON strings are decoded
 /// ([`trackd_core::wire`]). A "form" that starts with `{` is JSON sent with curl's default
 /// content type: no form field name starts with a brace.
-pub async fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub async fn decode(headers: &HeaderMap, bytes: Vec<u8>) -> Result<Map<String, Value>, ApiError> {
+    if bytes.len() <= BLOCKING_BYTES {
+        return decode_now(headers, &bytes).await;
+    }
+    let headers = headers.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(decode_now(&headers, &bytes)))
+        .await
+        .map_err(|_| ApiError::bad_request("body", "could not be decoded"))?
+}
+
+/// [`decode`] on the current thread.
+async fn decode_now(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let depth = trackd_core::MAX_JSON_DEPTH;
     let mut body = match form_kind(headers)? {
@@ -250,8 +273,8 @@ pub fn check_decode(kind: u8, bytes: &[u8]) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
     };
-    let first = runtime.block_on(decode(&headers, bytes));
-    let second = runtime.block_on(decode(&headers, bytes));
+    let first = runtime.block_on(decode_now(&headers, bytes));
+    let second = runtime.block_on(decode_now(&headers, bytes));
     match (first, second) {
         (Ok(map), Ok(again)) => {
             assert_eq!(map, again, "decoding is not deterministic");

@@ -36,7 +36,7 @@ async fn decode_authenticated(
         state.limits.body_timeout,
     )
     .await?;
-    let decoded = body::decode(headers, &bytes).await?;
+    let decoded = body::decode(headers, bytes).await?;
     let found = auth::find(&query, &decoded, headers)?;
     let credential = state
         .failed_auth
