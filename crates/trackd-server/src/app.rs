@@ -87,7 +87,8 @@ impl App {
         ];
         let metrics_listener_absent = metrics_listener.is_none();
         if let Some(listener) = metrics_listener {
-            let router = api::metrics_router(state.metrics.clone());
+            let router = api::metrics_router(state.metrics.clone())
+                .layer(axum::middleware::from_fn(api::auth::refuse_secret_in_query));
             background.push(tokio::spawn(async move {
                 let never = std::future::pending::<()>();
                 if let Err(e) = serve(listener, router, header_timeout, never).await {

@@ -273,6 +273,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         router = router.merge(metrics_router(state.metrics.clone()));
     }
     router
+        // Inside admission: refusals are counted like any answer.
+        .layer(axum::middleware::from_fn(auth::refuse_secret_in_query))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::admit,

@@ -26,7 +26,7 @@ async fn authenticate(
         .failed_auth
         .guard(
             peer.ip(),
-            auth::secret_credential(&state.credentials, &query, headers),
+            auth::secret_credential(&state.credentials, headers),
         )
         .await
         .inspect_err(|e| {

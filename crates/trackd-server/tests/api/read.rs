@@ -52,6 +52,108 @@ async fn read_routes_need_a_secret_key_in_the_authorization_header() {
     }
 }
 
+/// The refusal of a secret key found in a query string (under whatever name).
+fn key_in_query(field: &str) -> String {
+    format!(
+        "{field}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
+    )
+}
+
+/// A value shaped like a generated secret key (`sk_` and 32 letters and digits) that no
+/// project has.
+fn unknown_key(n: usize) -> String {
+    format!("sk_{:0>32}", format!("Unknown{n}"))
+}
+
+#[tokio::test]
+async fn a_secret_key_in_any_query_parameter_of_any_route_is_refused_without_echoing_it() {
+    let app = TestApp::spawn().await;
+    let k = app.secret.clone();
+    let t = app.token.clone();
+    let body = event("u", 1).to_string();
+    // Beside a valid tracking token, under names a client might use: nothing is stored.
+    for (query, field) in [
+        (format!("auth_token={t}&key={k}"), "key"),
+        (format!("auth_token={t}&api_key={k}"), "api_key"),
+        (format!("auth_token={t}&note=Bearer%20{k}"), "note"),
+        (format!("auth_token={t}&x=sk%5F{}", &k[3..]), "x"),
+        (format!("auth_token={t}&{k}"), "query"),
+        (format!("auth_token={t}&{k}=1"), "query"),
+    ] {
+        let url = app.url(&format!("/api/v2/events/track?{query}"));
+        let answer = app.send(app.client.post(url).body(body.clone())).await;
+        answer.assert_error(400, &key_in_query(field));
+        assert!(!answer.body.contains(&k[3..]), "{}", answer.body);
+    }
+    assert_eq!(app.count("events"), 0);
+    // Every route, probes and unknown paths too (the key leaked whatever it reached), with
+    // a key that is valid and one that no project has: the shape is enough.
+    for key in [k.clone(), unknown_key(1)] {
+        for path in [
+            "/api/v2/heartbeat",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/ui",
+            "/ui/app.js",
+            "/",
+            "/api/v2/users/track",
+            "/no/such/route",
+        ] {
+            let answer = app
+                .send(app.client.get(app.url(&format!("{path}?k={key}"))))
+                .await;
+            answer.assert_error(400, &key_in_query("k"));
+            assert!(!answer.body.contains(&key[3..]), "{path}: {}", answer.body);
+        }
+    }
+    // The read API, with the right header: the key as a bare parameter is not echoed back.
+    let answer = app.read(&format!("/api/v2/events?{k}")).await;
+    answer.assert_error(400, &key_in_query("query"));
+    assert!(!answer.body.contains(&k[3..]), "{}", answer.body);
+    // What only looks alike is not refused.
+    app.send(
+        app.client
+            .get(app.url(&format!("/healthz?x=sk_short&y=task_{}", &k[3..]))),
+    )
+    .await
+    .assert_success(false);
+    assert_eq!(app.read("/api/v2/events?user_id=sk_x").await.status, 200);
+}
+
+#[tokio::test]
+async fn query_values_are_never_looked_up_as_candidate_keys() {
+    let app = TestApp::spawn().await;
+    // A thousand guesses in one request, the real key last: the answer is the same as
+    // without it, naming the first key-shaped parameter, so it tells nothing.
+    let guesses: Vec<String> = (0..1000)
+        .map(|n| format!("c{n}={}", unknown_key(n)))
+        .collect();
+    let without = format!("/api/v2/events?{}", guesses.join("&"));
+    let with = format!("{without}&c1000={}", app.secret);
+    for path in [&without, &with] {
+        app.read_as("sk_nope", path)
+            .await
+            .assert_error(400, &key_in_query("c0"));
+    }
+    // A secret key of another shape (the store takes any token) in a parameter the route
+    // does not define is not looked up: it is an unknown parameter like any other.
+    let store = app.store.as_ref().expect("running");
+    let project = store.project("test").await.expect("project");
+    let odd = trackd_core::Token::import("odd-secret-key").expect("token");
+    store
+        .add_credential(project.id, trackd_core::CredentialKind::Secret, &odd)
+        .await
+        .expect("added");
+    app.read("/api/v2/events?x=odd-secret-key")
+        .await
+        .assert_error(
+        400,
+        "x: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)",
+    );
+}
+
 #[tokio::test]
 async fn read_routes_send_no_cors_headers() {
     let app = TestApp::spawn().await;
