@@ -251,10 +251,29 @@ fn live_line(value: &serde_json::Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// How often a live stream checks that its key is still active (in the credential cache,
+/// itself refreshed every second): a revoked key's stream ends within about two seconds.
+const LIVE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a live stream holds between the chunks it sends.
+struct LiveState {
+    feed: tokio::sync::broadcast::Receiver<std::sync::Arc<trackd_core::LiveBatch>>,
+    filter: LiveFilter,
+    stopping: tokio_util::sync::CancellationToken,
+    credentials: std::sync::Arc<auth::CredentialCache>,
+    key: trackd_core::TokenHash,
+    recheck: tokio::time::Interval,
+    heartbeat: tokio::time::Interval,
+    /// The key was revoked and the last line sent: the stream ends.
+    revoked: bool,
+}
+
 /// `GET /api/v2/events/live`: NDJSON pushed as events are committed (every node's, on
 /// PostgreSQL): `{"type":"event","event":{…}}` per event, `{"type":"duplicates","count":n}`
-/// per commit that dropped some, a heartbeat every 15 s, `{"type":"lagged","missed":n}` if
-/// the reader fell behind. Ends when the server shuts down.
+/// per commit that dropped some, a heartbeat after 15 s without a line,
+/// `{"type":"lagged","missed":n}` if the reader fell behind. Ends when the server shuts
+/// down, and after `{"type":"revoked"}` once its key is revoked: before every batch it
+/// sends and every second, it checks that the key is still in the credential cache.
 pub async fn live(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -263,48 +282,79 @@ pub async fn live(
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let filter = LiveFilter::parse(&query)?;
-    let feed = state.store.live().subscribe();
     let project = credential.project;
-    let stopping = state.shutting_down.clone();
+    let every = |period| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
+    let live = LiveState {
+        feed: state.store.live().subscribe(),
+        filter,
+        stopping: state.shutting_down.clone(),
+        credentials: state.credentials.clone(),
+        key: credential.hash,
+        recheck: every(LIVE_RECHECK),
+        heartbeat: every(LIVE_HEARTBEAT),
+        revoked: false,
+    };
     let hello = live_line(&serde_json::json!({"type": "hello"}));
     let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(hello) });
-    let rest = futures_util::stream::unfold(
-        (feed, filter, stopping),
-        move |(mut feed, filter, stopping)| async move {
-            loop {
-                let received = tokio::select! {
-                    () = stopping.cancelled() => return None,
-                    r = tokio::time::timeout(LIVE_HEARTBEAT, feed.recv()) => r,
-                };
-                let chunk = match received {
-                    Err(_) => live_line(&serde_json::json!({"type": "heartbeat"})),
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
-                        live_line(&serde_json::json!({"type": "lagged", "missed": n}))
+    let rest = futures_util::stream::unfold(live, move |mut live| async move {
+        if live.revoked {
+            return None;
+        }
+        let revoked = |mut live: LiveState| {
+            tracing::debug!(key = %live.key.fingerprint(), "live stream ended: key revoked");
+            live.revoked = true;
+            let line = live_line(&serde_json::json!({"type": "revoked"}));
+            Some((Ok::<_, std::io::Error>(line), live))
+        };
+        loop {
+            let received = tokio::select! {
+                () = live.stopping.cancelled() => return None,
+                _ = live.recheck.tick() => {
+                    if !live.credentials.holds(&live.key) {
+                        return revoked(live);
                     }
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-                    Ok(Ok(batch)) if batch.project != project => continue,
-                    Ok(Ok(batch)) => {
-                        let mut out = Vec::new();
-                        for event in batch.events.iter().filter(|e| filter.admits(e)) {
-                            out.extend_from_slice(br#"{"type":"event","event":"#);
-                            event.write_json(&mut out);
-                            out.extend_from_slice(b"}\n");
-                        }
-                        if batch.duplicates > 0 {
-                            out.extend_from_slice(&live_line(&serde_json::json!(
-                                {"type": "duplicates", "count": batch.duplicates}
-                            )));
-                        }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        Bytes::from(out)
+                    continue;
+                }
+                _ = live.heartbeat.tick() => None,
+                r = live.feed.recv() => Some(r),
+            };
+            let chunk = match received {
+                None => live_line(&serde_json::json!({"type": "heartbeat"})),
+                Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    live_line(&serde_json::json!({"type": "lagged", "missed": n}))
+                }
+                Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                Some(Ok(batch)) if batch.project != project => continue,
+                Some(Ok(batch)) => {
+                    // Never one more event for a key that is gone.
+                    if !live.credentials.holds(&live.key) {
+                        return revoked(live);
                     }
-                };
-                return Some((Ok::<_, std::io::Error>(chunk), (feed, filter, stopping)));
-            }
-        },
-    );
+                    let mut out = Vec::new();
+                    for event in batch.events.iter().filter(|e| live.filter.admits(e)) {
+                        out.extend_from_slice(br#"{"type":"event","event":"#);
+                        event.write_json(&mut out);
+                        out.extend_from_slice(b"}\n");
+                    }
+                    if batch.duplicates > 0 {
+                        out.extend_from_slice(&live_line(&serde_json::json!(
+                            {"type": "duplicates", "count": batch.duplicates}
+                        )));
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Bytes::from(out)
+                }
+            };
+            live.heartbeat.reset();
+            return Some((Ok::<_, std::io::Error>(chunk), live));
+        }
+    });
     Ok((
         [
             (
