@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use trackd_core::read::CursorKey;
 use trackd_core::{Clock, DynStore, StoreError};
 
 use crate::api::auth::{CredentialCache, REFRESH_EVERY};
@@ -36,6 +37,7 @@ impl App {
         limits: Limits,
     ) -> Result<Self, StoreError> {
         let credentials = CredentialCache::load(store.clone()).await?;
+        let cursor_key = Arc::new(CursorKey::new(store.cursor_key().await?));
         let metrics = Arc::new(Metrics::new(&store.metrics()));
         Ok(App {
             listener,
@@ -46,6 +48,7 @@ impl App {
                 shutting_down: tokio_util::sync::CancellationToken::new(),
                 store,
                 credentials,
+                cursor_key,
                 clock,
                 limits,
                 rejections: Arc::default(),

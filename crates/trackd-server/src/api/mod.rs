@@ -79,6 +79,8 @@ pub struct AppState {
     pub store: DynStore,
     /// Active credentials.
     pub credentials: Arc<CredentialCache>,
+    /// Seals and opens read cursors (its secret is kept in the store).
+    pub cursor_key: Arc<trackd_core::read::CursorKey>,
     /// Receive times come from here.
     pub clock: Arc<dyn Clock>,
     /// Request limits.

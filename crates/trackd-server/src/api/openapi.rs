@@ -181,7 +181,7 @@ fn read_operation(route: ReadRoute) -> Value {
     let limit = json!({"name": "limit", "in": "query",
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}});
     let cursor = json!({"name": "cursor", "in": "query", "schema": {"type": "string"},
-                        "description": "next_cursor of the previous page"});
+                        "description": "next_cursor of the previous page of the same query (same filters; limit may change)"});
     let event_name = json!({"name": "event_name", "in": "query", "schema": {"type": "string"}});
     let user_id = json!({"name": "user_id", "in": "query", "schema": {"type": "string"}});
     let (op_id, summary, parameters, ok) = match route {

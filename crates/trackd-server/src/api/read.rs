@@ -87,9 +87,10 @@ pub async fn user_events(
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let id = user_id(path)?;
-    let query = EventQuery::parse(credential.project, &query, Some(id))?;
+    let query = EventQuery::parse(credential.project, &query, Some(id), &state.cursor_key)?;
+    let scope = query.scope();
     match state.store.events(query).await? {
-        Some((events, next)) => Ok(json(trackd_core::read::write_page(&events, next))),
+        Some((events, next)) => Ok(page(&state, &scope, &events, next)),
         None => Err(ApiError::NotFound("id: no such user".into())),
     }
 }
@@ -102,9 +103,21 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
-    let query = EventQuery::parse(credential.project, &query, None)?;
+    let query = EventQuery::parse(credential.project, &query, None, &state.cursor_key)?;
+    let scope = query.scope();
     let (events, next) = state.store.events(query).await?.unwrap_or_default();
-    Ok(json(trackd_core::read::write_page(&events, next)))
+    Ok(page(&state, &scope, &events, next))
+}
+
+/// A page of events, its next cursor sealed for the query it continues.
+fn page(
+    state: &AppState,
+    scope: &[u8],
+    events: &[trackd_core::read::EventRow],
+    next: Option<trackd_core::read::Cursor>,
+) -> Response {
+    let next = next.map(|cursor| cursor.seal(&state.cursor_key, scope));
+    json(trackd_core::read::write_page(events, next.as_deref()))
 }
 
 /// Bytes of NDJSON gathered before they are handed to the connection.

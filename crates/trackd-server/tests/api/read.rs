@@ -333,9 +333,7 @@ async fn events_filter_by_event_key_user_and_time() {
         400,
         "since: not an ISO 8601 time or Unix seconds (years 1 to 9999)",
     );
-    q("?cursor=abc")
-        .await
-        .assert_error(400, "cursor: not a cursor this server handed out");
+    q("?cursor=abc").await.assert_error(400, FOREIGN_CURSOR);
     q("?order=asc").await.assert_error(
         400,
         "order: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)",
@@ -588,4 +586,76 @@ async fn a_user_is_found_by_email_as_well_as_by_id() {
     app.read("/api/v2/users/nobody@example.com")
         .await
         .assert_error(404, "id: no such user");
+}
+
+/// The refusal of a cursor that was not handed out for this query.
+const FOREIGN_CURSOR: &str = "cursor: not a cursor this server handed out for this query";
+
+#[tokio::test]
+async fn cursors_are_sealed_to_their_project_and_query() {
+    let mut app = TestApp::spawn().await;
+    let (other_token, other_secret) = app.add_project("other").await;
+    for n in 0..5 {
+        app.track(&at("u", "e", n, n)).await.assert_success(false);
+        app.track_as(&other_token, &at("u", "e", n, n))
+            .await
+            .assert_success(false);
+    }
+    let next = |page: crate::helpers::Answer| -> String {
+        assert_eq!(page.status, 200, "{}", page.body);
+        page.json()["next_cursor"]
+            .as_str()
+            .expect("a next page")
+            .to_owned()
+    };
+    let mine = next(app.read("/api/v2/events?limit=2").await);
+    let theirs = next(app.read_as(&other_secret, "/api/v2/events?limit=2").await);
+    // A genuine cursor works, for its own project and query (`limit` may change).
+    let page = app
+        .read(&format!("/api/v2/events?limit=1&cursor={mine}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2]);
+    // It shows nothing readable: not the ids and times it stands for.
+    assert!(
+        !mine
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'),
+        "{mine}"
+    );
+    // Forged in the old readable form, another project's, tampered with, or used with
+    // other filters: 400, never a page.
+    // base64url of "1.9223372036854775807.3.1000": (event time, id, newest id).
+    let forged = "MS45MjIzMzcyMDM2ODU0Nzc1ODA3LjMuMTAwMA";
+    let tampered = {
+        let mut bytes = mine.clone().into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(bytes).expect("ascii")
+    };
+    for path in [
+        format!("/api/v2/events?cursor={forged}"),
+        format!("/api/v2/events?cursor={theirs}"),
+        format!("/api/v2/events?cursor={tampered}"),
+        format!("/api/v2/events?cursor={}", &mine[..mine.len() - 2]),
+        format!("/api/v2/events?cursor={mine}&event_name=e"),
+        format!("/api/v2/events?cursor={mine}&user_id=u"),
+        format!("/api/v2/events?cursor={mine}&since=0"),
+        format!("/api/v2/users/u/events?cursor={mine}"),
+    ] {
+        app.read(&path).await.assert_error(400, FOREIGN_CURSOR);
+    }
+    // The other project's own cursor still works for it.
+    let page = app
+        .read_as(&other_secret, &format!("/api/v2/events?cursor={theirs}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2, 1, 0]);
+    // The server's key is kept in the store: a cursor outlives a restart.
+    app.restart().await;
+    let page = app
+        .read(&format!("/api/v2/events?limit=1&cursor={mine}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2]);
 }
