@@ -659,3 +659,48 @@ async fn cursors_are_sealed_to_their_project_and_query() {
     assert_eq!(page.status, 200, "{}", page.body);
     assert_eq!(ids(&page.json()), vec![2]);
 }
+
+/// GETs `path` exactly as written, with the secret key: URL libraries (reqwest's too)
+/// resolve `..`, `%2E%2E` and `.` segments before sending, as browsers do, so this is the
+/// only way to see what the server makes of them. Answers (status, JSON body).
+async fn raw_read(app: &TestApp, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = app.raw_connection().await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.secret
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    let text = String::from_utf8(answer).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head[9..12].parse().expect("status");
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn users_named_dot_and_dot_dot_are_read_as_themselves() {
+    let app = TestApp::spawn().await;
+    for (n, user) in ["..", ".", "someone"].into_iter().enumerate() {
+        app.track(&at(user, "e", 0, n as i64))
+            .await
+            .assert_success(false);
+    }
+    for (segment, id, n) in [("%2E%2E", "..", 0), ("%2e%2e", "..", 0), ("%2E", ".", 1)] {
+        let (status, profile) = raw_read(&app, &format!("/api/v2/users/{segment}")).await;
+        assert_eq!(status, 200, "{segment}: {profile}");
+        assert_eq!(profile["id"], id);
+        assert_eq!(profile["event_count"], 1);
+        let (status, page) = raw_read(&app, &format!("/api/v2/users/{segment}/events")).await;
+        assert_eq!(status, 200, "{segment}: {page}");
+        assert_eq!(ids(&page), vec![n], "{segment}: only the user's own events");
+        // The console's way, which no URL parser rewrites: the id in the query.
+        let page = app.read(&format!("/api/v2/events?user_id={segment}")).await;
+        assert_eq!(ids(&page.json()), vec![n], "{segment}");
+    }
+    // Sent unencoded, the server does not resolve them either: the id is the segment.
+    let (status, page) = raw_read(&app, "/api/v2/users/../events").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), vec![0]);
+}
