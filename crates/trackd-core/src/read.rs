@@ -52,12 +52,19 @@ impl std::fmt::Debug for CursorKey {
     }
 }
 
+/// HMAC-SHA256 keyed with a 32-byte key. HMAC pads a key shorter than the hash's 64-byte
+/// block with zeros, so this is exactly HMAC under `key` (and needs no fallible call).
+fn keyed(key: &[u8; 32]) -> HmacSha256 {
+    use hmac::KeyInit;
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as KeyInit>::new(&block.into())
+}
+
 /// HMAC-SHA256 of the concatenated `parts` under `key`.
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    use hmac::{KeyInit, Mac};
-    // HMAC takes a key of any length.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = keyed(key);
     for part in parts {
         mac.update(part);
     }
@@ -116,7 +123,7 @@ impl Cursor {
     /// Opens a cursor [`Cursor::seal`] made with this key and scope; anything else (not
     /// one, altered, or sealed for another project or query) is a 400 on `cursor`.
     pub fn open(text: &str, key: &CursorKey, scope: &[u8]) -> Result<Self, FieldError> {
-        use hmac::{KeyInit, Mac};
+        use hmac::Mac;
         let invalid = || {
             FieldError::new(
                 "cursor",
@@ -136,7 +143,7 @@ impl Cursor {
         for ((p, s), k) in plain.iter_mut().zip(sealed).zip(pad) {
             *p = s ^ k;
         }
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key.mac).map_err(|_| invalid())?;
+        let mut mac = keyed(&key.mac);
         mac.update(&[CURSOR_VERSION]);
         mac.update(scope);
         mac.update(&plain);
@@ -162,12 +169,11 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    let pairs = text.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
         return None;
     }
-    bytes
-        .chunks_exact(2)
+    pairs
         .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
 }
@@ -781,6 +787,16 @@ mod tests {
         for (other_key, scope) in [(CursorKey::new([8; 32]), &b"scope"[..]), (key, b"other")] {
             assert!(Cursor::open(&text, &other_key, scope).is_err());
         }
+    }
+
+    #[test]
+    fn the_zero_padded_key_is_hmac_under_the_key_itself() {
+        use hmac::{KeyInit, Mac};
+        let key = [0x5a; 32];
+        let mut plain = <HmacSha256 as KeyInit>::new_from_slice(&key).expect("any length");
+        plain.update(b"message");
+        let expected: [u8; 32] = plain.finalize().into_bytes().into();
+        assert_eq!(hmac(&key, &[b"mess", b"age"]), expected);
     }
 
     #[test]
