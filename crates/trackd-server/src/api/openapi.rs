@@ -123,7 +123,9 @@ pub fn build() -> Value {
             "description": "Vero Track API v2 compatible event tracking. Tracking routes take \
                 a tracking token (query auth_token or tracking_api_key, the same names in the \
                 body, or Authorization: Bearer); read routes take a secret key in \
-                Authorization: Bearer only. Every error is {\"status\":<code>,\"message\":\
+                Authorization: Bearer only; anything shaped like a secret key (sk_ and 32 \
+                letters and digits) in a query string is refused (400) on every route. \
+                Every error is {\"status\":<code>,\"message\":\
                 \"<field>: <problem>\"}.",
         },
         "paths": paths,
