@@ -64,14 +64,44 @@ impl std::fmt::Debug for Token {
 /// The longest imported token.
 pub const MAX_TOKEN_CHARS: usize = 254;
 
+/// What every secret key starts with (keys are only ever generated, never imported).
+pub const SECRET_KEY_PREFIX: &str = "sk_";
+
+/// Letters and digits after a generated token's prefix.
+const RANDOM_CHARS: usize = 32;
+
+/// Whether `text` holds something shaped like a secret key: `sk_` and 32 letters and
+/// digits, not inside a longer word (`task_…` is not one). A shape check, no lookup: used
+/// to refuse secret keys in query strings, whether or not they are valid.
+pub fn contains_secret_key(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find(SECRET_KEY_PREFIX) {
+        let start = from + at;
+        let body = start + SECRET_KEY_PREFIX.len();
+        let word_before =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let run = bytes[body..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if !word_before && run == RANDOM_CHARS {
+            return true;
+        }
+        // The prefix is ASCII: one byte on is still a character boundary.
+        from = start + 1;
+    }
+    false
+}
+
 impl Token {
     /// A new random credential: `tk_` or `sk_` and 32 letters and digits (190 bits).
     pub fn generate(kind: CredentialKind) -> Self {
         let prefix = match kind {
             CredentialKind::Tracking => "tk_",
-            CredentialKind::Secret => "sk_",
+            CredentialKind::Secret => SECRET_KEY_PREFIX,
         };
-        let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+        let random = Alphanumeric.sample_string(&mut rand::thread_rng(), RANDOM_CHARS);
         Token(format!("{prefix}{random}"))
     }
 
@@ -201,6 +231,34 @@ mod tests {
         assert!(Token::generate(CredentialKind::Tracking)
             .expose()
             .starts_with("tk_"));
+    }
+
+    #[test]
+    fn secret_keys_are_found_by_their_shape() {
+        let key = Token::generate(CredentialKind::Secret);
+        let k = key.expose();
+        for text in [
+            k.to_owned(),
+            format!("Bearer {k}"),
+            format!("https://x.example/?key={k}&y=1"),
+            format!("{k},{k}"),
+            format!("é{k}"),
+        ] {
+            assert!(contains_secret_key(&text), "{text}");
+        }
+        let tracking = Token::generate(CredentialKind::Tracking);
+        for text in [
+            "",
+            "sk_",
+            "sk_short",
+            tracking.expose(),
+            &format!("task_{}", &k[3..]),
+            &format!("{k}x"),
+            &k[..34],
+            &format!("sk-{}", &k[3..]),
+        ] {
+            assert!(!contains_secret_key(text), "{text}");
+        }
     }
 
     #[test]

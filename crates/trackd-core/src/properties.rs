@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::read::{Cursor, EventQuery, ExportQuery, StatsQuery};
+use crate::read::{Cursor, CursorKey, EventQuery, ExportQuery, StatsQuery};
 use crate::{json, ProfileOp, ProfileRequest, ProjectId, Timestamp, TrackRequest};
 
 const PROJECT: ProjectId = ProjectId::new(1);
@@ -82,8 +82,8 @@ pub fn profile_map(op: u8, map: &Map<String, Value>) {
     }
 }
 
-/// Read-route query strings (split on `&` and `=`): parsing never panics, and a cursor
-/// the server hands out decodes to itself.
+/// Read-route query strings (split on `&` and `=`): parsing never panics, and a sealed
+/// cursor opens to itself under its own scope only.
 pub fn read_query(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     let pairs: Vec<(String, String)> = text
@@ -94,12 +94,28 @@ pub fn read_query(bytes: &[u8]) {
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    let _ = EventQuery::parse(PROJECT, &pairs, None);
-    let _ = EventQuery::parse(PROJECT, &pairs, Some("user".into()));
+    let key = CursorKey::new([7; 32]);
+    let _ = EventQuery::parse(PROJECT, &pairs, None, &key);
+    let _ = EventQuery::parse(PROJECT, &pairs, Some("user".into()), &key);
     let _ = ExportQuery::parse(PROJECT, &pairs);
     let _ = StatsQuery::parse(PROJECT, &pairs);
-    if let Ok(cursor) = Cursor::decode(&text) {
-        assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
+    let _ = Cursor::open(&text, &key, b"");
+    // Any numbers, sealed for any scope, open to themselves there and nowhere else.
+    if bytes.len() >= 24 {
+        let number = |at: usize| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&bytes[at..at + 8]);
+            i64::from_be_bytes(n)
+        };
+        let cursor = Cursor {
+            created_at: number(0),
+            id: number(8),
+            max_id: number(16),
+        };
+        let scope = &bytes[24..];
+        let sealed = cursor.seal(&key, scope);
+        assert_eq!(Cursor::open(&sealed, &key, scope), Ok(cursor));
+        assert!(Cursor::open(&sealed, &key, &[scope, b"x"].concat()).is_err());
     }
 }
 

@@ -1,8 +1,6 @@
 //! The read side: query parameters become typed queries ([`EventQuery`], [`ExportQuery`],
 //! [`StatsQuery`]), keyset cursors, and the JSON shapes answers are written in.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -20,6 +18,11 @@ pub const MAX_LIMIT: usize = 1000;
 /// Where a walk of pages stands: the last event returned (newest first by event time, then
 /// id) and the newest event id present when the walk started, so events added during the
 /// walk are never returned by it.
+///
+/// Clients only ever see it sealed ([`Cursor::seal`]): encrypted and authenticated with the
+/// server's [`CursorKey`], bound to the project and the query's filters. Event ids are one
+/// sequence over all projects, so a readable `max_id` would tell a tenant how much the
+/// others track; a forged, altered, or another project's or query's cursor is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// Event time (µs) of the last event returned.
@@ -30,37 +33,149 @@ pub struct Cursor {
     pub max_id: i64,
 }
 
-impl Cursor {
-    /// The opaque text form handed to clients.
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("1.{}.{}.{}", self.created_at, self.id, self.max_id))
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The key cursors are sealed with, made from the 32 random bytes the store keeps
+/// ([`crate::Store::cursor_key`]): every node of one data set shares it, and it survives
+/// restarts, so a cursor works on any node until the data set is gone.
+#[derive(Clone)]
+pub struct CursorKey {
+    /// Authenticates (and names the keystream of) a cursor.
+    mac: [u8; 32],
+    /// Derives the keystream that hides a cursor's numbers.
+    enc: [u8; 32],
+}
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
+
+/// HMAC-SHA256 keyed with a 32-byte key. HMAC pads a key shorter than the hash's 64-byte
+/// block with zeros, so this is exactly HMAC under `key` (and needs no fallible call).
+fn keyed(key: &[u8; 32]) -> HmacSha256 {
+    use hmac::KeyInit;
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as KeyInit>::new(&block.into())
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key`.
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = keyed(key);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// The first byte of a sealed cursor: its format.
+const CURSOR_VERSION: u8 = 2;
+/// Bytes of the authentication tag kept (128 bits).
+const CURSOR_TAG: usize = 16;
+/// Bytes of the sealed numbers: event time, id, newest id.
+const CURSOR_BODY: usize = 24;
+
+impl CursorKey {
+    /// The key made from the store's secret: one subkey to authenticate, one to encrypt.
+    pub fn new(secret: [u8; 32]) -> Self {
+        CursorKey {
+            mac: hmac(&secret, &[b"trackd cursor authentication"]),
+            enc: hmac(&secret, &[b"trackd cursor encryption"]),
+        }
     }
 
-    /// Reads a cursor handed out by [`Cursor::encode`].
-    pub fn decode(text: &str) -> Result<Self, FieldError> {
-        let invalid = || FieldError::new("cursor", "not a cursor this server handed out");
-        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let mut parts = text.split('.');
-        if parts.next() != Some("1") {
-            return Err(invalid());
-        }
-        let mut next = || -> Result<i64, FieldError> {
-            parts
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(invalid)
-        };
-        let cursor = Cursor {
-            created_at: next()?,
-            id: next()?,
-            max_id: next()?,
-        };
-        if parts.next().is_some() {
-            return Err(invalid());
-        }
-        Ok(cursor)
+    /// 32 fresh random bytes, for a store making its cursor secret on first use.
+    pub fn random_secret() -> [u8; 32] {
+        rand::random()
     }
+}
+
+impl Cursor {
+    /// The text handed to clients: hex of the format byte, a 128-bit tag and the three
+    /// numbers encrypted. A deterministic authenticated encryption (SIV, with HMAC-SHA256 as
+    /// the only primitive): the tag is the HMAC of `scope` and the numbers, the keystream the
+    /// HMAC of the tag under the other subkey. Nothing in it is readable, and any change to
+    /// it, or another `scope`, fails the tag. Hex, not base64: no `_`, so a cursor never looks
+    /// like a secret key in a query string.
+    pub fn seal(&self, key: &CursorKey, scope: &[u8]) -> String {
+        let mut plain = [0u8; CURSOR_BODY];
+        plain[..8].copy_from_slice(&self.created_at.to_be_bytes());
+        plain[8..16].copy_from_slice(&self.id.to_be_bytes());
+        plain[16..].copy_from_slice(&self.max_id.to_be_bytes());
+        let tag = hmac(&key.mac, &[&[CURSOR_VERSION], scope, &plain]);
+        let tag = &tag[..CURSOR_TAG];
+        let pad = hmac(&key.enc, &[tag]);
+        let mut out = String::with_capacity(2 * (1 + CURSOR_TAG + CURSOR_BODY));
+        let sealed = plain.iter().zip(pad).map(|(p, k)| p ^ k);
+        for b in [CURSOR_VERSION]
+            .into_iter()
+            .chain(tag.iter().copied())
+            .chain(sealed)
+        {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// Opens a cursor [`Cursor::seal`] made with this key and scope; anything else (not
+    /// one, altered, or sealed for another project or query) is a 400 on `cursor`.
+    pub fn open(text: &str, key: &CursorKey, scope: &[u8]) -> Result<Self, FieldError> {
+        use hmac::Mac;
+        let invalid = || {
+            FieldError::new(
+                "cursor",
+                "not a cursor this server handed out for this query",
+            )
+        };
+        let bytes = unhex(text).ok_or_else(invalid)?;
+        let Some((&version, rest)) = bytes.split_first() else {
+            return Err(invalid());
+        };
+        if version != CURSOR_VERSION || rest.len() != CURSOR_TAG + CURSOR_BODY {
+            return Err(invalid());
+        }
+        let (tag, sealed) = rest.split_at(CURSOR_TAG);
+        let pad = hmac(&key.enc, &[tag]);
+        let mut plain = [0u8; CURSOR_BODY];
+        for ((p, s), k) in plain.iter_mut().zip(sealed).zip(pad) {
+            *p = s ^ k;
+        }
+        let mut mac = keyed(&key.mac);
+        mac.update(&[CURSOR_VERSION]);
+        mac.update(scope);
+        mac.update(&plain);
+        // Constant time: a forger learns nothing from how long a refusal took.
+        mac.verify_truncated_left(tag).map_err(|_| invalid())?;
+        let number = |at: usize| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&plain[at..at + 8]);
+            i64::from_be_bytes(n)
+        };
+        Ok(Cursor {
+            created_at: number(0),
+            id: number(8),
+            max_id: number(16),
+        })
+    }
+}
+
+/// Lowercase hex to bytes; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let pairs = text.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return None;
+    }
+    pairs
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 /// A page of events, newest first.
@@ -214,11 +329,13 @@ impl<'a> Params<'a> {
 }
 
 impl EventQuery {
-    /// `GET /events` (`user_key` `None`) or `GET /users/{id}/events` (`Some`).
+    /// `GET /events` (`user_key` `None`) or `GET /users/{id}/events` (`Some`); a `cursor` is
+    /// opened with `key` and must have been sealed for this project and these filters.
     pub fn parse(
         project: ProjectId,
         pairs: &[(String, String)],
         user_key: Option<String>,
+        key: &CursorKey,
     ) -> Result<Self, FieldError> {
         let allowed: &[&str] = if user_key.is_some() {
             &["event_name", "since", "until", "limit", "cursor"]
@@ -227,7 +344,7 @@ impl EventQuery {
         };
         let params = Params::new(pairs, allowed)?;
         let (since, until) = params.range()?;
-        Ok(EventQuery {
+        let mut query = EventQuery {
             project,
             user_key: match user_key {
                 Some(key) => Some(key),
@@ -237,8 +354,43 @@ impl EventQuery {
             since,
             until,
             limit: params.limit()?,
-            cursor: params.get("cursor").map(Cursor::decode).transpose()?,
-        })
+            cursor: None,
+        };
+        if let Some(text) = params.get("cursor") {
+            query.cursor = Some(Cursor::open(text, key, &query.scope())?);
+        }
+        Ok(query)
+    }
+
+    /// What a cursor of this query is bound to: the project and every filter (not `limit`,
+    /// which may change between pages), each length-prefixed so no two differ only in
+    /// where one ends.
+    pub fn scope(&self) -> Vec<u8> {
+        let mut scope = Vec::with_capacity(64);
+        scope.extend_from_slice(&self.project.get().to_be_bytes());
+        for text in [
+            self.user_key.as_deref(),
+            self.event_key.as_ref().map(EventKey::as_str),
+        ] {
+            match text {
+                None => scope.push(0),
+                Some(t) => {
+                    scope.push(1);
+                    scope.extend_from_slice(&(t.len() as u64).to_be_bytes());
+                    scope.extend_from_slice(t.as_bytes());
+                }
+            }
+        }
+        for time in [self.since, self.until] {
+            match time {
+                None => scope.push(0),
+                Some(t) => {
+                    scope.push(1);
+                    scope.extend_from_slice(&t.as_micros().to_be_bytes());
+                }
+            }
+        }
+        scope
     }
 }
 
@@ -447,8 +599,9 @@ impl EventRow {
     }
 }
 
-/// A page of events: `{"events": [...], "next_cursor": "..." | null}`.
-pub fn write_page(events: &[EventRow], next: Option<Cursor>) -> Vec<u8> {
+/// A page of events: `{"events": [...], "next_cursor": "..." | null}`, the next cursor
+/// already sealed ([`Cursor::seal`]).
+pub fn write_page(events: &[EventRow], next: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + events.len() * 400);
     out.extend_from_slice(b"{\"events\":[");
     for (i, event) in events.iter().enumerate() {
@@ -460,7 +613,7 @@ pub fn write_page(events: &[EventRow], next: Option<Cursor>) -> Vec<u8> {
     out.extend_from_slice(b"],\"next_cursor\":");
     match next {
         Some(cursor) => {
-            let _ = serde_json::to_writer(&mut out, &cursor.encode());
+            let _ = serde_json::to_writer(&mut out, cursor);
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -665,30 +818,104 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip_and_refuse_anything_else() {
+    fn cursors_round_trip_sealed_and_refuse_anything_else() {
+        let key = CursorKey::new([7; 32]);
         let c = Cursor {
             created_at: -5,
             id: 42,
-            max_id: 1000,
+            max_id: 1_000_000,
         };
-        assert_eq!(Cursor::decode(&c.encode()), Ok(c));
+        let text = c.seal(&key, b"scope");
+        assert_eq!(Cursor::open(&text, &key, b"scope"), Ok(c));
+        assert_eq!(text.len(), 82);
+        // Nothing readable: neither the numbers' bytes nor their digits.
+        let bytes = unhex(&text).expect("hex");
+        for n in [c.created_at, c.id, c.max_id] {
+            let be = n.to_be_bytes();
+            assert!(!bytes.windows(8).any(|w| w == be), "{n}");
+        }
+        assert!(!text.contains("1000000"));
+        // Same numbers, other key or scope: another text.
+        assert_ne!(c.seal(&CursorKey::new([8; 32]), b"scope"), text);
+        assert_ne!(c.seal(&key, b"other"), text);
+        let mut flipped = text.clone().into_bytes();
+        for at in [0, 2, 40, 81] {
+            flipped[at] = if flipped[at] == b'0' { b'1' } else { b'0' };
+        }
+        let flipped = String::from_utf8(flipped).expect("ascii");
         for bad in [
             "",
             "x",
             "MS4yLjM",
-            &URL_SAFE_NO_PAD.encode("2.1.2.3"),
-            &URL_SAFE_NO_PAD.encode("1.1.2.3.4"),
+            &text[..80],
+            &format!("{text}00"),
+            &text.to_uppercase(),
+            &flipped,
         ] {
             assert_eq!(
-                Cursor::decode(bad).expect_err(bad).to_string(),
-                "cursor: not a cursor this server handed out"
+                Cursor::open(bad, &key, b"scope")
+                    .expect_err(bad)
+                    .to_string(),
+                "cursor: not a cursor this server handed out for this query"
             );
         }
+        for (other_key, scope) in [(CursorKey::new([8; 32]), &b"scope"[..]), (key, b"other")] {
+            assert!(Cursor::open(&text, &other_key, scope).is_err());
+        }
+    }
+
+    #[test]
+    fn the_zero_padded_key_is_hmac_under_the_key_itself() {
+        use hmac::{KeyInit, Mac};
+        let key = [0x5a; 32];
+        let mut plain = <HmacSha256 as KeyInit>::new_from_slice(&key).expect("any length");
+        plain.update(b"message");
+        let expected: [u8; 32] = plain.finalize().into_bytes().into();
+        assert_eq!(hmac(&key, &[b"mess", b"age"]), expected);
+    }
+
+    #[test]
+    fn a_cursor_is_bound_to_the_project_and_filters_but_not_the_limit() {
+        let key = CursorKey::new([1; 32]);
+        let parse = |project: i64, list: &[(&str, &str)], user: Option<&str>| {
+            EventQuery::parse(
+                ProjectId::new(project),
+                &pairs(list),
+                user.map(str::to_owned),
+                &key,
+            )
+        };
+        let base = parse(1, &[("event_name", "a b")], None).expect("query");
+        let text = Cursor {
+            created_at: 1,
+            id: 2,
+            max_id: 3,
+        }
+        .seal(&key, &base.scope());
+        fn with<'a>(text: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+            let mut list = vec![("event_name", "a b"), ("cursor", text)];
+            list.extend_from_slice(extra);
+            list
+        }
+        // The same filters (an equal event key) and another limit: accepted.
+        for list in [with(&text, &[]), with(&text, &[("limit", "5")])] {
+            assert!(parse(1, &list, None).expect("accepted").cursor.is_some());
+        }
+        let same_key = [("event_name", "A_B"), ("cursor", text.as_str())];
+        assert!(parse(1, &same_key, None).is_ok());
+        // Another project, filter, or route's user: refused.
+        assert!(parse(2, &with(&text, &[]), None).is_err());
+        assert!(parse(1, &with(&text, &[("user_id", "u")]), None).is_err());
+        assert!(parse(1, &with(&text, &[("since", "0")]), None).is_err());
+        assert!(parse(1, &with(&text, &[("until", "1")]), None).is_err());
+        assert!(parse(1, &with(&text, &[]), Some("u")).is_err());
+        assert!(parse(1, &[("cursor", text.as_str())], None).is_err());
     }
 
     #[test]
     fn event_query_parameters_are_checked_by_name() {
         let p = ProjectId::new(1);
+        let key = CursorKey::new([0; 32]);
         let q = EventQuery::parse(
             p,
             &pairs(&[
@@ -698,6 +925,7 @@ mod tests {
                 ("until", "1700000000"),
             ]),
             None,
+            &key,
         )
         .expect("valid");
         assert_eq!(
@@ -713,20 +941,20 @@ mod tests {
             (vec![("limit", "ten")], "limit: must be an integer from 1 to 1000"),
             (vec![("since", "yesterday")], "since: not an ISO 8601 time or Unix seconds (years 1 to 9999)"),
             (vec![("since", "200"), ("until", "100")], "until: is before since"),
-            (vec![("cursor", "zzz")], "cursor: not a cursor this server handed out"),
+            (vec![("cursor", "zzz")], "cursor: not a cursor this server handed out for this query"),
             (vec![("limit", "1"), ("limit", "2")], "limit: given more than once"),
             (vec![("sort", "asc")], "sort: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)"),
         ];
         for (list, message) in cases {
             assert_eq!(
-                EventQuery::parse(p, &pairs(&list), None)
+                EventQuery::parse(p, &pairs(&list), None, &key)
                     .expect_err(message)
                     .to_string(),
                 message
             );
         }
         // A user's timeline takes no user_id.
-        assert!(EventQuery::parse(p, &pairs(&[("user_id", "x")]), Some("u".into())).is_err());
+        assert!(EventQuery::parse(p, &pairs(&[("user_id", "x")]), Some("u".into()), &key).is_err());
     }
 
     #[test]

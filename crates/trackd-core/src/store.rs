@@ -83,6 +83,12 @@ pub trait Store: Send + Sync + 'static {
     /// added or revoked, by this process or another.
     fn credentials_version(&self) -> StoreFuture<'_, u64>;
 
+    /// The secret cursors are sealed with ([`crate::read::CursorKey`]): 32 random bytes,
+    /// made on first use ([`crate::read::CursorKey::random_secret`]) and kept in the store,
+    /// atomically (nodes or processes asking at once all get the one that was kept), so
+    /// every node of one data set seals alike and cursors survive restarts.
+    fn cursor_key(&self) -> StoreFuture<'_, [u8; 32]>;
+
     /// Creates a project.
     fn create_project(&self, name: &str) -> StoreFuture<'_, Project>;
 

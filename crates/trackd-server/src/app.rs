@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use trackd_core::read::CursorKey;
 use trackd_core::{Clock, DynStore, StoreError};
 
 use crate::api::auth::{CredentialCache, REFRESH_EVERY};
@@ -36,6 +37,7 @@ impl App {
         limits: Limits,
     ) -> Result<Self, StoreError> {
         let credentials = CredentialCache::load(store.clone()).await?;
+        let cursor_key = Arc::new(CursorKey::new(store.cursor_key().await?));
         let metrics = Arc::new(Metrics::new(&store.metrics()));
         Ok(App {
             listener,
@@ -47,6 +49,7 @@ impl App {
                 exports: Default::default(),
                 store,
                 credentials,
+                cursor_key,
                 clock,
                 limits,
                 rejections: Arc::default(),
@@ -88,7 +91,8 @@ impl App {
         ];
         let metrics_listener_absent = metrics_listener.is_none();
         if let Some(listener) = metrics_listener {
-            let router = api::metrics_router(state.metrics.clone());
+            let router = api::metrics_router(state.metrics.clone())
+                .layer(axum::middleware::from_fn(api::auth::refuse_secret_in_query));
             background.push(tokio::spawn(async move {
                 let never = std::future::pending::<()>();
                 if let Err(e) = serve(listener, router, header_timeout, never).await {

@@ -213,6 +213,13 @@ const users = {
     const q = $("user-query").value.trim();
     $("user-error").textContent = "";
     $("user-result").hidden = true;
+    // "." and ".." are relative segments to every URL parser ("/users/.." is "/", and
+    // "%2E%2E" is read the same way): no encoding gets them into a path, so such an id
+    // cannot be looked up here. By email, such a user is found and shown.
+    if (q === "." || q === "..") {
+      $("user-error").textContent = `id: "${q}" cannot be looked up by id in a browser (a URL reads it as a relative path); look this user up by email`;
+      return;
+    }
     const response = await api("/api/v2/users/" + encodeURIComponent(q));
     if (!response.ok) { $("user-error").textContent = await errorText(response); return; }
     const p = await response.json();
@@ -243,9 +250,11 @@ const users = {
   },
 
   async more() {
-    const params = new URLSearchParams({ limit: "20" });
+    // The user in the query, never in the path: an id such as ".." would make
+    // "/users/../events" the URL of every user's events.
+    const params = new URLSearchParams({ user_id: this.key, limit: "20" });
     if (this.cursor) params.set("cursor", this.cursor);
-    const response = await api("/api/v2/users/" + encodeURIComponent(this.key) + "/events?" + params);
+    const response = await api("/api/v2/events?" + params);
     if (!response.ok) { $("user-error").textContent = await errorText(response); return; }
     const page = await response.json();
     for (const e of page.events) $("user-events").append(eventRow(e));

@@ -81,6 +81,35 @@ impl Backend {
         })
     }
 
+    /// A second store on the same data: another node, or the same one after a restart.
+    async fn another_store(&self) -> DynStore {
+        if let Some(db) = &self.pg {
+            return Arc::new(
+                PostgresStore::open(PgConfig {
+                    url: db.url.clone(),
+                    dedup_window: Duration::from_secs(WINDOW_SECS),
+                    queue_capacity: 1000,
+                    clock: self.clock.clone(),
+                    dedup_clock: Some(self.clock.clone()),
+                    pool_size: 2,
+                })
+                .await
+                .expect("postgres store"),
+            );
+        }
+        let dir = self._dir.as_ref().expect("a data directory");
+        Arc::new(
+            SqliteStore::open(SqliteConfig {
+                data_dir: dir.path().to_owned(),
+                dedup_window: Duration::from_secs(WINDOW_SECS),
+                queue_capacity: 1000,
+                clock: self.clock.clone(),
+                wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
+            })
+            .expect("sqlite store"),
+        )
+    }
+
     fn now(&self) -> Timestamp {
         use trackd_core::Clock;
         self.clock.now()
@@ -190,6 +219,7 @@ store_contract!(
     export_chunks_end_at_their_byte_budget_and_hold_nothing_between,
     stats_count_events_duplicates_and_refusals,
     credentials_version_moves_with_every_change,
+    cursor_key_is_made_once_and_shared,
     projects_are_unique_by_name,
 );
 
@@ -594,6 +624,23 @@ async fn credentials_version_moves_with_every_change(b: &Backend) {
             .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+async fn cursor_key_is_made_once_and_shared(b: &Backend) {
+    // Asked at once, from two stores on the same data (two nodes, or a restart).
+    let other = b.another_store().await;
+    let keys = futures::future::join_all((0..8).map(|i| {
+        let store = if i % 2 == 0 { &b.store } else { &other };
+        store.cursor_key()
+    }))
+    .await;
+    let first = *keys[0].as_ref().expect("key");
+    for key in &keys {
+        assert_eq!(key.as_ref().expect("key"), &first);
+    }
+    assert_ne!(first, [0u8; 32]);
+    assert_eq!(b.store.cursor_key().await.expect("key"), first);
+    other.shutdown().await.expect("shutdown");
 }
 
 async fn projects_are_unique_by_name(b: &Backend) {

@@ -16,8 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::extract::Request;
 use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
+use trackd_core::project::contains_secret_key;
 use trackd_core::{Credential, CredentialKind, DynStore, StoreError, Token, TokenHash};
 
 use super::error::ApiError;
@@ -129,9 +133,10 @@ impl CredentialCache {
         }))
     }
 
-    /// What the cache holds for a token, without reloading.
-    pub fn cached(&self, token: &Token) -> Option<Credential> {
-        self.get(&token.hash())
+    /// Whether the cache holds the credential with this hash, without reloading: the
+    /// check a long-lived stream repeats to end once its key is revoked.
+    pub fn holds(&self, hash: &TokenHash) -> bool {
+        self.get(hash).is_some()
     }
 
     fn get(&self, hash: &TokenHash) -> Option<Credential> {
@@ -226,25 +231,46 @@ pub async fn tracking_credential(
     }
 }
 
-/// Resolves the secret key of a read route: `Authorization: Bearer` only. A secret key
-/// anywhere in the query string is refused even when the header is right: it has leaked
-/// into URLs and logs and should be revoked.
-pub async fn secret_credential(
-    cache: &CredentialCache,
-    query: &[(String, String)],
-    headers: &HeaderMap,
-) -> Result<Credential, ApiError> {
-    for (name, value) in query {
-        if value.is_empty() {
-            continue;
+/// Refuses, on every route (probes, the console and unknown paths included), a request
+/// whose query string holds anything shaped like a secret key, under whatever name: the
+/// key has leaked into URLs and logs and should be revoked. A shape check
+/// ([`trackd_core::project::contains_secret_key`]): nothing is looked up, so a query
+/// cannot test candidate keys, and the answer never echoes the value. It names the
+/// parameter, or `query` when the key is the parameter's name.
+pub async fn refuse_secret_in_query(request: Request, next: Next) -> Response {
+    if let Some(field) = request.uri().query().and_then(secret_in_query) {
+        return ApiError::bad_request(field, SECRET_IN_QUERY).into_response();
+    }
+    next.run(request).await
+}
+
+/// The parameter of `query` that holds a secret key (`query` when a name holds one).
+fn secret_in_query(query: &str) -> Option<String> {
+    let decode = |part: &str| -> String {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name);
+        if contains_secret_key(&name) {
+            return Some("query".to_owned());
         }
-        // Only what the cache holds: a query value is not a credential here, and must not
-        // cost a reload; a secret key created this very second is a risk not worth that.
-        let found = cache.cached(&Token::presented(value));
-        if found.is_some_and(|c| c.kind == CredentialKind::Secret) {
-            return Err(ApiError::bad_request(name, SECRET_IN_QUERY));
+        if contains_secret_key(&decode(value)) {
+            return Some(name);
         }
     }
+    None
+}
+
+/// Resolves the secret key of a read route: `Authorization: Bearer` only. (A secret key in
+/// the query string never gets here: [`refuse_secret_in_query`] answered it.)
+pub async fn secret_credential(
+    cache: &CredentialCache,
+    headers: &HeaderMap,
+) -> Result<Credential, ApiError> {
     let Some((token, _)) = find(&[], &Map::new(), headers)? else {
         return Err(ApiError::Unauthorized(
             "authorization: missing (send Authorization: Bearer <secret key>)".into(),

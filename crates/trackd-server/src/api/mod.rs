@@ -85,6 +85,8 @@ pub struct AppState {
     pub store: DynStore,
     /// Active credentials.
     pub credentials: Arc<CredentialCache>,
+    /// Seals and opens read cursors (its secret is kept in the store).
+    pub cursor_key: Arc<trackd_core::read::CursorKey>,
     /// Receive times come from here.
     pub clock: Arc<dyn Clock>,
     /// Request limits.
@@ -313,6 +315,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         router = router.merge(metrics_router(state.metrics.clone()));
     }
     router
+        // Inside admission: refusals are counted like any answer.
+        .layer(axum::middleware::from_fn(auth::refuse_secret_in_query))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::admit,

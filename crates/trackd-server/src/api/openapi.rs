@@ -123,7 +123,9 @@ pub fn build() -> Value {
             "description": "Vero Track API v2 compatible event tracking. Tracking routes take \
                 a tracking token (query auth_token or tracking_api_key, the same names in the \
                 body, or Authorization: Bearer); read routes take a secret key in \
-                Authorization: Bearer only. Every error is {\"status\":<code>,\"message\":\
+                Authorization: Bearer only; anything shaped like a secret key (sk_ and 32 \
+                letters and digits) in a query string is refused (400) on every route. \
+                Every error is {\"status\":<code>,\"message\":\
                 \"<field>: <problem>\"}.",
         },
         "paths": paths,
@@ -181,7 +183,7 @@ fn read_operation(route: ReadRoute) -> Value {
     let limit = json!({"name": "limit", "in": "query",
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}});
     let cursor = json!({"name": "cursor", "in": "query", "schema": {"type": "string"},
-                        "description": "next_cursor of the previous page"});
+                        "description": "next_cursor of the previous page of the same query (same filters; limit may change)"});
     let event_name = json!({"name": "event_name", "in": "query", "schema": {"type": "string"}});
     let user_id = json!({"name": "user_id", "in": "query", "schema": {"type": "string"}});
     let (op_id, summary, parameters, ok) = match route {

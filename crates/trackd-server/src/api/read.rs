@@ -29,7 +29,7 @@ async fn authenticate(
         .failed_auth
         .guard(
             peer.ip(),
-            auth::secret_credential(&state.credentials, &query, headers),
+            auth::secret_credential(&state.credentials, headers),
         )
         .await
         .inspect_err(|e| {
@@ -90,9 +90,10 @@ pub async fn user_events(
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let id = user_id(path)?;
-    let query = EventQuery::parse(credential.project, &query, Some(id))?;
+    let query = EventQuery::parse(credential.project, &query, Some(id), &state.cursor_key)?;
+    let scope = query.scope();
     match state.store.events(query).await? {
-        Some((events, next)) => Ok(json(trackd_core::read::write_page(&events, next))),
+        Some((events, next)) => Ok(page(&state, &scope, &events, next)),
         None => Err(ApiError::NotFound("id: no such user".into())),
     }
 }
@@ -105,9 +106,21 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
-    let query = EventQuery::parse(credential.project, &query, None)?;
+    let query = EventQuery::parse(credential.project, &query, None, &state.cursor_key)?;
+    let scope = query.scope();
     let (events, next) = state.store.events(query).await?.unwrap_or_default();
-    Ok(json(trackd_core::read::write_page(&events, next)))
+    Ok(page(&state, &scope, &events, next))
+}
+
+/// A page of events, its next cursor sealed for the query it continues.
+fn page(
+    state: &AppState,
+    scope: &[u8],
+    events: &[trackd_core::read::EventRow],
+    next: Option<trackd_core::read::Cursor>,
+) -> Response {
+    let next = next.map(|cursor| cursor.seal(&state.cursor_key, scope));
+    json(trackd_core::read::write_page(events, next.as_deref()))
 }
 
 /// Bytes of NDJSON gathered before they are handed to the connection.
@@ -293,10 +306,29 @@ fn live_line(value: &serde_json::Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// How often a live stream checks that its key is still active (in the credential cache,
+/// itself refreshed every second): a revoked key's stream ends within about two seconds.
+const LIVE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a live stream holds between the chunks it sends.
+struct LiveState {
+    feed: trackd_core::LiveReceiver,
+    filter: LiveFilter,
+    stopping: tokio_util::sync::CancellationToken,
+    credentials: std::sync::Arc<auth::CredentialCache>,
+    key: trackd_core::TokenHash,
+    recheck: tokio::time::Interval,
+    heartbeat: tokio::time::Interval,
+    /// The key was revoked and the last line sent: the stream ends.
+    revoked: bool,
+}
+
 /// `GET /api/v2/events/live`: NDJSON pushed as events are committed (every node's, on
 /// PostgreSQL): `{"type":"event","event":{…}}` per event, `{"type":"duplicates","count":n}`
-/// per commit that dropped some, a heartbeat every 15 s, `{"type":"lagged","missed":n}` if
-/// the reader fell behind. Ends when the server shuts down.
+/// per commit that dropped some, a heartbeat after 15 s without a line,
+/// `{"type":"lagged","missed":n}` if the reader fell behind. Ends when the server shuts
+/// down, and after `{"type":"revoked"}` once its key is revoked: before every batch it
+/// sends and every second, it checks that the key is still in the credential cache.
 pub async fn live(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -306,46 +338,77 @@ pub async fn live(
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let filter = LiveFilter::parse(&query)?;
     let project = credential.project;
-    let feed = state.store.live().subscribe(project);
-    let stopping = state.shutting_down.clone();
+    let every = |period| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
+    let live = LiveState {
+        feed: state.store.live().subscribe(project),
+        filter,
+        stopping: state.shutting_down.clone(),
+        credentials: state.credentials.clone(),
+        key: credential.hash,
+        recheck: every(LIVE_RECHECK),
+        heartbeat: every(LIVE_HEARTBEAT),
+        revoked: false,
+    };
     let hello = live_line(&serde_json::json!({"type": "hello"}));
     let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(hello) });
-    let rest = futures_util::stream::unfold(
-        (feed, filter, stopping),
-        move |(mut feed, filter, stopping)| async move {
-            loop {
-                let received = tokio::select! {
-                    () = stopping.cancelled() => return None,
-                    r = tokio::time::timeout(LIVE_HEARTBEAT, feed.recv()) => r,
-                };
-                let chunk = match received {
-                    Err(_) => live_line(&serde_json::json!({"type": "heartbeat"})),
-                    Ok(Some(LiveItem::Missed(n))) => {
-                        live_line(&serde_json::json!({"type": "lagged", "missed": n}))
+    let rest = futures_util::stream::unfold(live, move |mut live| async move {
+        if live.revoked {
+            return None;
+        }
+        let revoked = |mut live: LiveState| {
+            tracing::debug!(key = %live.key.fingerprint(), "live stream ended: key revoked");
+            live.revoked = true;
+            let line = live_line(&serde_json::json!({"type": "revoked"}));
+            Some((Ok::<_, std::io::Error>(line), live))
+        };
+        loop {
+            let received = tokio::select! {
+                () = live.stopping.cancelled() => return None,
+                _ = live.recheck.tick() => {
+                    if !live.credentials.holds(&live.key) {
+                        return revoked(live);
                     }
-                    Ok(None) => return None,
-                    Ok(Some(LiveItem::Batch(batch))) => {
-                        let mut out = Vec::new();
-                        for event in batch.events.iter().filter(|e| filter.admits(e)) {
-                            out.extend_from_slice(br#"{"type":"event","event":"#);
-                            event.write_json(&mut out);
-                            out.extend_from_slice(b"}\n");
-                        }
-                        if batch.duplicates > 0 {
-                            out.extend_from_slice(&live_line(&serde_json::json!(
-                                {"type": "duplicates", "count": batch.duplicates}
-                            )));
-                        }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        Bytes::from(out)
+                    continue;
+                }
+                _ = live.heartbeat.tick() => None,
+                r = live.feed.recv() => Some(r),
+            };
+            let chunk = match received {
+                None => live_line(&serde_json::json!({"type": "heartbeat"})),
+                Some(Some(LiveItem::Missed(n))) => {
+                    live_line(&serde_json::json!({"type": "lagged", "missed": n}))
+                }
+                Some(None) => return None,
+                Some(Some(LiveItem::Batch(batch))) => {
+                    // Never one more event for a key that is gone.
+                    if !live.credentials.holds(&live.key) {
+                        return revoked(live);
                     }
-                };
-                return Some((Ok::<_, std::io::Error>(chunk), (feed, filter, stopping)));
-            }
-        },
-    );
+                    let mut out = Vec::new();
+                    for event in batch.events.iter().filter(|e| live.filter.admits(e)) {
+                        out.extend_from_slice(br#"{"type":"event","event":"#);
+                        event.write_json(&mut out);
+                        out.extend_from_slice(b"}\n");
+                    }
+                    if batch.duplicates > 0 {
+                        out.extend_from_slice(&live_line(&serde_json::json!(
+                            {"type": "duplicates", "count": batch.duplicates}
+                        )));
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Bytes::from(out)
+                }
+            };
+            live.heartbeat.reset();
+            return Some((Ok::<_, std::io::Error>(chunk), live));
+        }
+    });
     Ok((
         [
             (

@@ -990,7 +990,7 @@ fn read_cases(secret: &str, token: &str) -> Vec<Case> {
         ("limit=99999999999999999999999", Some("limit: must be an integer from 1 to 1000")),
         ("limit=1&limit=2", Some("limit: given more than once")),
         ("bogus=1", Some("bogus: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)")),
-        ("cursor=AAAA", Some("cursor: not a cursor this server handed out")),
+        ("cursor=AAAA", Some("cursor: not a cursor this server handed out for this query")),
         ("since=yesterday", Some("since: not an ISO 8601 time or Unix seconds (years 1 to 9999)")),
         ("since=0001-01-01T00:00:00Z", None),
         ("since=9999-12-31T23:59:59Z", None),

@@ -197,3 +197,57 @@ async fn the_live_stream_takes_a_secret_key_and_known_parameters_only() {
         "limit: unknown parameter (this route takes event_name, user_id)",
     );
 }
+
+#[tokio::test]
+async fn revoking_a_key_ends_the_live_streams_it_opened_before_they_show_another_event() {
+    let app = TestApp::spawn().await;
+    let store = app.store.as_ref().expect("running");
+    let project = store.project("test").await.expect("project").id;
+    let other = trackd_core::Token::generate(trackd_core::CredentialKind::Secret);
+    store
+        .add_credential(project, trackd_core::CredentialKind::Secret, &other)
+        .await
+        .expect("second key");
+    let mut revoked = LiveStream::open(&app.client, &app.addr, &app.secret, "").await;
+    let mut kept = LiveStream::open(&app.client, &app.addr, other.expose(), "").await;
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    first_live_event(&mut revoked, event_sender(url.clone(), "warm", "warm")).await;
+    first_live_event(&mut kept, event_sender(url, "warm", "warm")).await;
+    for stream in [&mut revoked, &mut kept] {
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.next_message()).await
+        {}
+    }
+    // Revoked as the CLI does, through the store; the server drops the key from its cache
+    // within a second: wait until a request with it is refused.
+    store
+        .revoke_credential(
+            project,
+            trackd_core::CredentialKind::Secret,
+            &trackd_core::Token::presented(&app.secret),
+        )
+        .await
+        .expect("revoked");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.read("/api/v2/events?limit=1").await.status != 401 {
+        assert!(Instant::now() < deadline, "the key still reads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An event tracked after the revocation: the revoked key's stream never shows it and
+    // ends; the other key's stream does.
+    app.track(&json!({"identity": {"id": "after"}, "event_name": "after revocation"}))
+        .await
+        .assert_success(false);
+    assert_eq!(
+        revoked.next_message().await,
+        Some(json!({"type": "revoked"}))
+    );
+    let end = tokio::time::timeout(Duration::from_secs(30), revoked.response.chunk()).await;
+    assert!(
+        matches!(end, Ok(Ok(None))),
+        "the stream ended: {end:?} {:?}",
+        revoked.pending
+    );
+    let line = kept.next_message().await.expect("the other key's stream");
+    assert_eq!(line["event"]["event_name"], "after revocation");
+}

@@ -52,6 +52,108 @@ async fn read_routes_need_a_secret_key_in_the_authorization_header() {
     }
 }
 
+/// The refusal of a secret key found in a query string (under whatever name).
+fn key_in_query(field: &str) -> String {
+    format!(
+        "{field}: a secret key must never be sent in a query string (revoke it: URLs are logged)"
+    )
+}
+
+/// A value shaped like a generated secret key (`sk_` and 32 letters and digits) that no
+/// project has.
+fn unknown_key(n: usize) -> String {
+    format!("sk_{:0>32}", format!("Unknown{n}"))
+}
+
+#[tokio::test]
+async fn a_secret_key_in_any_query_parameter_of_any_route_is_refused_without_echoing_it() {
+    let app = TestApp::spawn().await;
+    let k = app.secret.clone();
+    let t = app.token.clone();
+    let body = event("u", 1).to_string();
+    // Beside a valid tracking token, under names a client might use: nothing is stored.
+    for (query, field) in [
+        (format!("auth_token={t}&key={k}"), "key"),
+        (format!("auth_token={t}&api_key={k}"), "api_key"),
+        (format!("auth_token={t}&note=Bearer%20{k}"), "note"),
+        (format!("auth_token={t}&x=sk%5F{}", &k[3..]), "x"),
+        (format!("auth_token={t}&{k}"), "query"),
+        (format!("auth_token={t}&{k}=1"), "query"),
+    ] {
+        let url = app.url(&format!("/api/v2/events/track?{query}"));
+        let answer = app.send(app.client.post(url).body(body.clone())).await;
+        answer.assert_error(400, &key_in_query(field));
+        assert!(!answer.body.contains(&k[3..]), "{}", answer.body);
+    }
+    assert_eq!(app.count("events"), 0);
+    // Every route, probes and unknown paths too (the key leaked whatever it reached), with
+    // a key that is valid and one that no project has: the shape is enough.
+    for key in [k.clone(), unknown_key(1)] {
+        for path in [
+            "/api/v2/heartbeat",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/ui",
+            "/ui/app.js",
+            "/",
+            "/api/v2/users/track",
+            "/no/such/route",
+        ] {
+            let answer = app
+                .send(app.client.get(app.url(&format!("{path}?k={key}"))))
+                .await;
+            answer.assert_error(400, &key_in_query("k"));
+            assert!(!answer.body.contains(&key[3..]), "{path}: {}", answer.body);
+        }
+    }
+    // The read API, with the right header: the key as a bare parameter is not echoed back.
+    let answer = app.read(&format!("/api/v2/events?{k}")).await;
+    answer.assert_error(400, &key_in_query("query"));
+    assert!(!answer.body.contains(&k[3..]), "{}", answer.body);
+    // What only looks alike is not refused.
+    app.send(
+        app.client
+            .get(app.url(&format!("/healthz?x=sk_short&y=task_{}", &k[3..]))),
+    )
+    .await
+    .assert_success(false);
+    assert_eq!(app.read("/api/v2/events?user_id=sk_x").await.status, 200);
+}
+
+#[tokio::test]
+async fn query_values_are_never_looked_up_as_candidate_keys() {
+    let app = TestApp::spawn().await;
+    // A thousand guesses in one request, the real key last: the answer is the same as
+    // without it, naming the first key-shaped parameter, so it tells nothing.
+    let guesses: Vec<String> = (0..1000)
+        .map(|n| format!("c{n}={}", unknown_key(n)))
+        .collect();
+    let without = format!("/api/v2/events?{}", guesses.join("&"));
+    let with = format!("{without}&c1000={}", app.secret);
+    for path in [&without, &with] {
+        app.read_as("sk_nope", path)
+            .await
+            .assert_error(400, &key_in_query("c0"));
+    }
+    // A secret key of another shape (the store takes any token) in a parameter the route
+    // does not define is not looked up: it is an unknown parameter like any other.
+    let store = app.store.as_ref().expect("running");
+    let project = store.project("test").await.expect("project");
+    let odd = trackd_core::Token::import("odd-secret-key").expect("token");
+    store
+        .add_credential(project.id, trackd_core::CredentialKind::Secret, &odd)
+        .await
+        .expect("added");
+    app.read("/api/v2/events?x=odd-secret-key")
+        .await
+        .assert_error(
+        400,
+        "x: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)",
+    );
+}
+
 #[tokio::test]
 async fn read_routes_send_no_cors_headers() {
     let app = TestApp::spawn().await;
@@ -231,9 +333,7 @@ async fn events_filter_by_event_key_user_and_time() {
         400,
         "since: not an ISO 8601 time or Unix seconds (years 1 to 9999)",
     );
-    q("?cursor=abc")
-        .await
-        .assert_error(400, "cursor: not a cursor this server handed out");
+    q("?cursor=abc").await.assert_error(400, FOREIGN_CURSOR);
     q("?order=asc").await.assert_error(
         400,
         "order: unknown parameter (this route takes event_name, user_id, since, until, limit, cursor)",
@@ -486,4 +586,121 @@ async fn a_user_is_found_by_email_as_well_as_by_id() {
     app.read("/api/v2/users/nobody@example.com")
         .await
         .assert_error(404, "id: no such user");
+}
+
+/// The refusal of a cursor that was not handed out for this query.
+const FOREIGN_CURSOR: &str = "cursor: not a cursor this server handed out for this query";
+
+#[tokio::test]
+async fn cursors_are_sealed_to_their_project_and_query() {
+    let mut app = TestApp::spawn().await;
+    let (other_token, other_secret) = app.add_project("other").await;
+    for n in 0..5 {
+        app.track(&at("u", "e", n, n)).await.assert_success(false);
+        app.track_as(&other_token, &at("u", "e", n, n))
+            .await
+            .assert_success(false);
+    }
+    let next = |page: crate::helpers::Answer| -> String {
+        assert_eq!(page.status, 200, "{}", page.body);
+        page.json()["next_cursor"]
+            .as_str()
+            .expect("a next page")
+            .to_owned()
+    };
+    let mine = next(app.read("/api/v2/events?limit=2").await);
+    let theirs = next(app.read_as(&other_secret, "/api/v2/events?limit=2").await);
+    // A genuine cursor works, for its own project and query (`limit` may change).
+    let page = app
+        .read(&format!("/api/v2/events?limit=1&cursor={mine}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2]);
+    // It shows nothing readable: not the ids and times it stands for.
+    assert!(
+        !mine
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'),
+        "{mine}"
+    );
+    // Forged in the old readable form, another project's, tampered with, or used with
+    // other filters: 400, never a page.
+    // base64url of "1.9223372036854775807.3.1000": (event time, id, newest id).
+    let forged = "MS45MjIzMzcyMDM2ODU0Nzc1ODA3LjMuMTAwMA";
+    let tampered = {
+        let mut bytes = mine.clone().into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(bytes).expect("ascii")
+    };
+    for path in [
+        format!("/api/v2/events?cursor={forged}"),
+        format!("/api/v2/events?cursor={theirs}"),
+        format!("/api/v2/events?cursor={tampered}"),
+        format!("/api/v2/events?cursor={}", &mine[..mine.len() - 2]),
+        format!("/api/v2/events?cursor={mine}&event_name=e"),
+        format!("/api/v2/events?cursor={mine}&user_id=u"),
+        format!("/api/v2/events?cursor={mine}&since=0"),
+        format!("/api/v2/users/u/events?cursor={mine}"),
+    ] {
+        app.read(&path).await.assert_error(400, FOREIGN_CURSOR);
+    }
+    // The other project's own cursor still works for it.
+    let page = app
+        .read_as(&other_secret, &format!("/api/v2/events?cursor={theirs}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2, 1, 0]);
+    // The server's key is kept in the store: a cursor outlives a restart.
+    app.restart().await;
+    let page = app
+        .read(&format!("/api/v2/events?limit=1&cursor={mine}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(ids(&page.json()), vec![2]);
+}
+
+/// GETs `path` exactly as written, with the secret key: URL libraries (reqwest's too)
+/// resolve `..`, `%2E%2E` and `.` segments before sending, as browsers do, so this is the
+/// only way to see what the server makes of them. Answers (status, JSON body).
+async fn raw_read(app: &TestApp, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = app.raw_connection().await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.secret
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    let text = String::from_utf8(answer).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head[9..12].parse().expect("status");
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn users_named_dot_and_dot_dot_are_read_as_themselves() {
+    let app = TestApp::spawn().await;
+    for (n, user) in ["..", ".", "someone"].into_iter().enumerate() {
+        app.track(&at(user, "e", 0, n as i64))
+            .await
+            .assert_success(false);
+    }
+    for (segment, id, n) in [("%2E%2E", "..", 0), ("%2e%2e", "..", 0), ("%2E", ".", 1)] {
+        let (status, profile) = raw_read(&app, &format!("/api/v2/users/{segment}")).await;
+        assert_eq!(status, 200, "{segment}: {profile}");
+        assert_eq!(profile["id"], id);
+        assert_eq!(profile["event_count"], 1);
+        let (status, page) = raw_read(&app, &format!("/api/v2/users/{segment}/events")).await;
+        assert_eq!(status, 200, "{segment}: {page}");
+        assert_eq!(ids(&page), vec![n], "{segment}: only the user's own events");
+        // The console's way, which no URL parser rewrites: the id in the query.
+        let page = app.read(&format!("/api/v2/events?user_id={segment}")).await;
+        assert_eq!(ids(&page.json()), vec![n], "{segment}");
+    }
+    // Sent unencoded, the server does not resolve them either: the id is the segment.
+    let (status, page) = raw_read(&app, "/api/v2/users/../events").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), vec![0]);
 }

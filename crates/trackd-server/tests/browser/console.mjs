@@ -104,6 +104,21 @@ try {
   await page.locator("#user-profile", { hasText: "browser-user" }).waitFor({ timeout: WAIT });
   await page.locator("#user-events li", { hasText: "Browser checkout" }).first().waitFor({ timeout: WAIT });
   await shot("user");
+  // Users whose ids are ".." and ".": each timeline is the user's own. In a URL path they
+  // would be relative segments ("/users/../events" is "/events", every user's events).
+  for (const [id, email] of [["..", "dotdot@example.com"], [".", "dot@example.com"]]) {
+    await track({ identity: { id, email }, event_name: `Event of ${email}` });
+    await page.fill("#user-query", email);
+    await page.click("#user-form button");
+    await page.locator("#user-events li", { hasText: `Event of ${email}` }).waitFor({ timeout: WAIT });
+    assert.match(await page.locator("#user-profile").innerText(), new RegExp(email));
+    assert.equal(await page.locator("#user-events li").count(), 1, `${id}: its own event only`);
+  }
+  // By id, a dot segment cannot be put in a URL path: the console says so and shows nothing.
+  await page.fill("#user-query", "..");
+  await page.click("#user-form button");
+  await page.locator("#user-error", { hasText: "look this user up by email" }).waitFor({ timeout: WAIT });
+  assert.equal(await page.locator("#user-result").isHidden(), true);
 
   // Counts: a chart with axes, a legend and values on hover; the totals.
   await page.click('.tab[data-view="counts"]');

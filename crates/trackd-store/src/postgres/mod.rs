@@ -323,6 +323,30 @@ impl Store for PostgresStore {
         })
     }
 
+    fn cursor_key(&self) -> StoreFuture<'_, [u8; 32]> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let fresh = trackd_core::read::CursorKey::random_secret();
+            // The first node to insert wins (a racing insert waits for it, then does
+            // nothing); every node reads what was kept.
+            client
+                .execute(
+                    "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, $1) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&&fresh[..]],
+                )
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_one("SELECT bytes FROM meta WHERE key = 'cursor_key'", &[])
+                .await
+                .map_err(unavailable)?;
+            let kept: Option<&[u8]> = row.try_get(0).map_err(unavailable)?;
+            kept.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| StoreError::unavailable(Cause("meta.cursor_key is not 32 bytes")))
+        })
+    }
+
     fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {
         let name = name.to_owned();
         let now = self.clock.now().as_micros();

@@ -5,7 +5,8 @@
 use tokio_postgres::Client;
 
 /// Each entry takes the schema from version `i` to `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (
     id         BIGSERIAL PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
@@ -86,7 +87,13 @@ CREATE TABLE counters (
     value      BIGINT NOT NULL,
     PRIMARY KEY (project_id, name, shard)
 );
-"#];
+"#,
+    r#"
+-- Values that are bytes: `cursor_key`, the secret read cursors are sealed with (made on
+-- first use, with `value` 0; every node reads the same one).
+ALTER TABLE meta ADD COLUMN bytes BYTEA;
+"#,
+];
 
 /// The advisory lock key migrations run under ("trackd" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7472_6163_6b64;

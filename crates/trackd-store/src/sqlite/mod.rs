@@ -399,6 +399,25 @@ impl Store for SqliteStore {
         self.admin(|conn, _| read_version(conn).map_err(unavailable))
     }
 
+    fn cursor_key(&self) -> StoreFuture<'_, [u8; 32]> {
+        self.admin(|conn, _| {
+            // The first to insert wins; everyone reads what was kept.
+            conn.execute(
+                "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, ?1) \
+                 ON CONFLICT (key) DO NOTHING",
+                [&trackd_core::read::CursorKey::random_secret()[..]],
+            )
+            .map_err(unavailable)?;
+            let kept: Vec<u8> = conn
+                .query_row("SELECT bytes FROM meta WHERE key = 'cursor_key'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)?;
+            <[u8; 32]>::try_from(kept.as_slice())
+                .map_err(|_| StoreError::unavailable(Cause("meta.cursor_key is not 32 bytes")))
+        })
+    }
+
     fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {
         let name = name.to_owned();
         self.admin(move |conn, now| {

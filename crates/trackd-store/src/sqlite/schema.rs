@@ -4,7 +4,8 @@ use rusqlite::Connection;
 
 /// Each entry takes the schema from version `i` to `i + 1`. Append only: a released
 /// migration never changes.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (
     id         INTEGER PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
@@ -87,7 +88,13 @@ CREATE TABLE counters (
     value      INTEGER NOT NULL,
     PRIMARY KEY (project_id, name)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Values that are bytes: `cursor_key`, the secret read cursors are sealed with (made on
+-- first use, with `value` 0).
+ALTER TABLE meta ADD COLUMN bytes BLOB;
+"#,
+];
 
 /// Brings the database to the latest schema, each step in its own transaction. Safe to run
 /// from several processes at once: the first takes the write lock, the others then see the
