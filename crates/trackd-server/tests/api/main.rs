@@ -4,6 +4,7 @@ mod canary;
 mod cli;
 mod clients;
 mod compat;
+mod connections;
 mod console;
 mod crash;
 mod dedup;

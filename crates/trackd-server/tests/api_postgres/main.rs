@@ -8,6 +8,8 @@
 
 #[path = "../api/clients.rs"]
 mod clients;
+#[path = "../api/connections.rs"]
+mod connections;
 #[path = "../api/dedup.rs"]
 mod dedup;
 #[path = "../api/helpers.rs"]
