@@ -68,19 +68,26 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
 }
 
 /// Inflates at most `limit` bytes: a gzip bomb stops at the cap, it never inflates past it.
+/// The body is exactly one gzip member: a second member, or any byte after the first
+/// (garbage, padding), is refused, not silently dropped (a reader that took only the first
+/// member would ignore data the client meant).
 fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    let read = flate2::read::GzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out);
+    // `bufread` reads from the slice itself, so what it leaves is what follows the member.
+    let mut decoder = flate2::bufread::GzDecoder::new(compressed);
+    let read = (&mut decoder).take(limit as u64 + 1).read_to_end(&mut out);
     match read {
         Ok(n) if n > limit => Err(ApiError::PayloadTooLarge(format!(
             "body: larger than {limit} bytes after decompression"
         ))),
+        Ok(_) if !decoder.into_inner().is_empty() => Err(ApiError::bad_request("body", AFTER_GZIP)),
         Ok(_) => Ok(out),
         Err(_) => Err(ApiError::bad_request("body", "invalid gzip data")),
     }
 }
+
+/// What is wrong with bytes after a gzip member.
+pub const AFTER_GZIP: &str = "data after the end of the gzip stream";
 
 /// How a body is encoded, by its content type.
 enum Form {

@@ -313,6 +313,22 @@ fn body_cases(route: &Route, token: &str, fresh_id: &mut dyn FnMut() -> String) 
     let mut c = case("corrupt gzip", corrupt, err(400, "body: invalid gzip data"));
     c.headers.push(("content-encoding", "gzip".into()));
     cases.push(c);
+    // Exactly one gzip member: what follows it is refused, never silently dropped.
+    for (name, after) in [
+        ("gzip with trailing bytes", b"trailing".to_vec()),
+        ("gzip with zero padding", vec![0; 16]),
+        ("two gzip members", gzip(&valid.to_string().into_bytes())),
+    ] {
+        let mut body = gzip(&valid.to_string().into_bytes());
+        body.extend_from_slice(&after);
+        let mut c = case(
+            name,
+            body,
+            err(400, "body: data after the end of the gzip stream"),
+        );
+        c.headers.push(("content-encoding", "gzip".into()));
+        cases.push(c);
+    }
     let mut c = case(
         "gzip header on a plain body",
         valid.to_string().into_bytes(),
