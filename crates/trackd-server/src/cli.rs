@@ -284,6 +284,15 @@ pub enum CliError {
     Remote(String),
 }
 
+impl From<crate::import::ImportError> for CliError {
+    fn from(e: crate::import::ImportError) -> Self {
+        match e {
+            crate::import::ImportError::Store(e) => CliError::Store(e),
+            e @ crate::import::ImportError::Input { .. } => CliError::Invalid(e.to_string()),
+        }
+    }
+}
+
 impl From<trackd_core::FieldError> for CliError {
     fn from(e: trackd_core::FieldError) -> Self {
         CliError::Invalid(e.to_string())

@@ -12,6 +12,7 @@ mod durability;
 mod faults;
 mod helpers;
 mod hostile;
+mod import;
 mod live;
 mod operate;
 mod read;

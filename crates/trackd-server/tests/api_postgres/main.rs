@@ -16,6 +16,8 @@ mod dedup;
 mod helpers;
 #[path = "../api/hostile.rs"]
 mod hostile;
+#[path = "../api/import.rs"]
+mod import;
 #[path = "../api/live.rs"]
 mod live;
 mod nodes;
