@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -122,8 +122,17 @@ impl App {
 /// How long a shutdown waits for open connections.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The accept loop: HTTP/1 with a header read timeout (a connection that never completes
-/// its headers is closed), each request told its peer address, and a graceful end: once
+/// After an accept error that is not about one connection (out of file descriptors or
+/// memory): how long the accept loop waits before trying again, instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this long about failing accepts.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The accept loop: HTTP/1.1 only (an HTTP/2 preface is refused as a malformed request
+/// and the connection closed; `Upgrade: h2c` is ignored), a header read timeout that runs
+/// from a connection's start and from each answer (a connection that sends nothing, or
+/// never completes its headers, is closed), hyper's own refusals answered as JSON
+/// ([`crate::conn`]), each request told its peer address, and a graceful end: once
 /// `shutdown` resolves, no new connection is accepted and the open ones finish the request
 /// they are on.
 async fn serve(
@@ -132,25 +141,35 @@ async fn serve(
     header_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_headers(api::MAX_HEADERS)
+        .max_header_size(api::MAX_HEADER_BYTES)
+        // One flat buffer per write: what `conn::JsonRefusals` looks at.
+        .writev(false);
     let graceful = GracefulShutdown::new();
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            // One connection's trouble (reset before it was accepted): the next one.
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors and the like: the pending connection stays
+                // queued, so retrying at once would spin. Wait, and say so now and then.
+                accept_errors.failed(&e);
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -158,10 +177,8 @@ async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let io = TokioIo::new(crate::conn::JsonRefusals::new(stream));
+        let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection closed with an error");
@@ -178,6 +195,39 @@ async fn serve(
         tracing::warn!("connections still open at the shutdown deadline, closing them");
     }
     Ok(())
+}
+
+/// An accept error about one connection only (it went away before it was accepted).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    )
+}
+
+/// Failed accepts, logged at most once per [`ACCEPT_LOG_EVERY`] with how many there were.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &std::io::Error) {
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < ACCEPT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(error = %e, failures = self.unlogged,
+            "accept failed, retrying (out of file descriptors? see ulimit -n)");
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+    }
 }
 
 /// How often refusal counts are added to the store's totals.

@@ -160,10 +160,13 @@ pub struct ServeArgs {
     /// second before 429 (0: unlimited). Behind a proxy every client shares its address.
     #[arg(long, env = "TRACKD_FAILED_AUTH_PER_IP", default_value_t = 100)]
     failed_auth_per_ip: u32,
-    /// Seconds a request body may take to arrive before 408.
+    /// Seconds a request body may take to arrive before 408 (an import, streamed: seconds
+    /// without a byte of it).
     #[arg(long, env = "TRACKD_BODY_TIMEOUT", default_value_t = 30)]
     body_timeout: u64,
-    /// Seconds a connection may take to send a request's headers before it is closed.
+    /// Seconds a connection may take to send a request's headers, counted from the
+    /// connection's start or the previous answer (an idle or silent connection), before
+    /// it is closed.
     #[arg(long, env = "TRACKD_HEADER_TIMEOUT", default_value_t = 10)]
     header_timeout: u64,
     /// Seconds a write may take to commit before the client gets 503 + Retry-After.
@@ -173,6 +176,12 @@ pub struct ServeArgs {
     /// Each may hold a body of up to --max-body-bytes.
     #[arg(long, env = "TRACKD_MAX_IN_FLIGHT", default_value_t = 4096)]
     max_in_flight: usize,
+    /// Requests answered at once for one client address before its new ones get 429 +
+    /// Retry-After (0: unbounded), so one address cannot take every --max-in-flight slot.
+    /// A quarter of --max-in-flight by default: no busy client comes near it, and no one
+    /// address can hold every slot. Behind a proxy every client shares its address.
+    #[arg(long, env = "TRACKD_MAX_IN_FLIGHT_PER_IP", default_value_t = 1024)]
+    max_in_flight_per_ip: usize,
     /// Requests per second per client address before 429 (0: unlimited). Behind a proxy
     /// every client shares its address.
     #[arg(long, env = "TRACKD_IP_RATE", default_value_t = 0)]
@@ -286,6 +295,15 @@ pub enum CliError {
     /// Talking to a running server.
     #[error("{0}")]
     Remote(String),
+}
+
+impl From<crate::import::ImportError> for CliError {
+    fn from(e: crate::import::ImportError) -> Self {
+        match e {
+            crate::import::ImportError::Store(e) => CliError::Store(e),
+            e @ crate::import::ImportError::Input { .. } => CliError::Invalid(e.to_string()),
+        }
+    }
 }
 
 impl From<trackd_core::FieldError> for CliError {
@@ -485,6 +503,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         header_timeout: Duration::from_secs(args.header_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),
         max_in_flight: args.max_in_flight,
+        max_in_flight_per_ip: args.max_in_flight_per_ip,
         ip_rate: args.ip_rate,
         token_rate: args.token_rate,
         profile: trackd_core::users::ProfileLimits {

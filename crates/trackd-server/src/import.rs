@@ -45,6 +45,23 @@ pub struct ImportSummary {
     pub errors: Vec<LineError>,
 }
 
+/// Why an import stopped before the end of its input. What was read before is imported:
+/// every good line before `line` is committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Reading the input failed while reading line `line`.
+    #[error("line {line}: {error}")]
+    Input {
+        /// 1-based number of the line being read.
+        line: u64,
+        /// What the reader said.
+        error: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What the caller hears while an import runs.
 pub enum Progress<'a> {
     /// This many bytes of input were read so far.
@@ -53,7 +70,9 @@ pub enum Progress<'a> {
     Bad(&'a LineError),
 }
 
-/// Reads `input` to its end and imports every good line into `project`.
+/// Reads `input` to its end and imports every good line into `project`. When reading
+/// fails midway, the lines before are still committed, then [`ImportError::Input`] says
+/// where it stopped.
 pub async fn run(
     store: &DynStore,
     clock: &dyn Clock,
@@ -61,7 +80,7 @@ pub async fn run(
     mut input: impl AsyncBufRead + Unpin,
     dedup: bool,
     mut progress: impl FnMut(Progress<'_>),
-) -> Result<ImportSummary, StoreError> {
+) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
     let mut restores: Vec<EventRecord> = Vec::new();
     // One batch is written while the next is parsed.
@@ -74,13 +93,23 @@ pub async fn run(
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut read = 0u64;
+    let mut stopped = None;
     loop {
         line.clear();
-        let n = (&mut input)
+        let n = match (&mut input)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
             .await
-            .map_err(StoreError::unavailable)?;
+        {
+            Ok(n) => n,
+            Err(error) => {
+                stopped = Some(ImportError::Input {
+                    line: number + 1,
+                    error,
+                });
+                break;
+            }
+        };
         if n == 0 {
             break;
         }
@@ -92,15 +121,28 @@ pub async fn run(
             let mut rest = Vec::new();
             loop {
                 rest.clear();
-                let m = (&mut input)
+                match (&mut input)
                     .take(64 * 1024)
                     .read_until(b'\n', &mut rest)
                     .await
-                    .map_err(StoreError::unavailable)?;
-                read += m as u64;
-                if m == 0 || rest.last() == Some(&b'\n') {
-                    break;
+                {
+                    Ok(m) => {
+                        read += m as u64;
+                        if m == 0 || rest.last() == Some(&b'\n') {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        stopped = Some(ImportError::Input {
+                            line: number,
+                            error,
+                        });
+                        break;
+                    }
                 }
+            }
+            if stopped.is_some() {
+                break;
             }
             Err(format!("line: longer than {MAX_LINE_BYTES} bytes"))
         } else {
@@ -163,7 +205,10 @@ pub async fn run(
         summary.imported += restores.len() as u64;
         store.restore(restores).await?;
     }
-    Ok(summary)
+    match stopped {
+        Some(stopped) => Err(stopped),
+        None => Ok(summary),
+    }
 }
 
 fn count(summary: &mut ImportSummary, outcome: InsertOutcome) {

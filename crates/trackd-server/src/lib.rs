@@ -5,12 +5,14 @@
 //! - [`app`]: [`App`], built from a config and a store, served on a bound listener until a
 //!   shutdown future resolves.
 //! - [`api`]: routes, body decoding, credentials, error mapping.
+//! - [`conn`]: a connection's transport (hyper's own refusals answered as JSON).
 //! - [`import`]: NDJSON import, shared by the import route and `trackd import`.
 //! - [`cli`]: the `trackd` command line; [`transfer`]: its `export` and `import`.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod conn;
 pub mod import;
 pub mod transfer;
 

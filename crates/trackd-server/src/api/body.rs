@@ -1,13 +1,18 @@
 //! Reading a request body: size limit, `Content-Encoding: gzip`, and decoding to a JSON
 //! object from JSON (whatever the content type says) or from a form, urlencoded or
-//! multipart, in bracket notation or with object and list fields as JSON strings.
+//! multipart, in bracket notation or with object and list fields as JSON strings. And a
+//! streamed upload (the import): its encoding honoured as it arrives, with an idle timeout.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
+use std::time::Duration;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::http::{header, HeaderMap};
+use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value};
+use tokio::io::AsyncBufRead;
 use trackd_core::{json, wire, FieldError};
 
 use super::error::ApiError;
@@ -79,17 +84,171 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
 }
 
 /// Inflates at most `limit` bytes: a gzip bomb stops at the cap, it never inflates past it.
+/// The body is exactly one gzip member: a second member, or any byte after the first
+/// (garbage, padding), is refused, not silently dropped (a reader that took only the first
+/// member would ignore data the client meant).
 fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    let read = flate2::read::GzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out);
+    // `bufread` reads from the slice itself, so what it leaves is what follows the member.
+    let mut decoder = flate2::bufread::GzDecoder::new(compressed);
+    let read = (&mut decoder).take(limit as u64 + 1).read_to_end(&mut out);
     match read {
         Ok(n) if n > limit => Err(ApiError::PayloadTooLarge(format!(
             "body: larger than {limit} bytes after decompression"
         ))),
+        Ok(_) if !decoder.into_inner().is_empty() => Err(ApiError::bad_request("body", AFTER_GZIP)),
         Ok(_) => Ok(out),
         Err(_) => Err(ApiError::bad_request("body", "invalid gzip data")),
+    }
+}
+
+/// What is wrong with bytes after a gzip member.
+pub const AFTER_GZIP: &str = "data after the end of the gzip stream";
+
+/// Why a streamed upload stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No byte arrived for this long (408).
+    #[error("nothing received for {} s", .0.as_secs_f64())]
+    Idle(Duration),
+    /// The connection broke, or the body was malformed at the HTTP level (400).
+    #[error("could not be read")]
+    Broken,
+    /// Not gzip, or gzip cut short (400).
+    #[error("invalid gzip data")]
+    InvalidGzip,
+    /// Bytes after the gzip member: a second member, or garbage (400).
+    #[error("{AFTER_GZIP}")]
+    AfterGzip,
+}
+
+impl UploadError {
+    /// What stopped an upload, from the error its reader returned: one of ours, else the
+    /// gzip decoder's (its own errors are about the data).
+    pub fn of(e: &std::io::Error) -> &UploadError {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<UploadError>())
+            .unwrap_or(&UploadError::InvalidGzip)
+    }
+
+    fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+}
+
+/// Inflated bytes handed from the decoding thread to the import at once, at most.
+const INFLATED_CHUNK_BYTES: usize = 64 * 1024;
+/// Inflated chunks in flight between the decoding thread and the import: with the chunk
+/// size, the bound on what decoding holds, whatever the compression ratio.
+const INFLATED_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A streamed upload (the import's NDJSON), read as it arrives: `Content-Encoding` gzip
+/// inflated on a blocking thread in bounded chunks (one member, nothing after it), other
+/// encodings refused (415) before a byte is read; `idle` without a byte ends it with
+/// [`UploadError::Idle`]. There is no size limit: the reader bounds what it holds.
+pub fn stream(
+    headers: &HeaderMap,
+    body: Body,
+    idle: Duration,
+) -> Result<Box<dyn AsyncBufRead + Send + Unpin>, ApiError> {
+    let encoding = content_encoding(headers)?;
+    let data = body.into_data_stream();
+    let timed = futures_util::stream::unfold(Some(data), move |data| async move {
+        let mut data = data?;
+        match tokio::time::timeout(idle, data.next()).await {
+            Err(_) => Some((Err(UploadError::Idle(idle).into_io()), None)),
+            Ok(None) => None,
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(data))),
+            Ok(Some(Err(_))) => Some((Err(UploadError::Broken.into_io()), None)),
+        }
+    });
+    // Fused: a reader may ask again after the end.
+    let timed = Box::pin(timed.fuse());
+    match encoding {
+        Encoding::Identity => Ok(Box::new(tokio_util::io::StreamReader::new(timed))),
+        Encoding::Gzip => {
+            let (tx, rx) = tokio::sync::mpsc::channel(INFLATED_CHUNKS_IN_FLIGHT);
+            let compressed = BlockingBody {
+                stream: timed,
+                handle: tokio::runtime::Handle::current(),
+                current: Bytes::new(),
+                done: false,
+            };
+            // Inflating is CPU work: off the async runtime.
+            tokio::task::spawn_blocking(move || inflate(compressed, tx));
+            let inflated = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(
+                inflated.fuse(),
+            ))))
+        }
+    }
+}
+
+/// Inflates one gzip member from `compressed` into `tx`, chunk by chunk (a full channel
+/// waits for the import), then checks nothing follows it. Stops when the import is gone.
+fn inflate(compressed: impl BufRead, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    let mut decoder = flate2::bufread::GzDecoder::new(compressed);
+    loop {
+        let mut chunk = vec![0; INFLATED_CHUNK_BYTES];
+        let item = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk.truncate(n);
+                Ok(Bytes::from(chunk))
+            }
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        if tx.blocking_send(item).is_err() || failed {
+            return;
+        }
+    }
+    let after = match decoder.into_inner().fill_buf() {
+        Ok([]) => return,
+        Ok(_) => UploadError::AfterGzip.into_io(),
+        Err(e) => e,
+    };
+    let _ = tx.blocking_send(Err(after));
+}
+
+/// A body stream read from a blocking thread (the gzip decoder's), each wait handed to the
+/// runtime.
+struct BlockingBody<S> {
+    stream: S,
+    handle: tokio::runtime::Handle,
+    current: Bytes,
+    done: bool,
+}
+
+impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> Read for BlockingBody<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> BufRead for BlockingBody<S> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.current.is_empty() && !self.done {
+            match self.handle.block_on(self.stream.next()) {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                None => self.done = true,
+            }
+        }
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.current = self.current.slice(n.min(self.current.len())..);
     }
 }
 

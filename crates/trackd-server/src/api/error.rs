@@ -179,5 +179,109 @@ pub fn json_response(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// What a request whose head hyper refused before any route saw it is told, by the
+/// status hyper chose (it answers a head it cannot parse by itself, with an empty body).
+fn protocol_problem(status: StatusCode) -> Option<String> {
+    Some(match status {
+        StatusCode::BAD_REQUEST => {
+            "request: not a valid HTTP/1.1 request line or header".to_owned()
+        }
+        StatusCode::URI_TOO_LONG => "uri: longer than 65534 bytes".to_owned(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+            "headers: the request line and headers are larger than {} bytes, or more than {} \
+             header fields",
+            super::MAX_HEADER_BYTES,
+            super::MAX_HEADERS
+        ),
+        _ => return None,
+    })
+}
+
+/// hyper's own refusals are the only answers trackd writes with one of these statuses and
+/// an empty body (every [`ApiError`] has a JSON body), and the last thing written on their
+/// connection (hyper closes it then): the bytes at the end of `written` may be one. Their
+/// head is small; only the end is looked at.
+const PROTOCOL_REFUSAL_MAX_BYTES: usize = 256;
+
+/// When `written` (what a connection is about to send) ends with hyper's own refusal of a
+/// request it could not parse (`HTTP/1.1 400 Bad Request`, `content-length: 0`, a date),
+/// where that refusal starts and the answer to send instead: the same status, as JSON
+/// `{"status","message"}`, and the connection closed.
+pub fn protocol_refusal(written: &[u8]) -> Option<(usize, Vec<u8>)> {
+    if !written.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let tail_start = written.len().saturating_sub(PROTOCOL_REFUSAL_MAX_BYTES);
+    let tail = &written[tail_start..];
+    let at = tail.windows(9).rposition(|w| w == b"HTTP/1.1 ")?;
+    let head = std::str::from_utf8(&tail[at..])
+        .ok()?
+        .strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = StatusCode::from_bytes(status_line.get(9..12)?.as_bytes()).ok()?;
+    if status_line.get(12..)? != format!(" {}", status.canonical_reason()?) {
+        return None;
+    }
+    let message = protocol_problem(status)?;
+    let mut empty = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" if value.trim() == "0" => empty = true,
+            "date" | "connection" => {}
+            _ => return None,
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let body = serde_json::json!({ "status": status.as_u16(), "message": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason()?,
+        body.len()
+    );
+    Some((tail_start + at, answer.into_bytes()))
+}
+
 /// The success answer, the same bytes Vero sends.
 pub const SUCCESS_BODY: &str = r#"{"status":200,"message":"Success."}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyper_refusals_become_json_and_nothing_else_does() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\
+                      date: Tue, 01 Dec 2026 12:00:00 GMT\r\n\r\n";
+        let (at, answer) = protocol_refusal(hyper).expect("recognised");
+        assert_eq!(at, 0);
+        let answer = String::from_utf8(answer).expect("utf-8");
+        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(answer.contains("\r\nconnection: close\r\n"));
+        let body = answer.split("\r\n\r\n").nth(1).expect("body");
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(json["status"], 431);
+        // After an answer still being written: found at its end.
+        let first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let mut two = first.to_vec();
+        two.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(protocol_refusal(&two).map(|(at, _)| at), Some(first.len()));
+        // trackd's own answers, streamed heads, other statuses: untouched.
+        for written in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-other: 1\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 400 Bad\r\ncontent-length: 0\r\n\r\n",
+            b"{\"a\":1}\n",
+        ] {
+            assert!(protocol_refusal(written).is_none(), "{}", String::from_utf8_lossy(written));
+        }
+    }
+}

@@ -1,11 +1,14 @@
 //! Admission: the bounds a request meets before any work is done for it. In-flight requests
-//! (503 past the bound), requests per second per client address and per tracking token
+//! per client address (429 past its bound, so one address cannot take every slot) and in
+//! all (503 past the bound), requests per second per client address and per tracking token
 //! (429). Rate state is keyed, and pruned in the background so an address or token that
-//! stopped sending is forgotten: the maps hold only recent senders.
+//! stopped sending is forgotten: the maps hold only recent senders; the per-address
+//! in-flight counts hold only addresses with a request in flight.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Request};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -23,6 +26,7 @@ const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 pub struct Admission {
     in_flight: Option<Arc<Semaphore>>,
     max_in_flight: usize,
+    per_ip_in_flight: Option<Arc<PerIpInFlight>>,
     per_ip: Option<(u32, DefaultKeyedRateLimiter<IpAddr>)>,
     per_token: Option<(u32, DefaultKeyedRateLimiter<TokenHash>)>,
 }
@@ -42,6 +46,12 @@ impl Admission {
             in_flight: (limits.max_in_flight > 0)
                 .then(|| Arc::new(Semaphore::new(limits.max_in_flight))),
             max_in_flight: limits.max_in_flight,
+            per_ip_in_flight: (limits.max_in_flight_per_ip > 0).then(|| {
+                Arc::new(PerIpInFlight {
+                    max: limits.max_in_flight_per_ip,
+                    counts: Mutex::default(),
+                })
+            }),
             per_ip: keyed(limits.ip_rate),
             per_token: keyed(limits.token_rate),
         }
@@ -49,13 +59,30 @@ impl Admission {
 
     /// Admits `request` or says which limit refused it. The permit is held until the
     /// answer is ready.
-    pub fn admit(
-        &self,
-        request: &Request,
-    ) -> Result<Option<OwnedSemaphorePermit>, (ApiError, &'static str)> {
+    pub fn admit(&self, request: &Request) -> Result<Permit, (ApiError, &'static str)> {
         if EXEMPT.contains(&request.uri().path()) {
-            return Ok(None);
+            return Ok(Permit::default());
         }
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip().to_canonical());
+        // Per address first: an address at its bound takes no slot from the others.
+        let address = match (&self.per_ip_in_flight, peer) {
+            (Some(per_ip), Some(ip)) => {
+                Some(PerIpInFlight::acquire(per_ip, ip).ok_or_else(|| {
+                    tracing::debug!(max = per_ip.max, "per-address in-flight bound reached");
+                    (
+                        ApiError::TooManyRequests(format!(
+                            "client: more than {} requests in flight from this address",
+                            per_ip.max
+                        )),
+                        "in_flight_per_ip",
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let permit = match &self.in_flight {
             None => None,
             Some(semaphore) => match semaphore.clone().try_acquire_owned() {
@@ -67,9 +94,8 @@ impl Admission {
             },
         };
         if let Some((rate, limiter)) = &self.per_ip {
-            let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();
-            if let Some(ConnectInfo(peer)) = peer {
-                if limiter.check_key(&peer.ip()).is_err() {
+            if let Some(peer) = peer {
+                if limiter.check_key(&peer).is_err() {
                     return Err((
                         ApiError::TooManyRequests(format!(
                             "client: more than {rate} requests per second from this address"
@@ -79,7 +105,10 @@ impl Admission {
                 }
             }
         }
-        Ok(permit)
+        Ok(Permit {
+            _global: permit,
+            _address: address,
+        })
     }
 
     /// Refuses a request over its tracking token's rate.
@@ -106,10 +135,64 @@ impl Admission {
         }
     }
 
-    /// How many senders the rate limits remember (for tests of the pruning).
+    /// How many senders the rate limits remember, and addresses with a request in flight
+    /// (for tests of the pruning).
     pub fn tracked(&self) -> usize {
         self.per_ip.as_ref().map_or(0, |(_, l)| l.len())
             + self.per_token.as_ref().map_or(0, |(_, l)| l.len())
+            + self.per_ip_in_flight.as_ref().map_or(0, |p| p.len())
+    }
+}
+
+/// What an admitted request holds until its answer is ready: its in-flight slots, given
+/// back on drop (also when the client goes away mid-request).
+#[derive(Default)]
+pub struct Permit {
+    _global: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressSlot>,
+}
+
+/// Requests in flight per client address; an address is in the map only while it has one.
+struct PerIpInFlight {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIpInFlight {
+    /// A slot for `ip`, or `None` when it has `max` requests in flight already.
+    fn acquire(this: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut counts = this.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= this.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            owner: this.clone(),
+            ip,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.counts.lock().map_or(0, |c| c.len())
+    }
+}
+
+/// One request's slot in its address's in-flight count.
+struct AddressSlot {
+    owner: Arc<PerIpInFlight>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -133,6 +216,55 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         admission.prune();
         assert_eq!(admission.tracked(), 0);
+    }
+
+    fn request_from(ip: &str) -> Request {
+        let mut request = Request::new(axum::body::Body::empty());
+        *request.uri_mut() = axum::http::Uri::from_static("/api/v2/events/track");
+        let peer: SocketAddr = format!("{ip}:1234").parse().expect("address");
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
+
+    fn admitted(result: Result<Permit, (ApiError, &'static str)>) -> Permit {
+        match result {
+            Ok(permit) => permit,
+            Err((e, limit)) => panic!("refused by {limit}: {e:?}"),
+        }
+    }
+
+    fn refused_by(result: Result<Permit, (ApiError, &'static str)>) -> &'static str {
+        match result {
+            Ok(_) => panic!("admitted"),
+            Err((_, limit)) => limit,
+        }
+    }
+
+    #[test]
+    fn an_address_gets_its_share_of_in_flight_slots_and_gives_them_back() {
+        let admission = Admission::new(&Limits {
+            max_in_flight: 5,
+            max_in_flight_per_ip: 2,
+            ..Limits::default()
+        });
+        let a = request_from("10.0.0.1");
+        let held: Vec<Permit> = (0..2).map(|_| admitted(admission.admit(&a))).collect();
+        assert_eq!(refused_by(admission.admit(&a)), "in_flight_per_ip");
+        // The same address over IPv6 (mapped) is the same client.
+        let mapped = request_from("[::ffff:10.0.0.1]");
+        assert_eq!(refused_by(admission.admit(&mapped)), "in_flight_per_ip");
+        // Others are admitted, up to the global bound.
+        let b = admitted(admission.admit(&request_from("10.0.0.2")));
+        let c = admitted(admission.admit(&request_from("10.0.0.3")));
+        let d = admitted(admission.admit(&request_from("10.0.0.3")));
+        let e = request_from("10.0.0.4");
+        assert_eq!(refused_by(admission.admit(&e)), "in_flight");
+        // A refusal by the global bound gave the address slot back.
+        drop((b, c, d));
+        assert_eq!(admission.tracked(), 1);
+        drop(held);
+        assert_eq!(admission.tracked(), 0);
+        admitted(admission.admit(&a));
     }
 
     #[test]

@@ -35,6 +35,11 @@ use trackd_core::{Clock, DynStore, ProfileOp, ProjectId};
 use auth::CredentialCache;
 use error::ApiError;
 
+/// The largest request line and headers hyper reads, in bytes (431 past it).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most header fields a request may have (431 past it).
+pub const MAX_HEADERS: usize = 100;
+
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -51,6 +56,9 @@ pub struct Limits {
     pub request_timeout: std::time::Duration,
     /// Requests answered at once before new ones get 503 (0: unbounded).
     pub max_in_flight: usize,
+    /// Requests answered at once for one client address before its new ones get 429
+    /// (0: unbounded), so that one address cannot take every in-flight slot.
+    pub max_in_flight_per_ip: usize,
     /// Requests per second per client address before 429 (0: unlimited).
     pub ip_rate: u32,
     /// Requests per second per tracking token before 429 (0: unlimited).
@@ -70,6 +78,7 @@ impl Default for Limits {
             header_timeout: std::time::Duration::from_secs(10),
             request_timeout: std::time::Duration::from_secs(30),
             max_in_flight: 4096,
+            max_in_flight_per_ip: 1024,
             ip_rate: 0,
             token_rate: 0,
             profile: trackd_core::users::ProfileLimits::default(),

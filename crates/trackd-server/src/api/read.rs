@@ -237,8 +237,11 @@ pub async fn stats(
 }
 
 /// `POST /api/v2/events/import`: NDJSON of export lines or Vero track bodies, streamed
-/// (no body size limit; each line at most 1 MiB). `?dedup=false` stores track bodies
-/// without dedup. Answers the summary once every good line is committed.
+/// (no body size limit; each line at most 1 MiB), plain or `Content-Encoding: gzip`
+/// (inflated as it arrives; other encodings 415). `?dedup=false` stores track bodies
+/// without dedup. Answers the summary once every good line is committed. A body that stops
+/// arriving for `--body-timeout` seconds is 408, one that breaks off or whose gzip is bad
+/// is 400: the good lines before that point stay imported, and the message says where.
 pub async fn import(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -253,11 +256,8 @@ pub async fn import(
         Some("false") => false,
         Some(_) => return Err(ApiError::bad_request("dedup", "must be true or false")),
     };
-    let stream = request_body
-        .into_data_stream()
-        .map(|chunk| chunk.map_err(std::io::Error::other));
-    let input = tokio_util::io::StreamReader::new(stream);
-    let summary = crate::import::run(
+    let input = body::stream(&headers, request_body, state.limits.body_timeout)?;
+    let imported = crate::import::run(
         &state.store,
         state.clock.as_ref(),
         credential.project,
@@ -265,7 +265,19 @@ pub async fn import(
         dedup,
         |_| {},
     )
-    .await?;
+    .await;
+    let summary = match imported {
+        Ok(summary) => summary,
+        Err(crate::import::ImportError::Store(e)) => return Err(e.into()),
+        Err(crate::import::ImportError::Input { line, error }) => {
+            let problem = body::UploadError::of(&error);
+            let message = format!("{problem} at line {line} (the lines before it were imported)");
+            return Err(match problem {
+                body::UploadError::Idle(_) => ApiError::RequestTimeout(format!("body: {message}")),
+                _ => ApiError::bad_request("body", message),
+            });
+        }
+    };
     Ok(json(serde_json::to_vec(&summary).unwrap_or_default()))
 }
 

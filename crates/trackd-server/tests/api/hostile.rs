@@ -313,6 +313,22 @@ fn body_cases(route: &Route, token: &str, fresh_id: &mut dyn FnMut() -> String) 
     let mut c = case("corrupt gzip", corrupt, err(400, "body: invalid gzip data"));
     c.headers.push(("content-encoding", "gzip".into()));
     cases.push(c);
+    // Exactly one gzip member: what follows it is refused, never silently dropped.
+    for (name, after) in [
+        ("gzip with trailing bytes", b"trailing".to_vec()),
+        ("gzip with zero padding", vec![0; 16]),
+        ("two gzip members", gzip(&valid.to_string().into_bytes())),
+    ] {
+        let mut body = gzip(&valid.to_string().into_bytes());
+        body.extend_from_slice(&after);
+        let mut c = case(
+            name,
+            body,
+            err(400, "body: data after the end of the gzip stream"),
+        );
+        c.headers.push(("content-encoding", "gzip".into()));
+        cases.push(c);
+    }
     let mut c = case(
         "gzip header on a plain body",
         valid.to_string().into_bytes(),
@@ -1158,8 +1174,8 @@ async fn hostile_inputs_get_exact_refusals_store_nothing_and_leave_the_server_up
     );
 }
 
-/// What no HTTP library sends: raw bytes on a socket. The server answers (or closes) and
-/// stays up; nothing is stored.
+/// What no HTTP library sends: raw bytes on a socket. The server answers (JSON, also where
+/// hyper refuses by itself) or closes, and stays up; nothing is stored.
 #[tokio::test]
 async fn malformed_http_is_answered_or_closed_and_the_server_stays_up() {
     let app = TestApp::spawn().await;
@@ -1196,6 +1212,15 @@ async fn malformed_http_is_answered_or_closed_and_the_server_stays_up() {
                 text.starts_with(&format!("HTTP/1.1 {status}")),
                 "{name}: {text}"
             );
+            // Also what hyper refuses before any route sees it is JSON of the same status.
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{name}: {text}"
+            );
+            let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(body["status"], status, "{name}: {text}");
         }
         let alive = app.send(app.client.get(app.url("/api/v2/heartbeat"))).await;
         assert_eq!(alive.status, 200, "after {name}");

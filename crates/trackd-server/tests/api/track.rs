@@ -501,6 +501,53 @@ async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
     assert_eq!(app.count("events"), 0);
 }
 
+/// A gzip body is exactly one gzip member: a second member, or any byte after the first
+/// (garbage, zero padding), is refused rather than silently dropped.
+#[tokio::test]
+async fn a_gzip_body_is_one_member_with_nothing_after_it() {
+    let app = TestApp::spawn().await;
+    let one = gzip(event("u", 1).to_string().as_bytes());
+    let mut trailing = one.clone();
+    trailing.extend_from_slice(b"garbage");
+    let mut padded = one.clone();
+    padded.extend_from_slice(&[0; 8]);
+    let mut two = one.clone();
+    two.extend_from_slice(&gzip(b" "));
+    let message = "body: data after the end of the gzip stream";
+    for (route, body) in [
+        ("events/track", trailing),
+        ("events/track", padded),
+        ("events/track", two.clone()),
+        ("users/track", {
+            let mut b = gzip(json!({"id": "u"}).to_string().as_bytes());
+            b.push(b'x');
+            b
+        }),
+    ] {
+        let url = app.url(&format!("/api/v2/{route}?auth_token={}", app.token));
+        app.send(
+            app.client
+                .post(url)
+                .header("content-encoding", "gzip")
+                .body(body),
+        )
+        .await
+        .assert_error(400, message);
+    }
+    assert_eq!(app.count("events"), 0);
+    assert_eq!(app.count("users"), 0);
+    let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    app.send(
+        app.client
+            .post(url)
+            .header("content-encoding", "gzip")
+            .body(one),
+    )
+    .await
+    .assert_success(false);
+    assert_eq!(app.count("events"), 1);
+}
+
 #[tokio::test]
 async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
     let app = TestApp::spawn().await;

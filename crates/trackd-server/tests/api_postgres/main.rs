@@ -10,12 +10,16 @@
 mod bounds;
 #[path = "../api/clients.rs"]
 mod clients;
+#[path = "../api/connections.rs"]
+mod connections;
 #[path = "../api/dedup.rs"]
 mod dedup;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/hostile.rs"]
 mod hostile;
+#[path = "../api/import.rs"]
+mod import;
 #[path = "../api/live.rs"]
 mod live;
 mod nodes;
