@@ -236,11 +236,17 @@ pub fn lookup(change: &ProfileChange) -> Lookup {
 }
 
 /// Decides what `change`, received at `now` (microseconds), writes given what was `found`
-/// for its [`lookup`]; a profile merged past `limits` is refused. (A reidentify merge is
-/// not bounded: each side was, and refusing to rename a user would lose the rename.)
+/// for its [`lookup`]; a change that would grow a profile past `limits` is refused. Only
+/// growth is refused: a profile already past a bound (a reidentify merge, which is not
+/// bounded since each side was; a bound lowered since) still takes every change that does
+/// not make it bigger there, so an unsubscribe or a trim is never lost.
 pub fn plan(change: &ProfileChange, now: i64, found: Found, limits: &ProfileLimits) -> Plan {
+    let before = match &found {
+        Found::User(Some(row)) => Size::of(row),
+        _ => Size::default(),
+    };
     match plan_unbounded(change, now, found) {
-        Plan::Save(row) => match past_limits(&row, limits, change) {
+        Plan::Save(row) => match past_limits(&row, &before, limits, change) {
             Some(e) => Plan::Refused(e),
             None => Plan::Save(row),
         },
@@ -248,13 +254,34 @@ pub fn plan(change: &ProfileChange, now: i64, found: Found, limits: &ProfileLimi
     }
 }
 
-/// What in `row` goes past `limits`, named by the field that would have put it there.
+/// What the bounds measure of a profile.
+#[derive(Default)]
+struct Size {
+    channels: usize,
+    tags: usize,
+    properties_bytes: usize,
+}
+
+impl Size {
+    fn of(row: &UserRow) -> Size {
+        Size {
+            channels: row.channels.len(),
+            tags: row.tags.len(),
+            properties_bytes: properties_bytes(&row.properties),
+        }
+    }
+}
+
+/// What in `row` grew past `limits` from its size `before`, named by the field that would
+/// have put it there.
 fn past_limits(
     row: &UserRow,
+    before: &Size,
     limits: &ProfileLimits,
     change: &ProfileChange,
 ) -> Option<FieldError> {
-    if row.channels.len() > limits.channels {
+    let after = Size::of(row);
+    if after.channels > limits.channels && after.channels > before.channels {
         return Some(FieldError::new(
             "channels",
             format!(
@@ -264,7 +291,7 @@ fn past_limits(
             ),
         ));
     }
-    if row.tags.len() > limits.tags {
+    if after.tags > limits.tags && after.tags > before.tags {
         return Some(FieldError::new(
             "add",
             format!(
@@ -274,8 +301,8 @@ fn past_limits(
             ),
         ));
     }
-    let bytes = properties_bytes(&row.properties);
-    if bytes > limits.properties_bytes {
+    let bytes = after.properties_bytes;
+    if bytes > limits.properties_bytes && bytes > before.properties_bytes {
         let field = match change {
             ProfileChange::Edit { .. } => "changes",
             _ => "data",
@@ -550,6 +577,35 @@ mod tests {
             Plan::Refused(FieldError::new(
                 "changes",
                 "the profile's properties would take 14 bytes, more than 10"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_profile_already_past_a_bound_takes_changes_that_do_not_grow_it() {
+        let limits = ProfileLimits {
+            channels: 2,
+            tags: 2,
+            properties_bytes: 10,
+        };
+        let mut row = stored("u");
+        row.tags = vec!["a".into(), "b".into(), "c".into(), "d".into()];
+        let unsubscribe = change(ProfileOp::Unsubscribe, json!({"id": "u"}));
+        assert!(matches!(
+            super::plan(&unsubscribe, NOW, Found::User(Some(row.clone())), &limits),
+            Plan::Save(r) if !r.subscribed
+        ));
+        let trim = change(ProfileOp::Tags, json!({"id": "u", "remove": ["a"]}));
+        assert!(matches!(
+            super::plan(&trim, NOW, Found::User(Some(row.clone())), &limits),
+            Plan::Save(r) if r.tags.len() == 3
+        ));
+        let grow = change(ProfileOp::Tags, json!({"id": "u", "add": ["e"]}));
+        assert_eq!(
+            super::plan(&grow, NOW, Found::User(Some(row)), &limits),
+            Plan::Refused(FieldError::new(
+                "add",
+                "the profile would hold 5 tags, more than 2"
             ))
         );
     }

@@ -527,16 +527,17 @@ impl PageBudget {
 
 /// A page of rows read in page order, and whether a row followed it (then the cursor of the
 /// next page starts after the last row).
-pub fn page_of(rows: Vec<EventRow>, more: bool, max_id: i64) -> crate::EventPage {
-    let next = if more {
-        rows.last().map(|last| Cursor {
-            created_at: last.created_at,
-            id: last.id,
-            max_id,
-        })
-    } else {
-        None
-    };
+///
+/// `last` is the (event time, id) the page ended at, when a row followed it: the next page
+/// starts after it. It comes from where the page was decided, not from `rows`: a store that
+/// reads the rows in a second statement may find fewer (a user deleted between the two), and
+/// the walk must still go on after the page's end, never stop there.
+pub fn page_of(rows: Vec<EventRow>, last: Option<(i64, i64)>, max_id: i64) -> crate::EventPage {
+    let next = last.map(|(created_at, id)| Cursor {
+        created_at,
+        id,
+        max_id,
+    });
     (rows, next)
 }
 

@@ -71,6 +71,12 @@ pub fn form_object(
 ) -> Result<Map<String, Value>, FieldError> {
     let mut body = Map::new();
     for (name, value) in pairs {
+        if name.contains('\0') {
+            return Err(FieldError::new(
+                "body",
+                "a form field name contains a NUL character (\\u0000)",
+            ));
+        }
         if value.contains('\0') {
             return Err(FieldError::new(
                 printable(&name),
@@ -420,6 +426,10 @@ mod tests {
             (
                 &[("data[x]", "a\0b")],
                 "data[x]: contains a NUL character (\\u0000)",
+            ),
+            (
+                &[("data[a\0]", "1")],
+                "body: a form field name contains a NUL character (\\u0000)",
             ),
             (
                 &[("data[a][]", "1"), ("data[a][b]", "2")],

@@ -178,10 +178,11 @@ pub struct ServeArgs {
     max_in_flight: usize,
     /// Requests answered at once for one client address before its new ones get 429 +
     /// Retry-After (0: unbounded), so one address cannot take every --max-in-flight slot.
-    /// A quarter of --max-in-flight by default: no busy client comes near it, and no one
-    /// address can hold every slot. Behind a proxy every client shares its address.
-    #[arg(long, env = "TRACKD_MAX_IN_FLIGHT_PER_IP", default_value_t = 1024)]
-    max_in_flight_per_ip: usize,
+    /// A quarter of --max-in-flight when not given: no busy client comes near it, and no
+    /// one address (an IPv6 /64) can hold every slot. Behind a proxy every client shares
+    /// its address.
+    #[arg(long, env = "TRACKD_MAX_IN_FLIGHT_PER_IP")]
+    max_in_flight_per_ip: Option<usize>,
     /// Requests per second per client address before 429 (0: unlimited). Behind a proxy
     /// every client shares its address.
     #[arg(long, env = "TRACKD_IP_RATE", default_value_t = 0)]
@@ -503,7 +504,9 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         header_timeout: Duration::from_secs(args.header_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),
         max_in_flight: args.max_in_flight,
-        max_in_flight_per_ip: args.max_in_flight_per_ip,
+        max_in_flight_per_ip: args
+            .max_in_flight_per_ip
+            .unwrap_or((args.max_in_flight / 4).max(usize::from(args.max_in_flight > 0))),
         ip_rate: args.ip_rate,
         token_rate: args.token_rate,
         profile: trackd_core::users::ProfileLimits {

@@ -208,6 +208,7 @@ store_contract!(
     dedup_window_by_receive_time,
     duplicates_inside_one_batch_count_once,
     events_named_by_email_alone_join_their_user,
+    an_email_only_event_after_the_call_that_created_its_user_joins_it,
     users_track_creates_then_merges,
     changes_that_need_a_user_are_not_found_without_one,
     tags_are_a_set_and_empty_edits_change_nothing,
@@ -275,6 +276,41 @@ async fn events_named_by_email_alone_join_their_user(b: &Backend) {
     let fresh = b.profile("eve@example.com").await.expect("new user");
     assert_eq!(fresh["id"], Value::Null);
     assert_eq!(fresh["event_count"], 1);
+}
+
+async fn an_email_only_event_after_the_call_that_created_its_user_joins_it(b: &Backend) {
+    // Each pair in order (a client's second call after its first answer), the pairs at
+    // once, so pairs share batches and a second event may ride in the batch that creates
+    // its user. (Two calls in flight together have no order: PostgreSQL's two writers may
+    // commit them either way.)
+    let pairs = (0..10).map(|i| async move {
+        let email = format!("in-run-{i}@example.com");
+        let first = b
+            .track(json!({"identity": {"id": format!("r{i}"), "email": email},
+                          "event_name": "First"}))
+            .await;
+        let second = b
+            .track(json!({"identity": {"email": email}, "event_name": "Second"}))
+            .await;
+        (first, second)
+    });
+    let outcomes = futures::future::join_all(pairs).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| *o == (InsertOutcome::Inserted, InsertOutcome::Inserted)));
+    for i in 0..10 {
+        assert_eq!(
+            b.events_of(&format!("r{i}")).await,
+            Some(vec!["Second".to_owned(), "First".to_owned()]),
+            "r{i}"
+        );
+        assert_eq!(
+            b.profile(&format!("in-run-{i}@example.com"))
+                .await
+                .expect("by email")["id"],
+            format!("r{i}")
+        );
+    }
 }
 
 async fn users_track_creates_then_merges(b: &Backend) {
@@ -545,8 +581,8 @@ async fn export_chunks_end_at_their_byte_budget_and_hold_nothing_between(b: &Bac
         .map(|row| serde_json::from_str::<Value>(&row.data).expect("data")["n"].clone())
         .collect();
     assert_eq!(ns, (0..9).map(|n| json!(n)).collect::<Vec<_>>());
-    // A write between two chunks is not blocked by the export (no snapshot held): the
-    // writer commits while an export is half read.
+    // An export resumes from its key after a write between two of its chunks, and the
+    // event written meanwhile (received after the others) comes in the second chunk.
     let query = ExportQuery {
         project: b.project,
         since: None,

@@ -181,7 +181,9 @@ impl CredentialCache {
         Ok(self.get(&hash))
     }
 
-    /// Makes sure a reload that started after `seen` reloads had started has finished.
+    /// Makes sure a reload that started after `seen` reloads had started has succeeded.
+    /// Only a successful reload counts: a request queued behind one that failed runs its
+    /// own (and is answered 503 if that fails too), never refused from the stale set.
     async fn reload_after(&self, seen: u64) -> Result<(), StoreError> {
         let _running = self.reloading.lock().await;
         // While this request queued, another may have run a reload that started after the
@@ -190,9 +192,9 @@ impl CredentialCache {
             return Ok(());
         }
         let number = self.reloads_started.fetch_add(1, Ordering::AcqRel) + 1;
-        let result = self.reload().await;
+        self.reload().await?;
         self.reloads_done.store(number, Ordering::Release);
-        result
+        Ok(())
     }
 }
 

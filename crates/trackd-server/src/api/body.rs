@@ -53,13 +53,11 @@ pub async fn read(
     };
     match content_encoding(headers)? {
         Encoding::Identity => Ok(bytes.to_vec()),
-        // Inflating up to a megabyte is CPU work: off the runtime's few workers when large.
-        Encoding::Gzip if bytes.len() > BLOCKING_BYTES => {
-            tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
-                .await
-                .map_err(|_| ApiError::bad_request("body", "could not be decompressed"))?
-        }
-        Encoding::Gzip => gunzip(&bytes, limit),
+        // Inflating is CPU work whatever the compressed size (a few KiB may inflate to the
+        // whole limit): always off the runtime's few workers.
+        Encoding::Gzip => tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
+            .await
+            .map_err(|_| ApiError::bad_request("body", "could not be decompressed"))?,
     }
 }
 

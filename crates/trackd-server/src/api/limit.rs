@@ -39,6 +39,18 @@ fn keyed<K: std::hash::Hash + Eq + Clone>(
     Some((per_second, RateLimiter::dashmap(Quota::per_second(rate))))
 }
 
+/// The client an address counts as: IPv4 (also mapped into IPv6) as it is, IPv6 by its
+/// /64 (one host or site gets a /64; counting its 2^64 addresses apart would let it walk
+/// around every per-address bound).
+pub fn client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
 impl Admission {
     /// The limits of `limits`; a zero turns one off.
     pub fn new(limits: &Limits) -> Self {
@@ -66,7 +78,7 @@ impl Admission {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip().to_canonical());
+            .map(|ConnectInfo(peer)| client(peer.ip()));
         // Per address first: an address at its bound takes no slot from the others.
         let address = match (&self.per_ip_in_flight, peer) {
             (Some(per_ip), Some(ip)) => {
@@ -198,6 +210,21 @@ impl Drop for AddressSlot {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64_and_ipv4_as_itself() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(super::client(a), super::client(b));
+        assert_ne!(super::client(a), super::client(other));
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            super::client(mapped),
+            "192.0.2.7".parse::<std::net::IpAddr>().expect("ip")
+        );
+    }
+
     use super::*;
     use trackd_core::Token;
 

@@ -149,7 +149,6 @@ pub async fn export(
     let done = finished.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let failed = |why: &'static str| Err(std::io::Error::other(why));
         let mut chunks = std::pin::pin!(trackd_core::export_chunks(store, query));
         let mut buffer = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
         let mut count = 0u64;
@@ -157,8 +156,9 @@ pub async fn export(
             let events = match chunk {
                 Ok(events) => events,
                 Err(e) => {
+                    // Dropping the sender without `finished` ends the body with an error; no
+                    // wait on a client that may be reading nothing.
                     tracing::error!(error = %e, "export failed midway");
-                    let _ = tx.send(failed("export failed")).await;
                     return;
                 }
             };

@@ -396,3 +396,101 @@ async fn a_token_created_while_serving_works_for_every_concurrent_first_request(
     .await
     .assert_error(401, "auth_token: unknown credential");
 }
+
+/// Sends `body` to `route` in one of the forms a client may use: 0 JSON, 1 JSON with its
+/// object and list fields as JSON strings, 2 a urlencoded form in bracket notation, 3 a
+/// multipart form with those fields as JSON strings.
+async fn send_as(app: &TestApp, form: usize, method: &str, route: &str, body: &Value) -> Answer {
+    use crate::helpers::{bracket_form, json_string_fields, multipart};
+    match form {
+        0 => send(app, method, route, "application/json", &body.to_string()).await,
+        1 => {
+            let text = json_string_fields(body).to_string();
+            send(app, method, route, "application/json", &text).await
+        }
+        2 => send(app, method, route, FORM, &bracket_form(body)).await,
+        _ => {
+            let bytes = multipart(body, "Xb0undary");
+            let text = String::from_utf8(bytes).expect("utf-8");
+            let content_type = "multipart/form-data; boundary=Xb0undary";
+            send(app, method, route, content_type, &text).await
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_form_of_every_body_is_read_whole() {
+    let app = TestApp::spawn().await;
+    // Text values only: a form carries text, so the forms can be compared exactly.
+    for form in 0..4 {
+        let id = format!("whole-{form}");
+        let email = format!("whole-{form}@example.com");
+        send_as(
+            &app,
+            form,
+            "POST",
+            "users/track",
+            &json!({"id": id, "email": email, "phone_number": "+4712345678",
+                    "channels": [{"type": "push", "address": "tok-1", "platform": "ios"},
+                                 {"type": "email", "address": email}],
+                    "data": {"plan": "pro", "address": {"city": "Oslo", "zip": "0150"},
+                             "langs": ["no", "en"]}}),
+        )
+        .await
+        .assert_success(false);
+        send_as(
+            &app,
+            form,
+            "PUT",
+            "users/edit",
+            &json!({"id": id, "changes": {"plan": "team", "seats": "5"}}),
+        )
+        .await
+        .assert_success(false);
+        send_as(
+            &app,
+            form,
+            "PUT",
+            "users/tags/edit",
+            &json!({"id": id, "add": ["vip", "beta", "gone"], "remove": ["gone"]}),
+        )
+        .await
+        .assert_success(false);
+        send_as(
+            &app,
+            form,
+            "POST",
+            "events/track",
+            &json!({"identity": {"id": id, "email": email}, "event_name": "Paid",
+                    "data": {"amount": "19.99", "items": ["a", "b"], "meta": {"k": "v"}},
+                    "extras": {"source": "form-test", "created_at": "2023-05-30T04:46:31Z"}}),
+        )
+        .await
+        .assert_success(false);
+        let user = profile(&app, &id).await;
+        assert_eq!(user["email"], email, "form {form}");
+        assert_eq!(user["phone_number"], "+4712345678", "form {form}");
+        assert_eq!(
+            user["channels"],
+            json!([{"type": "push", "address": "tok-1", "platform": "ios"},
+                   {"type": "email", "address": email}]),
+            "form {form}"
+        );
+        assert_eq!(
+            user["properties"],
+            json!({"plan": "team", "address": {"city": "Oslo", "zip": "0150"},
+                   "langs": ["no", "en"], "seats": "5"}),
+            "form {form}"
+        );
+        assert_eq!(user["tags"], json!(["beta", "vip"]), "form {form}");
+        let events = events_of(&app, &id).await;
+        assert_eq!(events.len(), 1, "form {form}");
+        assert_eq!(
+            events[0]["data"],
+            json!({"amount": "19.99", "items": ["a", "b"], "meta": {"k": "v"}}),
+            "form {form}"
+        );
+        assert_eq!(events[0]["source"], "form-test", "form {form}");
+        assert_eq!(events[0]["created_at"], "2023-05-30T04:46:31.000000Z");
+    }
+}

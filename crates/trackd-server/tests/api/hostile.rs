@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trackd_server::api::Limits;
 
-use crate::helpers::{TestApp, TestConfig};
+use crate::helpers::{bracket_form, json_string_fields, multipart, TestApp, TestConfig};
 
 /// The body limit of this suite: small, so both sides of it are cheap to send.
 const MAX_BODY: usize = 4096;
@@ -103,69 +103,6 @@ fn padded(body: &Value, size: usize) -> Vec<u8> {
     let text = object.to_string();
     assert_eq!(text.len(), size);
     text.into_bytes()
-}
-
-/// A JSON body in Rails bracket notation (`data[a]=1`, `add[]=t`); empty objects and lists
-/// have no form and are left out.
-fn bracket_form(body: &Value) -> String {
-    fn walk(name: &str, value: &Value, out: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    walk(&format!("{name}[{k}]"), v, out);
-                }
-            }
-            Value::Array(items) => {
-                for v in items {
-                    walk(&format!("{name}[]"), v, out);
-                }
-            }
-            Value::String(s) => out.push(format!("{}={}", enc(name), enc(s))),
-            other => out.push(format!("{}={}", enc(name), enc(&other.to_string()))),
-        }
-    }
-    fn enc(s: &str) -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
-    let mut out = Vec::new();
-    for (k, v) in body.as_object().expect("object") {
-        walk(k, v, &mut out);
-    }
-    out.join("&")
-}
-
-/// The body with every object and list field sent as a string holding its JSON.
-fn json_string_fields(body: &Value) -> Value {
-    let mut body = body.clone();
-    for (_, v) in body.as_object_mut().expect("object").iter_mut() {
-        if v.is_object() || v.is_array() {
-            *v = Value::String(v.to_string());
-        }
-    }
-    body
-}
-
-/// The body as `multipart/form-data`: strings as they are, everything else as JSON text.
-fn multipart(body: &Value, boundary: &str) -> Vec<u8> {
-    let mut out = String::new();
-    for (k, v) in body.as_object().expect("object") {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        out.push_str(&format!(
-            "--{boundary}\r\ncontent-disposition: form-data; name=\"{k}\"\r\n\r\n{text}\r\n"
-        ));
-    }
-    out.push_str(&format!("--{boundary}--\r\n"));
-    out.into_bytes()
 }
 
 /// Cases that apply to every Vero write route: `id` is a user the route may act on.

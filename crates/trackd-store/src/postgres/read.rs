@@ -121,7 +121,7 @@ pub(super) async fn events(
 ) -> Result<Option<EventPage>, Error> {
     // First the page's ids and sizes (`octet_length` reads a TOASTed value's header, not
     // the value), so the page ends at its byte budget; then only those rows whole.
-    let mut sql = "SELECT e.id, octet_length(e.data), octet_length(e.event_name) \
+    let mut sql = "SELECT e.id, octet_length(e.data), octet_length(e.event_name), e.created_at \
                    FROM events e WHERE "
         .to_owned();
     let mut args = Args::default();
@@ -175,6 +175,7 @@ pub(super) async fn events(
     ));
     let mut budget = PageBudget::new(q.limit);
     let mut ids: Vec<i64> = Vec::new();
+    let mut end = None;
     let mut more = false;
     for row in client.query(sql.as_str(), &args.refs()).await? {
         if budget.full() {
@@ -184,8 +185,13 @@ pub(super) async fn events(
         let data: i32 = row.try_get(1)?;
         let name: i32 = row.try_get(2)?;
         budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
-        ids.push(row.try_get(0)?);
+        let id: i64 = row.try_get(0)?;
+        ids.push(id);
+        end = Some((row.try_get::<_, i64>(3)?, id));
     }
+    // The page's end comes from this statement: the rows read below may be fewer (a user
+    // deleted in between), and the walk goes on after the end all the same.
+    let last = if more { end } else { None };
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
          WHERE e.id = ANY($1) ORDER BY e.created_at DESC, e.id DESC"
@@ -196,7 +202,7 @@ pub(super) async fn events(
         .iter()
         .map(event_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(page_of(rows, more, max_id)))
+    Ok(Some(page_of(rows, last, max_id)))
 }
 
 /// One export chunk: the events after `after`, oldest first by receive time, at most
@@ -209,7 +215,8 @@ pub(super) async fn export_chunk(
 ) -> Result<ExportChunk, Error> {
     let keys = client
         .query(
-            "SELECT e.id, octet_length(e.data), octet_length(e.event_name) FROM events e \
+            "SELECT e.id, octet_length(e.data), octet_length(e.event_name), e.received_at \
+             FROM events e \
              WHERE e.project_id = $1 AND (e.received_at, e.id) > ($2, $3) \
                AND e.received_at < $4 \
              ORDER BY e.received_at, e.id LIMIT $5",
@@ -224,6 +231,7 @@ pub(super) async fn export_chunk(
         .await?;
     let mut budget = PageBudget::new(EXPORT_CHUNK_ROWS);
     let mut ids: Vec<i64> = Vec::new();
+    let mut end = None;
     let mut more = false;
     for row in &keys {
         if budget.full() {
@@ -233,7 +241,12 @@ pub(super) async fn export_chunk(
         let data: i32 = row.try_get(1)?;
         let name: i32 = row.try_get(2)?;
         budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
-        ids.push(row.try_get(0)?);
+        let id: i64 = row.try_get(0)?;
+        ids.push(id);
+        end = Some(ExportKey {
+            received_at: row.try_get(3)?,
+            id,
+        });
     }
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
@@ -245,13 +258,9 @@ pub(super) async fn export_chunk(
         .iter()
         .map(event_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let next = more
-        .then(|| events.last())
-        .flatten()
-        .map(|last: &EventRow| ExportKey {
-            received_at: last.received_at,
-            id: last.id,
-        });
+    // The chunk's end comes from the first statement: the rows read after it may be fewer
+    // (a user deleted in between) and the export still goes on after the end.
+    let next = if more { end } else { None };
     Ok((events, next))
 }
 

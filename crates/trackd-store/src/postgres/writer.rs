@@ -403,10 +403,28 @@ async fn user_keys(
         .iter()
         .map(|r| (r.get::<_, i64>(0) as usize - 1, r.get::<_, String>(1)))
         .collect();
+    let mut stored = HashSet::new();
     for (slot, key) in found {
         if let Some(&i) = by_email.get(slot) {
             keys[i] = key;
+            stored.insert(i);
         }
+    }
+    // A user this run creates is not in the database yet: an email-only event found none
+    // there joins the first earlier event of the run with that email (its user is created
+    // by that event), as SQLite, writing event by event, would find it.
+    let mut in_run: HashMap<(i64, String), String> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let Some(email) = e.identity.email() else {
+            continue;
+        };
+        let slot = (e.project.get(), email.as_str().to_owned());
+        if e.identity.id().is_none() && !stored.contains(&i) {
+            if let Some(key) = in_run.get(&slot) {
+                keys[i] = key.clone();
+            }
+        }
+        in_run.entry(slot).or_insert_with(|| keys[i].clone());
     }
     Ok(keys)
 }

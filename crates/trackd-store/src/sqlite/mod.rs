@@ -253,6 +253,9 @@ impl SqliteStore {
     }
 }
 
+/// The longest a checkpoint waits for a lock or a reader (and so holds the writer).
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(20);
+
 /// How often the checkpointer copies committed WAL pages into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -273,6 +276,12 @@ pub(crate) enum Checkpoint {
 fn spawn_checkpointer(
     conn: Connection,
 ) -> Result<(SyncSender<Checkpoint>, JoinHandle<()>), StoreError> {
+    // A truncating checkpoint takes the write lock and then waits for readers on older
+    // snapshots: with the usual busy timeout one long read would hold every tenant's writes
+    // for seconds. It waits this long at most, falls back to copying what it can, and is
+    // tried again on the next tick.
+    conn.busy_timeout(CHECKPOINT_WAIT)
+        .map_err(StoreError::unavailable)?;
     let (asks, asked) = sync_channel::<Checkpoint>(1);
     let handle = std::thread::Builder::new()
         .name("trackd-checkpoint".into())

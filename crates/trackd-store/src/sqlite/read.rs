@@ -127,7 +127,10 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
         budget.take(row_bytes(row.data.len(), row.event_name.len()));
         rows.push(row);
     }
-    Ok(Some(page_of(rows, more, max_id)))
+    let last = more
+        .then(|| rows.last().map(|r| (r.created_at, r.id)))
+        .flatten();
+    Ok(Some(page_of(rows, last, max_id)))
 }
 
 /// One export chunk: the events after `after`, oldest first by receive time, at most
