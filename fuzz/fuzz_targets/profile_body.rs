@@ -3,6 +3,6 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Some((op, body)) = data.split_first() {
-        trackd_core::properties::profile_body(*op, body);
+        let _ = trackd_core::properties::profile_body(*op, body);
     }
 });

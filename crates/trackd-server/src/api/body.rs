@@ -185,9 +185,9 @@ pub fn check_decode(kind: u8, bytes: &[u8]) {
     match (first, second) {
         (Ok(map), Ok(again)) => {
             assert_eq!(map, again, "decoding is not deterministic");
-            trackd_core::properties::track_map(map.clone());
+            let _ = trackd_core::properties::track_map(map.clone());
             for op in 0..7 {
-                trackd_core::properties::profile_map(op, &map);
+                let _ = trackd_core::properties::profile_map(op, &map);
             }
         }
         (Err(_), Err(_)) => {}
