@@ -799,59 +799,10 @@ mod tests {
     //! them valid. Each test counts what was accepted, prints it past libtest's capture and
     //! asserts a floor, so a generator that stops reaching the success path fails.
 
-    use std::cell::Cell;
-    use std::io::Write;
-
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
-    use super::strategies;
+    use super::strategies::{self, mostly_valid, tally};
     use super::*;
-
-    /// Runs `test` on `cases` inputs of `strategy` (`test` says whether the input was
-    /// accepted), prints the tally on stderr and returns (accepted, refused).
-    fn tally<S: Strategy>(
-        name: &str,
-        cases: u32,
-        strategy: S,
-        test: impl Fn(S::Value) -> bool,
-    ) -> (u32, u32) {
-        let accepted = Cell::new(0u32);
-        let refused = Cell::new(0u32);
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        let result = runner.run(&strategy, |input| {
-            let counter = if test(input) { &accepted } else { &refused };
-            counter.set(counter.get() + 1);
-            Ok(())
-        });
-        if let Err(e) = result {
-            panic!("{name}: {e}");
-        }
-        let (a, r) = (accepted.get(), refused.get());
-        // Straight to the process's stderr: libtest captures eprintln!, not this.
-        let _ = writeln!(
-            std::io::stderr(),
-            "property {name}: {a} of {} inputs accepted ({}%), {r} refused",
-            a + r,
-            a * 100 / (a + r).max(1)
-        );
-        (a, r)
-    }
-
-    /// At least half accepted, and some refused.
-    #[track_caller]
-    fn mostly_valid((accepted, refused): (u32, u32)) {
-        assert!(
-            accepted >= refused,
-            "only {accepted} of {} inputs accepted",
-            accepted + refused
-        );
-        assert!(refused > 0, "no mutated input was refused");
-    }
 
     #[test]
     fn json_canonical_holds_on_documents() {

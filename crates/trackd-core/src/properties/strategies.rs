@@ -5,8 +5,12 @@
 //! the contract promises for it. A generator that never reaches the success path proves
 //! nothing about it: the drivers count what was accepted and assert a floor.
 
+use std::cell::Cell;
+use std::io::Write;
+
 use proptest::prelude::*;
 use proptest::sample::select;
+use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Map, Value};
 
 use super::Refusal;
@@ -1337,4 +1341,52 @@ pub fn read_query() -> BoxedStrategy<(String, bool)> {
         1 => broken.prop_map(|q| (q, false)),
     ]
     .boxed()
+}
+
+/// Runs `test` on `cases` inputs of `strategy` (`test` says whether the input was
+/// accepted), prints the tally on the process's stderr, where libtest's capture does not
+/// hide it, and returns (accepted, refused). Panics when `test` does (with the smallest
+/// failing input proptest finds).
+pub fn tally<S: Strategy>(
+    name: &str,
+    cases: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> bool,
+) -> (u32, u32) {
+    let accepted = Cell::new(0u32);
+    let refused = Cell::new(0u32);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&strategy, |input| {
+        let counter = if test(input) { &accepted } else { &refused };
+        counter.set(counter.get() + 1);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+    let (a, r) = (accepted.get(), refused.get());
+    // Straight to the process's stderr: libtest captures eprintln!, not this.
+    let _ = writeln!(
+        std::io::stderr(),
+        "property {name}: {a} of {} inputs accepted ({}%), {r} refused",
+        a + r,
+        a * 100 / (a + r).max(1)
+    );
+    (a, r)
+}
+
+/// The floor for a generator of mostly valid inputs: at least half accepted, and some
+/// (the mutated ones) refused.
+#[track_caller]
+pub fn mostly_valid((accepted, refused): (u32, u32)) {
+    assert!(
+        accepted >= refused,
+        "only {accepted} of {} inputs accepted",
+        accepted + refused
+    );
+    assert!(refused > 0, "no mutated input was refused");
 }
