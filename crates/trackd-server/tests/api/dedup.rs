@@ -9,6 +9,7 @@ use crate::helpers::{event, TestApp, TestConfig};
 
 #[tokio::test]
 async fn duplicate_within_window_is_stored_once() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -30,6 +31,7 @@ async fn duplicate_within_window_is_stored_once() {
 
 #[tokio::test]
 async fn same_event_after_the_window_is_stored_again() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&event("u", 1)).await.assert_success(false);
     app.clock.advance_secs(180);
@@ -39,6 +41,7 @@ async fn same_event_after_the_window_is_stored_again() {
 
 #[tokio::test]
 async fn duplicates_do_not_extend_the_window() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&event("u", 1)).await.assert_success(false);
     app.clock.advance_secs(100);
@@ -50,6 +53,7 @@ async fn duplicates_do_not_extend_the_window() {
 
 #[tokio::test]
 async fn created_at_plays_no_part_in_the_window() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let with_time = |t: &str| {
         json!({"identity": {"id": "u"}, "event_name": "e", "data": {"a": 1},
@@ -65,6 +69,7 @@ async fn created_at_plays_no_part_in_the_window() {
 
 #[tokio::test]
 async fn name_spelling_key_order_and_number_form_do_not_make_a_new_event() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track_raw(
         r#"{"identity":{"id":"u"},"event_name":"Purchased Item","data":{"a":1,"b":[1,2]}}"#,
@@ -95,6 +100,7 @@ async fn name_spelling_key_order_and_number_form_do_not_make_a_new_event() {
 
 #[tokio::test]
 async fn check_id_separates_events_without_data() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let with_check = |c: i64| {
         json!({"identity": {"id": "u"}, "event_name": "Order Completed", "data": {},
@@ -115,6 +121,7 @@ async fn check_id_separates_events_without_data() {
 
 #[tokio::test]
 async fn dedup_window_zero_turns_dedup_off() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with(TestConfig {
         dedup_window: Duration::ZERO,
         ..TestConfig::default()
@@ -128,6 +135,7 @@ async fn dedup_window_zero_turns_dedup_off() {
 
 #[tokio::test]
 async fn a_short_window_is_honoured() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with(TestConfig {
         dedup_window: Duration::from_secs(5),
         ..TestConfig::default()
@@ -142,6 +150,7 @@ async fn a_short_window_is_honoured() {
 
 #[tokio::test]
 async fn window_survives_a_restart() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     app.track(&event("u", 1)).await.assert_success(false);
     app.restart().await;
@@ -152,6 +161,7 @@ async fn window_survives_a_restart() {
 
 #[tokio::test]
 async fn hundred_identical_concurrent_requests_store_exactly_one_event() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = event("u", 7).to_string();
     let answers = futures::future::join_all((0..100).map(|_| app.track_raw(body.clone()))).await;
@@ -169,6 +179,7 @@ async fn hundred_identical_concurrent_requests_store_exactly_one_event() {
 
 #[tokio::test]
 async fn expired_dedup_records_are_not_counted_as_duplicates_after_restart() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     app.track(&event("u", 1)).await.assert_success(false);
     app.restart().await;
@@ -179,6 +190,7 @@ async fn expired_dedup_records_are_not_counted_as_duplicates_after_restart() {
 
 #[tokio::test]
 async fn a_dedup_record_committed_by_another_process_is_honoured() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }

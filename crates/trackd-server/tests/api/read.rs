@@ -22,6 +22,7 @@ fn ids(page: &Value) -> Vec<i64> {
 
 #[tokio::test]
 async fn read_routes_need_a_secret_key_in_the_authorization_header() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let routes = [
         "/api/v2/users/42",
@@ -54,6 +55,7 @@ async fn read_routes_need_a_secret_key_in_the_authorization_header() {
 
 #[tokio::test]
 async fn read_routes_send_no_cors_headers() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&crate::helpers::event("u", 1))
         .await
@@ -102,6 +104,7 @@ async fn read_routes_send_no_cors_headers() {
 
 #[tokio::test]
 async fn user_profile_has_every_field() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -157,6 +160,7 @@ async fn user_profile_has_every_field() {
 
 #[tokio::test]
 async fn a_users_timeline_is_newest_first_with_exact_event_shape() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&json!({"identity": {"id": "42", "email": "ann@example.com"}, "event_name": "Viewed product",
                       "data": {"f": 1.50}, "extras": {"source": "web", "created_at": "2026-11-26T11:00:00Z"}}))
@@ -187,6 +191,7 @@ async fn a_users_timeline_is_newest_first_with_exact_event_shape() {
 
 #[tokio::test]
 async fn events_filter_by_event_key_user_and_time() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&at("a", "Purchased Item", 0, 1))
         .await
@@ -242,6 +247,7 @@ async fn events_filter_by_event_key_user_and_time() {
 
 #[tokio::test]
 async fn a_cursor_walk_returns_every_event_present_at_its_start_exactly_once() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Events with interleaved event times, several sharing one time.
     for n in 0..30 {
@@ -291,6 +297,7 @@ async fn a_cursor_walk_returns_every_event_present_at_its_start_exactly_once() {
 
 #[tokio::test]
 async fn export_streams_ndjson_oldest_first_by_receive_time() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Event times run backwards; receive times forwards.
     for n in 0..5 {
@@ -347,6 +354,7 @@ async fn export_streams_ndjson_oldest_first_by_receive_time() {
 
 #[tokio::test]
 async fn a_large_export_is_complete() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // More than one export chunk of the store (10,000 rows) and of the HTTP stream.
     let bodies: Vec<String> = (0..12_000)
@@ -375,6 +383,7 @@ async fn a_large_export_is_complete() {
 
 #[tokio::test]
 async fn stats_count_by_bucket_and_totals_survive_a_restart() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     app.track(&at("u", "Purchased Item", 0, 1))
         .await
@@ -419,6 +428,7 @@ async fn stats_count_by_bucket_and_totals_survive_a_restart() {
 
 #[tokio::test]
 async fn nothing_crosses_projects_on_any_read_route() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let (other_token, other_secret) = app.add_project("other").await;
     app.track(&at("42", "Mine", 0, 1))
@@ -472,6 +482,7 @@ async fn nothing_crosses_projects_on_any_read_route() {
 
 #[tokio::test]
 async fn a_user_is_found_by_email_as_well_as_by_id() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&crate::helpers::event("u-77", 1))
         .await

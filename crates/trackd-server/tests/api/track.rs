@@ -26,6 +26,7 @@ const SEED: &str = r#"
 
 #[tokio::test]
 async fn seed_example_from_vero_docs_is_answered_exactly_and_stored() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track_raw(SEED).await.assert_success(false);
     let events = app.events();
@@ -46,6 +47,7 @@ async fn seed_example_from_vero_docs_is_answered_exactly_and_stored() {
 
 #[tokio::test]
 async fn every_path_variant_is_served() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for (i, path) in [
         "/api/v2/events/track",
@@ -65,6 +67,7 @@ async fn every_path_variant_is_served() {
 
 #[tokio::test]
 async fn credential_is_found_in_each_location() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = |n: i64, extra: Option<(&str, &str)>| {
         let mut v = event("u", n);
@@ -105,6 +108,7 @@ async fn credential_is_found_in_each_location() {
 
 #[tokio::test]
 async fn first_credential_found_wins_even_when_a_later_one_is_valid() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let mut body = event("u", 1);
     body["auth_token"] = json!(app.token);
@@ -128,6 +132,7 @@ async fn first_credential_found_wins_even_when_a_later_one_is_valid() {
 
 #[tokio::test]
 async fn missing_or_unknown_credential_is_401_and_nothing_is_stored() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url("/api/v2/events/track");
     app.send(app.client.post(&url).body(event("u", 1).to_string()))
@@ -151,6 +156,7 @@ async fn missing_or_unknown_credential_is_401_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn secret_key_is_403_on_a_tracking_route_and_400_in_a_query() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url("/api/v2/events/track");
     app.send(
@@ -179,6 +185,7 @@ async fn secret_key_is_403_on_a_tracking_route_and_400_in_a_query() {
 
 #[tokio::test]
 async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let long = "x".repeat(255);
     let cases: Vec<(String, &str)> = vec![
@@ -248,6 +255,7 @@ async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
 
 #[tokio::test]
 async fn nesting_up_to_64_levels_is_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = format!(
         r#"{{"identity":{{"id":"1"}},"event_name":"x","data":{{"d":{}0{}}}}}"#,
@@ -259,6 +267,7 @@ async fn nesting_up_to_64_levels_is_accepted() {
 
 #[tokio::test]
 async fn identity_and_event_name_of_254_characters_are_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let id = "é".repeat(254);
     let name = "n".repeat(254);
@@ -271,6 +280,7 @@ async fn identity_and_event_name_of_254_characters_are_accepted() {
 
 #[tokio::test]
 async fn data_is_stored_without_loss() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track_raw(
         r#"{"identity":{"id":"1"},"event_name":"x","data":{"big":12345678901234567890123,"f":1.50,"e":1e400,"s":"é\n\"q\"","z":{"b":[1,{"c":null}],"a":true}}}"#,
@@ -286,6 +296,7 @@ async fn data_is_stored_without_loss() {
 
 #[tokio::test]
 async fn created_at_in_each_form_is_stored_in_utc() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let forms = [
         json!("2023-05-30T04:46:31Z"),
@@ -308,6 +319,7 @@ async fn created_at_in_each_form_is_stored_in_utc() {
 
 #[tokio::test]
 async fn top_level_id_and_email_are_used_without_identity() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(
         &json!({"id": "nd-1", "email": "nd@example.com", "event_name": "Signed up",
@@ -324,6 +336,7 @@ async fn top_level_id_and_email_are_used_without_identity() {
 
 #[tokio::test]
 async fn email_only_identity_uses_the_email_as_user_key() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&json!({"identity": {"email": "only@example.com"}, "event_name": "x"}))
         .await
@@ -333,6 +346,7 @@ async fn email_only_identity_uses_the_email_as_user_key() {
 
 #[tokio::test]
 async fn json_is_accepted_whatever_the_content_type_says() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     for (i, ct) in [
@@ -361,6 +375,7 @@ async fn json_is_accepted_whatever_the_content_type_says() {
 
 #[tokio::test]
 async fn form_encoded_body_with_json_string_fields_is_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = format!(
         "auth_token={}&event_name=Viewed+product&identity=%7B%22id%22%3A1234%2C%22email%22%3A%22f%40example.com%22%7D&data=%7B%22price%22%3A20%7D&extras=%7B%22source%22%3A%22web%22%7D",
@@ -383,6 +398,7 @@ async fn form_encoded_body_with_json_string_fields_is_accepted() {
 
 #[tokio::test]
 async fn form_errors_name_the_field() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let form = |body: String| {
         app.client
@@ -423,6 +439,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn gzip_bodies_are_decoded() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     app.send(
@@ -438,6 +455,7 @@ async fn gzip_bodies_are_decoded() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_before_and_after_decompression() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     let limit = 1024 * 1024;
@@ -477,6 +495,7 @@ async fn bodies_over_the_limit_are_413_before_and_after_decompression() {
 
 #[tokio::test]
 async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     app.send(
@@ -503,6 +522,7 @@ async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
 
 #[tokio::test]
 async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let answer = app
         .send(app.client.get(app.url("/api/v2/events/track")))
@@ -528,6 +548,7 @@ async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
 
 #[tokio::test]
 async fn cors_preflight_is_answered_for_any_origin_on_every_variant() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for path in [
         "/api/v2/events/track",
@@ -590,6 +611,7 @@ async fn cors_preflight_is_answered_for_any_origin_on_every_variant() {
 
 #[tokio::test]
 async fn heartbeat_needs_no_credential() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for path in [
         "/api/v2/heartbeat",
@@ -607,6 +629,7 @@ async fn heartbeat_needs_no_credential() {
 
 #[tokio::test]
 async fn an_event_creates_its_user_and_later_ones_touch_it() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -634,6 +657,7 @@ async fn an_event_creates_its_user_and_later_ones_touch_it() {
 
 #[tokio::test]
 async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -669,6 +693,7 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
 
 #[tokio::test]
 async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests_commit() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -715,6 +740,7 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
 
 #[tokio::test]
 async fn failed_credentials_past_the_per_address_limit_get_429() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         failed_auth_per_ip: 3,
         ..Default::default()
@@ -747,6 +773,7 @@ async fn failed_credentials_past_the_per_address_limit_get_429() {
 
 #[tokio::test]
 async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
+    crate::skip_without_postgres!();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         body_timeout: std::time::Duration::from_millis(500),
@@ -790,6 +817,7 @@ async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn a_connection_that_never_completes_its_headers_is_closed() {
+    crate::skip_without_postgres!();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         header_timeout: std::time::Duration::from_millis(500),
@@ -819,6 +847,7 @@ async fn a_connection_that_never_completes_its_headers_is_closed() {
 
 #[tokio::test]
 async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a_duplicate() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }

@@ -6,6 +6,7 @@ use crate::helpers::{event, TestApp, START};
 
 #[tokio::test]
 async fn users_track_creates_then_merges_shallowly() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/track", &json!({"id": "42", "email": "ann@example.com",
         "phone_number": "+15550100", "channels": [{"type": "push", "address": "D1", "platform": "ios"}],
@@ -57,6 +58,7 @@ async fn users_track_creates_then_merges_shallowly() {
 
 #[tokio::test]
 async fn users_edit_merges_changes_and_404s_for_an_unknown_user() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -112,6 +114,7 @@ async fn users_edit_merges_changes_and_404s_for_an_unknown_user() {
 
 #[tokio::test]
 async fn tags_are_a_set_added_then_removed() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/track", &json!({"id": "42"}))
         .await
@@ -155,6 +158,7 @@ async fn tags_are_a_set_added_then_removed() {
 
 #[tokio::test]
 async fn unsubscribe_and_resubscribe_set_the_flag_and_keep_the_choice_of_unknown_users() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/unsubscribe", &json!({"id": "later"}))
         .await
@@ -181,6 +185,7 @@ async fn unsubscribe_and_resubscribe_set_the_flag_and_keep_the_choice_of_unknown
 
 #[tokio::test]
 async fn delete_removes_profile_events_and_dedup_records() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&event("42", 1)).await.assert_success(false);
     app.track(&event("42", 2)).await.assert_success(false);
@@ -211,6 +216,7 @@ async fn delete_removes_profile_events_and_dedup_records() {
 
 #[tokio::test]
 async fn delete_really_deletes_the_bytes() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -285,6 +291,7 @@ async fn delete_really_deletes_the_bytes() {
 
 #[tokio::test]
 async fn reidentify_renames_and_keeps_dedup_records_under_the_old_id() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&event("anon-1", 1)).await.assert_success(false);
     let before = app.user("anon-1").expect("user");
@@ -310,6 +317,7 @@ async fn reidentify_renames_and_keeps_dedup_records_under_the_old_id() {
 
 #[tokio::test]
 async fn reidentify_merges_into_an_existing_new_id() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -378,6 +386,7 @@ async fn reidentify_merges_into_an_existing_new_id() {
 
 #[tokio::test]
 async fn reidentify_refuses_the_same_id_and_an_unknown_user() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "PUT",
@@ -400,6 +409,7 @@ async fn reidentify_refuses_the_same_id_and_an_unknown_user() {
 
 #[tokio::test]
 async fn every_users_route_answers_its_path_variants_and_preflights() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/track", &json!({"id": "42"}))
         .await
@@ -462,6 +472,7 @@ async fn every_users_route_answers_its_path_variants_and_preflights() {
 
 #[tokio::test]
 async fn form_encoded_profile_calls_from_the_2015_docs() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let form = |route: &str, method: reqwest::Method, body: String| {
         app.client
@@ -523,6 +534,7 @@ fn assert_consistent(app: &TestApp) {
 
 #[tokio::test]
 async fn delete_racing_with_tracking_leaves_a_consistent_state() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for round in 0..5 {
         let tracks = (0..40).map(|n| app.track_raw(event("racer", round * 100 + n).to_string()));
@@ -544,6 +556,7 @@ async fn delete_racing_with_tracking_leaves_a_consistent_state() {
 
 #[tokio::test]
 async fn reidentify_racing_with_tracking_leaves_a_consistent_state() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
@@ -581,6 +594,7 @@ async fn reidentify_racing_with_tracking_leaves_a_consistent_state() {
 
 #[tokio::test]
 async fn ids_of_deleted_events_are_never_reused() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return; // reads SQLite internals; the PostgreSQL suite has its own
     }
