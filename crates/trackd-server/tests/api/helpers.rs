@@ -415,6 +415,93 @@ impl TestApp {
         self.send(self.client.get(url).bearer_auth(key)).await
     }
 
+    /// GETs a read route that must answer 200 with JSON, and returns the JSON.
+    pub async fn read_json(&self, path_and_query: &str) -> Value {
+        let answer = self.read(path_and_query).await;
+        assert_eq!(answer.status, 200, "{path_and_query}: {}", answer.body);
+        answer.json()
+    }
+
+    /// The profile of the user `id` from `GET /api/v2/users/{id}`; `None` when the answer
+    /// is the 404 for an unknown user.
+    pub async fn profile(&self, id: &str) -> Option<Value> {
+        let path = format!(
+            "/api/v2/users/{}",
+            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let answer = self.read(&path).await;
+        if answer.status == 404 {
+            answer.assert_error(404, "id: no such user");
+            return None;
+        }
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        Some(answer.json())
+    }
+
+    /// Every stored event of the project from `GET /api/v2/events/export` (oldest first by
+    /// receive time).
+    pub async fn exported(&self) -> Vec<Value> {
+        let answer = self.read("/api/v2/events/export").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer
+            .body
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an export line is JSON"))
+            .collect()
+    }
+
+    /// The project's running totals of accepted and duplicate events, from
+    /// `GET /api/v2/stats/events`.
+    pub async fn totals(&self) -> (i64, i64) {
+        let stats = self.read_json("/api/v2/stats/events").await;
+        let count = |name: &str| stats["totals"][name].as_i64().expect("a count");
+        (count("accepted"), count("duplicates"))
+    }
+
+    /// Runs SQL on the store from outside the server: `sqlite` on the SQLite file, `postgres`
+    /// on the test's PostgreSQL database.
+    pub fn execute(&self, sqlite: &str, postgres: &str) {
+        if let Some(pg) = &self.pg {
+            let sql = postgres.to_owned();
+            return pg.with_client(|c| {
+                Box::pin(async move { c.batch_execute(&sql).await.expect(&sql) })
+            });
+        }
+        self.db().execute_batch(sqlite).expect(sqlite);
+    }
+
+    /// Holds the store's write lock from another connection until [`WriteBlock::release`]:
+    /// SQLite's (`BEGIN IMMEDIATE`), or on PostgreSQL an exclusive lock on the events table
+    /// (reads go on).
+    pub async fn block_writes(&self) -> WriteBlock {
+        if let Some(pg) = &self.pg {
+            let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                .await
+                .expect("test database reachable");
+            tokio::spawn(connection);
+            client
+                .batch_execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+                .await
+                .expect("lock");
+            return WriteBlock::Postgres(client);
+        }
+        let db = self.db();
+        db.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        WriteBlock::Sqlite(db)
+    }
+
+    /// A second store on the same data (the same SQLite file, the same PostgreSQL
+    /// database), as another process beside the server would open it.
+    pub async fn another_store(&self) -> DynStore {
+        open_store(
+            self.dir.path(),
+            self.pg.as_ref(),
+            &self.config,
+            self.clock.clone(),
+        )
+        .await
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let answer = self.send(self.client.get(self.url("/metrics"))).await;
@@ -593,6 +680,22 @@ impl TestApp {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows")
+    }
+}
+
+/// A write lock held from outside the server ([`TestApp::block_writes`]).
+pub enum WriteBlock {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl WriteBlock {
+    /// Commits the holding transaction: the store's writes go on.
+    pub async fn release(self) {
+        match self {
+            WriteBlock::Sqlite(db) => db.execute_batch("COMMIT").expect("unlock"),
+            WriteBlock::Postgres(client) => client.batch_execute("COMMIT").await.expect("unlock"),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{event, TestApp, START};
 
@@ -630,44 +630,49 @@ async fn heartbeat_needs_no_credential() {
 #[tokio::test]
 async fn an_event_creates_its_user_and_later_ones_touch_it() {
     crate::skip_without_postgres!();
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
     let app = TestApp::spawn().await;
+    assert_eq!(app.profile("42").await, None);
     app.track(&json!({"identity": {"id": "42", "email": null}, "event_name": "a"}))
         .await
         .assert_success(false);
+    let user = app.profile("42").await.expect("created by its first event");
+    assert_eq!(user["email"], Value::Null);
+    assert_eq!(user["first_seen"], "2026-11-26T12:00:00.000000Z");
+    assert_eq!(user["event_count"], 1);
     app.clock.advance_secs(10);
     app.track(&json!({"identity": {"id": "42", "email": "ann@example.com"}, "event_name": "b"}))
         .await
         .assert_success(false);
-    let (email, first, last): (Option<String>, i64, i64) = app
-        .db()
-        .query_row(
-            "SELECT email, first_seen, last_seen FROM users WHERE user_key = '42'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .expect("user");
-    assert_eq!(email.as_deref(), Some("ann@example.com"));
-    assert_eq!(first, START.as_micros());
-    assert_eq!(last, START.as_micros() + 10_000_000);
-    assert_eq!(app.count("users"), 1);
+    let user = app.profile("42").await.expect("user");
+    assert_eq!(user["id"], "42");
+    assert_eq!(user["email"], "ann@example.com");
+    assert_eq!(user["first_seen"], "2026-11-26T12:00:00.000000Z");
+    assert_eq!(user["last_seen"], "2026-11-26T12:00:10.000000Z");
+    assert_eq!(user["event_count"], 2);
+    // One user: named by its email it is the same one, and both events are its.
+    assert_eq!(app.profile("ann@example.com").await, Some(user));
+    let events = app.exported().await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(
+            e["user"],
+            json!({"id": "42", "email": "ann@example.com"}),
+            "{e}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
     crate::skip_without_postgres!();
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
     let app = TestApp::spawn().await;
     // A real failure inside the writer's transaction, injected from outside the server.
-    app.db()
-        .execute_batch(
-            "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-        )
-        .expect("trigger");
+    app.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'injected'; END $$; \
+         CREATE TRIGGER fail BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail();",
+    );
     let answer = app.track(&event("u", 1)).await;
     answer.assert_error(503, "server: storage unavailable, retry later");
     assert_eq!(
@@ -677,15 +682,25 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    assert_eq!(app.count("events"), 0);
-    assert_eq!(app.count("dedup"), 0, "no dedup record without its event");
-    assert_eq!(app.count("users"), 0);
-    app.db()
-        .execute_batch("DROP TRIGGER fail;")
-        .expect("drop trigger");
+    // Nothing of it anywhere: no event, no user, nothing counted.
+    assert_eq!(app.exported().await, Vec::<Value>::new());
+    assert_eq!(app.profile("u").await, None);
+    assert_eq!(
+        app.read_json("/api/v2/events").await,
+        json!({"events": [], "next_cursor": null})
+    );
+    assert_eq!(app.totals().await, (0, 0));
+    app.execute(
+        "DROP TRIGGER fail;",
+        "DROP TRIGGER fail ON events; DROP FUNCTION fail();",
+    );
     // The retry is not a duplicate: the failed attempt left no dedup record.
     app.track(&event("u", 1)).await.assert_success(false);
-    assert_eq!(app.count("events"), 1);
+    let events = app.exported().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["user"]["id"], "u");
+    assert_eq!(app.profile("u").await.expect("user")["event_count"], 1);
+    assert_eq!(app.totals().await, (1, 0));
     app.send(app.client.get(app.url("/readyz")))
         .await
         .assert_success(false);
@@ -694,9 +709,6 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
 #[tokio::test]
 async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests_commit() {
     crate::skip_without_postgres!();
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
     let app = std::sync::Arc::new(
         TestApp::spawn_with(crate::helpers::TestConfig {
             queue_capacity: 1,
@@ -704,10 +716,9 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
         })
         .await,
     );
-    // Another connection holds the write lock: the writer waits on its first batch (up to
-    // its busy timeout) while requests pile up behind it.
-    let blocker = app.db();
-    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    // Another connection holds the write lock: the writers wait on their first batches
+    // while requests pile up behind them.
+    let blocker = app.block_writes().await;
     let mut pending = Vec::new();
     let mut refused = None;
     for n in 0..20 {
@@ -729,13 +740,21 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    blocker.execute_batch("COMMIT").expect("unlock");
-    let queued = pending.len() as i64;
+    blocker.release().await;
+    let queued = pending.len();
     for task in pending {
         task.await.expect("task").assert_success(false);
     }
     // Every request that waited was stored; the refused one was not.
-    assert_eq!(app.count("events"), queued);
+    let mut stored: Vec<i64> = app
+        .exported()
+        .await
+        .iter()
+        .map(|e| e["data"]["n"].as_i64().expect("n"))
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(stored, (0..queued as i64).collect::<Vec<_>>());
+    assert_eq!(app.totals().await, (queued as i64, 0));
 }
 
 #[tokio::test]
@@ -848,17 +867,13 @@ async fn a_connection_that_never_completes_its_headers_is_closed() {
 #[tokio::test]
 async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a_duplicate() {
     crate::skip_without_postgres!();
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         request_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
     })
     .await;
     // Another connection holds the write lock for longer than the request timeout.
-    let blocker = app.db();
-    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let blocker = app.block_writes().await;
     let answer = app.track(&event("u", 1)).await;
     answer.assert_error(503, "server: storage unavailable, retry later");
     assert_eq!(
@@ -868,9 +883,14 @@ async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    blocker.execute_batch("COMMIT").expect("unlock");
-    // The write went on and committed (the queue is first in, first out, so it commits
-    // before the retry is looked at); the client's retry is recognised.
+    blocker.release().await;
+    // The write went on and committed; the client's retry is recognised.
     app.track(&event("u", 1)).await.assert_success(true);
-    assert_eq!(app.count("events"), 1);
+    let events = app.exported().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["data"],
+        json!({"product_name": "Red T-shirt", "n": 1})
+    );
+    assert_eq!(app.totals().await, (1, 1));
 }
