@@ -2,5 +2,5 @@
 //! See trackd_core::properties::import_line.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = trackd_core::properties::import_line(data);
+    trackd_fuzz::record(trackd_core::properties::import_line(data).is_ok());
 });

@@ -2,5 +2,5 @@
 //! See trackd_core::properties::json_canonical.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = trackd_core::properties::json_canonical(data);
+    trackd_fuzz::record(trackd_core::properties::json_canonical(data).is_ok());
 });

@@ -2,5 +2,5 @@
 //! See trackd_core::properties::track_body.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = trackd_core::properties::track_body(data);
+    trackd_fuzz::record(trackd_core::properties::track_body(data).is_ok());
 });
