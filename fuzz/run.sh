@@ -4,7 +4,9 @@
 # corpus in fuzz/work/<target>/ (not committed). For each target it prints the executions,
 # the share of them the target accepted (a valid body, query, import line or JSON document:
 # the success path the properties are about) and the share of the final working corpus it
-# accepts (replayed once with -runs=0). Findings land in fuzz/artifacts/<target>/.
+# accepts (replayed once with -runs=0). fuzz/trackd.dict gives libFuzzer the wire's tokens.
+# track_case and profile_case feed the proptest generators (mostly valid bodies) instead of
+# raw bytes. Findings land in fuzz/artifacts/<target>/.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
@@ -40,6 +42,7 @@ for target in "${targets[@]}"; do
   log="$(mktemp)"
   TRACKD_FUZZ_STATS=1 cargo +nightly fuzz run "$target" "$fuzz/work/$target" \
     "$fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 \
+    -dict="$fuzz/trackd.dict" \
     2>&1 | tee "$log" | grep -E "^(INFO|==|SUMMARY|Done)" || true
   runs="$(grep -oE 'Done [0-9]+ runs' "$log" | grep -oE '[0-9]+' | tail -1)"
   if [[ -z "$runs" ]]; then

@@ -709,6 +709,34 @@ fn check_profile_change(op: ProfileOp, map: &Map<String, Value>, change: &Profil
     }
 }
 
+thread_local! {
+    static TRACK_CASES: proptest::strategy::BoxedStrategy<strategies::Case> = strategies::track_case();
+    static PROFILE_CASES: proptest::strategy::BoxedStrategy<(u8, strategies::Case)> =
+        strategies::profile_case();
+}
+
+/// [`track_body`] on generated bodies: `bytes` seed the generator of track bodies
+/// ([`strategies::track_case`]), and the body it makes must get exactly the verdict the
+/// contract gives it (valid, or the refusal its mutation earns). True when accepted.
+pub fn track_case(bytes: &[u8]) -> bool {
+    let Some(case) = TRACK_CASES.with(|cases| strategies::from_bytes(cases, bytes)) else {
+        return false;
+    };
+    let verdict = track_body(&case.bytes());
+    case.check(&verdict);
+    verdict.is_ok()
+}
+
+/// [`profile_body`] on generated bodies, as [`track_case`] for `users/*` bodies.
+pub fn profile_case(bytes: &[u8]) -> bool {
+    let Some((op, case)) = PROFILE_CASES.with(|cases| strategies::from_bytes(cases, bytes)) else {
+        return false;
+    };
+    let verdict = profile_body(op, &case.bytes());
+    case.check(&verdict);
+    verdict.is_ok()
+}
+
 /// Read-route query strings (split on `&` and `=`): parsing never panics, an accepted
 /// query keeps its limit in 1..=1000 and `since` before `until`, a user's events are that
 /// user's, and a cursor the server hands out decodes to itself. True when some read route
@@ -947,6 +975,21 @@ mod tests {
                 verdict.is_ok()
             },
         ));
+    }
+
+    #[test]
+    fn generated_cases_hold_from_fuzzer_bytes() {
+        let bytes = || prop::collection::vec(any::<u8>(), 0..2048);
+        mostly_valid(tally("track_case (bytes)", 256, bytes(), |b| {
+            track_case(&b)
+        }));
+        mostly_valid(tally("profile_case (bytes)", 256, bytes(), |b| {
+            profile_case(&b)
+        }));
+        // The same bytes, the same body.
+        let once = TRACK_CASES.with(|c| strategies::from_bytes(c, b"seed").map(|c| c.bytes()));
+        let again = TRACK_CASES.with(|c| strategies::from_bytes(c, b"seed").map(|c| c.bytes()));
+        assert_eq!(once, again);
     }
 
     /// The respellings the dedup-key property relies on are other spellings of the same

@@ -10,7 +10,8 @@ use std::io::Write;
 
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Map, Value};
 
 use super::Refusal;
@@ -1141,21 +1142,86 @@ pub fn mutate_profile(
     Some(Case::refused(body, mutation, message))
 }
 
+/// The mutations that mean something for `users/<op>` (see [`mutate_profile`]).
+fn profile_mutations(op: u8) -> Vec<&'static str> {
+    let mut all = vec![
+        "no user",
+        "id not a string or integer",
+        "id of 255 characters",
+        "NUL in a string",
+        "lone surrogate",
+        "raw control character",
+        "invalid UTF-8",
+        "duplicate key",
+        "truncated",
+        "trailing characters",
+    ];
+    let op = PROFILE_OPS[usize::from(op) % PROFILE_OPS.len()];
+    if op != ProfileOp::Reidentify {
+        all.extend(["bad email", "email of 255 characters"]);
+    }
+    all.extend(match op {
+        ProfileOp::Track => &[
+            "phone_number not a string",
+            "phone_number of 255 characters",
+            "channels not an array",
+            "channel not an object",
+            "channel without an address",
+            "channel with an empty type",
+            "data not an object",
+        ][..],
+        ProfileOp::Edit => &["no changes", "changes not an object"][..],
+        ProfileOp::Tags => &[
+            "add not an array",
+            "tag not a string",
+            "tag of 255 characters",
+        ][..],
+        ProfileOp::Reidentify => &[
+            "no new_id",
+            "new_id not a string or integer",
+            "new_id of 255 characters",
+        ][..],
+        ProfileOp::Unsubscribe | ProfileOp::Resubscribe | ProfileOp::Delete => &[][..],
+    });
+    debug_assert!(all.iter().all(|m| PROFILE_MUTATIONS.contains(m)));
+    all
+}
+
 /// `users/*` bodies with the operation they are for: three in four valid, the rest one
 /// mutation away from valid.
 pub fn profile_case() -> BoxedStrategy<(u8, Case)> {
     let valid = (0u8..7, any::<bool>()).prop_flat_map(|(op, pretty)| {
         valid_profile_body(op).prop_map(move |body| (op, Case::valid(body, pretty)))
     });
-    let mutated = (0u8..7, select(PROFILE_MUTATIONS), any::<u8>())
-        .prop_flat_map(|(op, mutation, n)| {
-            valid_profile_body(op).prop_map(move |body| (op, mutation, n, body))
-        })
-        .prop_filter_map(
-            "mutation applies to the operation",
-            |(op, mutation, n, body)| mutate_profile(op, body, mutation, n).map(|case| (op, case)),
-        );
+    let mutated = (0u8..7).prop_flat_map(|op| {
+        (
+            valid_profile_body(op),
+            select(profile_mutations(op)),
+            any::<u8>(),
+        )
+            .prop_map(move |(body, mutation, n)| {
+                let case = mutate_profile(op, body, mutation, n)
+                    .unwrap_or_else(|| panic!("{mutation} applies to users/{op}"));
+                (op, case)
+            })
+    });
     prop_oneof![3 => valid, 1 => mutated].boxed()
+}
+
+/// A value of `strategy` generated from a seed made of `bytes` (their SHA-256): how the
+/// generated-body fuzz targets turn libFuzzer's inputs into bodies, each input always the
+/// same body. (Proptest's pass-through RNG would let the bytes steer each choice, but once
+/// they run out it yields zeros, on which proptest's rejection sampling never returns, and
+/// a body with long strings draws hundreds of kilobytes.)
+pub fn from_bytes<S: Strategy>(strategy: &S, bytes: &[u8]) -> Option<S::Value> {
+    use sha2::{Digest, Sha256};
+    let seed = Sha256::digest(bytes);
+    let rng = TestRng::from_seed(RngAlgorithm::XorShift, &seed[..16]);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    strategy
+        .new_tree(&mut runner)
+        .ok()
+        .map(|tree| tree.current())
 }
 
 /// Bytes of a body with one to four random edits (a byte replaced, inserted or removed):
