@@ -2,7 +2,9 @@
 //! See trackd_core::properties::profile_body: the first byte picks the operation.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Some((op, body)) = data.split_first() {
-        trackd_core::properties::profile_body(*op, body);
-    }
+    let accepted = match data.split_first() {
+        Some((op, body)) => trackd_core::properties::profile_body(*op, body).is_ok(),
+        None => false,
+    };
+    trackd_fuzz::record(accepted);
 });

@@ -406,18 +406,32 @@ pub fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, Api
         .collect()
 }
 
-/// The decoding property the `request_decode` fuzz target and the proptest below check:
-/// whatever the bytes and content type, decoding and validation never panic and are
-/// deterministic. `kind` picks the content type.
+/// What [`check_decode`] found: the decoding's refusal (`field: problem`), or the decoded
+/// body's verdict as a track body and as each `users/*` body (in the order of
+/// `trackd_core::properties::profile_op`).
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
-pub fn check_decode(kind: u8, bytes: &[u8]) {
+pub type DecodeVerdict = Result<
+    (
+        Result<trackd_core::TrackedEvent, trackd_core::properties::Refusal>,
+        Vec<Result<trackd_core::ProfileRequest, trackd_core::properties::Refusal>>,
+    ),
+    String,
+>;
+
+/// The decoding property the `request_decode` fuzz target and the proptests below check:
+/// whatever the bytes and content type, decoding and validation never panic and are
+/// deterministic, and a decoded body keeps the track and profile properties
+/// (`trackd_core::properties`). `kind` picks the content type.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub fn check_decode(kind: u8, bytes: &[u8]) -> DecodeVerdict {
     const TYPES: [Option<&str>; 5] = [
         Some("application/json"),
         Some("application/x-www-form-urlencoded"),
         Some("text/plain"),
-        Some("multipart/form-data; boundary=XyZ"),
         None,
+        Some("multipart/form-data; boundary=XyZ"),
     ];
     let mut headers = HeaderMap::new();
     if let Some(content_type) = TYPES[usize::from(kind) % TYPES.len()] {
@@ -426,41 +440,177 @@ pub fn check_decode(kind: u8, bytes: &[u8]) {
             axum::http::HeaderValue::from_static(content_type),
         );
     }
-    // Decoding never waits (the body is in memory): a current-thread runtime drives it.
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
-        return;
+    let _ = form_pairs(bytes, "query");
+    let message = |e: ApiError| match e {
+        ApiError::BadRequest(e) => e.to_string(),
+        other => panic!("decoding answered {other:?}, not a 400"),
     };
+    // Decoding never waits (the body is in memory): a current-thread runtime drives it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
     let first = runtime.block_on(decode_now(&headers, bytes));
     let second = runtime.block_on(decode_now(&headers, bytes));
     match (first, second) {
         (Ok(map), Ok(again)) => {
             assert_eq!(map, again, "decoding is not deterministic");
-            trackd_core::properties::track_map(map.clone());
-            for op in 0..7 {
-                trackd_core::properties::profile_map(op, &map);
-            }
+            let track = trackd_core::properties::track_map(map.clone());
+            let profile = (0..7)
+                .map(|op| trackd_core::properties::profile_map(op, &map))
+                .collect();
+            Ok((track, profile))
         }
-        (Err(_), Err(_)) => {}
+        (Err(a), Err(b)) => {
+            let (a, b) = (message(a), message(b));
+            assert_eq!(a, b, "decoding is not deterministic");
+            Err(a)
+        }
         _ => panic!("decoding is not deterministic"),
     }
-    let _ = form_pairs(bytes, "query");
 }
 
 #[cfg(test)]
 mod tests {
+    //! The decoding property on bodies as clients send them: mostly valid track and
+    //! profile bodies as JSON (under each content type) and as forms with JSON-encoded
+    //! object fields, the rest one mutation from valid, each checked against the answer the
+    //! contract promises; then the same bodies with random byte edits, and any bytes.
+
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
     use proptest::prelude::*;
+    use serde_json::Value;
+    use trackd_core::properties::strategies::{self, havoc, mostly_valid, tally, Case};
+    use trackd_core::properties::Refusal;
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1024))]
+    use super::check_decode;
 
-        #[test]
-        fn decoding_holds_on_any_bytes(kind in any::<u8>(), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            super::check_decode(kind, &bytes);
+    /// `application/x-www-form-urlencoded`, as the content types in `check_decode` go.
+    const FORM: u8 = 1;
+
+    /// A valid body as a form: object and array fields as JSON text, other fields as their
+    /// text (an integer id as its digits, null as empty).
+    fn form(case: &Case) -> Vec<u8> {
+        case.body
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    Value::Null => String::new(),
+                    Value::String(s) if !trackd_core::wire::is_structured_field(key) => s.clone(),
+                    other => other.to_string(),
+                };
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(key, NON_ALPHANUMERIC),
+                    utf8_percent_encode(&text, NON_ALPHANUMERIC)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_bytes()
+    }
+
+    /// The body on the wire and its content type: a valid body is sent as a form when
+    /// `kind` says so, every other one as JSON (under `application/json`, `text/plain` or
+    /// no content type).
+    fn wire(case: &Case, kind: u8) -> (u8, Vec<u8>) {
+        match kind % 4 {
+            FORM if case.is_valid() => (FORM, form(case)),
+            FORM => (0, case.bytes()),
+            kind => (kind, case.bytes()),
         }
+    }
 
-        #[test]
-        fn decoding_holds_on_form_like_bodies(kind in any::<u8>(), body in "([a-z_]{1,10}=([-a-z0-9%+.@{}\\[\\]\":,]{0,20})&?){0,6}") {
-            super::check_decode(kind, body.as_bytes());
+    /// A decoding refusal as the client reads it.
+    fn refusal(message: String) -> Refusal {
+        let (field, problem) = message.split_once(": ").unwrap_or((&message, ""));
+        Refusal {
+            field: field.to_owned(),
+            problem: problem.to_owned(),
         }
+    }
+
+    #[test]
+    fn track_bodies_decode_and_hold() {
+        mostly_valid(tally(
+            "request_decode (track bodies)",
+            512,
+            (strategies::track_case(), any::<u8>()),
+            |(case, kind)| {
+                let (kind, bytes) = wire(&case, kind);
+                let verdict = match check_decode(kind, &bytes) {
+                    Ok((track, _)) => track.map(|_| ()),
+                    Err(message) => Err(refusal(message)),
+                };
+                case.check(&verdict);
+                verdict.is_ok()
+            },
+        ));
+    }
+
+    #[test]
+    fn profile_bodies_decode_and_hold() {
+        mostly_valid(tally(
+            "request_decode (profile bodies)",
+            1024,
+            (strategies::profile_case(), any::<u8>()),
+            |((op, case), kind)| {
+                let (kind, bytes) = wire(&case, kind);
+                let verdict = match check_decode(kind, &bytes) {
+                    Ok((_, mut profile)) => profile.swap_remove(usize::from(op)).map(|_| ()),
+                    Err(message) => Err(refusal(message)),
+                };
+                case.check(&verdict);
+                verdict.is_ok()
+            },
+        ));
+    }
+
+    /// Accepted as a track body or as some `users/*` body.
+    fn accepted(verdict: &super::DecodeVerdict) -> bool {
+        match verdict {
+            Ok((track, profile)) => track.is_ok() || profile.iter().any(Result::is_ok),
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn decoding_holds_on_edited_bodies() {
+        let bodies = (
+            strategies::track_case(),
+            strategies::profile_case(),
+            any::<u8>(),
+        )
+            .prop_map(|(track, (_, profile), kind)| {
+                let case = if kind % 2 == 0 { track } else { profile };
+                let (kind, bytes) = wire(&case, kind);
+                let mut out = vec![kind];
+                out.extend(bytes);
+                out
+            })
+            .boxed();
+        let (accepted, refused) = tally(
+            "request_decode (edited bodies)",
+            512,
+            havoc(bodies),
+            |bytes| match bytes.split_first() {
+                Some((kind, body)) => accepted(&check_decode(*kind, body)),
+                None => false,
+            },
+        );
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn decoding_holds_on_any_bytes() {
+        let (_, refused) = tally(
+            "request_decode (any bytes)",
+            512,
+            (any::<u8>(), prop::collection::vec(any::<u8>(), 0..256)),
+            |(kind, bytes)| accepted(&check_decode(kind, &bytes)),
+        );
+        assert!(refused > 0);
     }
 }

@@ -35,6 +35,7 @@ async fn profile(app: &TestApp, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_request_past_a_profile_bound_is_400_before_the_writer() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let limits = ProfileLimits::default();
     // The defaults, documented in the README: 100 channels, 1,000 tags, 64 KiB.
@@ -86,6 +87,7 @@ async fn a_request_past_a_profile_bound_is_400_before_the_writer() {
 
 #[tokio::test]
 async fn a_profile_merged_past_a_bound_is_refused_and_keeps_what_it_had() {
+    crate::skip_without_postgres!();
     let app = with_profile_limits(4, 3, 40).await;
     app.call(
         "POST",
@@ -159,6 +161,7 @@ async fn a_profile_merged_past_a_bound_is_refused_and_keeps_what_it_had() {
 
 #[tokio::test]
 async fn a_page_of_large_events_stops_at_its_byte_budget_and_the_walk_is_complete() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Ten events of 900 KB each: a page of 1,000 would be 9 MB; the budget is 4 MiB.
     let blob = "x".repeat(900_000);
@@ -216,6 +219,7 @@ async fn fill(app: &TestApp, n: usize, size: usize) {
 
 #[tokio::test]
 async fn unread_exports_of_one_project_never_hold_back_another() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     fill(&app, 2_000, 10_000).await;
     let (other_token, other_secret) = app.add_project("other").await;
@@ -260,6 +264,7 @@ async fn unread_exports_of_one_project_never_hold_back_another() {
 
 #[tokio::test]
 async fn an_export_its_client_stops_reading_ends_unfinished() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         export_timeout: std::time::Duration::from_secs(1),
         ..Limits::default()

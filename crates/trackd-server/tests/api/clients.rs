@@ -50,6 +50,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test]
 async fn n8n_before_0_157_users_track_in_bracket_notation_keeps_its_data() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = format!(
         "auth_token={}&id=n8nl-1&email=nina%40example.com&data%5Bplan%5D=pro&data%5Bfirst_name%5D=Nina",
@@ -69,6 +70,7 @@ async fn n8n_before_0_157_users_track_in_bracket_notation_keeps_its_data() {
 
 #[tokio::test]
 async fn n8n_before_0_157_events_track_in_bracket_notation_finds_its_user() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -101,6 +103,7 @@ async fn n8n_before_0_157_events_track_in_bracket_notation_finds_its_user() {
 
 #[tokio::test]
 async fn n8n_current_sends_tags_and_data_as_json_strings() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/track", &json!({"id": "n8n-1"}))
         .await
@@ -130,6 +133,7 @@ async fn n8n_current_sends_tags_and_data_as_json_strings() {
 
 #[tokio::test]
 async fn vero_postman_collection_multipart_bodies_are_read() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let (content_type, body) = multipart(&[
         ("auth_token", &app.token),
@@ -198,6 +202,7 @@ async fn vero_postman_collection_multipart_bodies_are_read() {
 
 #[tokio::test]
 async fn rudderstack_mobile_identify_sends_one_channel_as_an_object() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -217,6 +222,7 @@ async fn rudderstack_mobile_identify_sends_one_channel_as_an_object() {
 
 #[tokio::test]
 async fn go_client_add_tags_skips_empty_strings_and_a_null_list() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call("POST", "users/track", &json!({"id": "go-1"}))
         .await
@@ -236,6 +242,7 @@ async fn go_client_add_tags_skips_empty_strings_and_a_null_list() {
 
 #[tokio::test]
 async fn reidentify_onto_the_same_id_is_a_200_that_changes_nothing() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -257,6 +264,7 @@ async fn reidentify_onto_the_same_id_is_a_200_that_changes_nothing() {
 
 #[tokio::test]
 async fn an_event_named_by_email_alone_belongs_to_the_user_with_that_email() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -307,6 +315,7 @@ async fn an_event_named_by_email_alone_belongs_to_the_user_with_that_email() {
 
 #[tokio::test]
 async fn unix_seconds_in_a_form_are_read_as_unix_seconds() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     send(
         &app,
@@ -324,6 +333,7 @@ async fn unix_seconds_in_a_form_are_read_as_unix_seconds() {
 
 #[tokio::test]
 async fn a_half_readable_form_is_refused_and_stores_nothing() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     send(
         &app,
@@ -344,6 +354,7 @@ async fn a_half_readable_form_is_refused_and_stores_nothing() {
 
 #[tokio::test]
 async fn the_server_root_sends_a_browser_to_the_console() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -364,6 +375,7 @@ async fn the_server_root_sends_a_browser_to_the_console() {
 
 #[tokio::test]
 async fn a_token_created_while_serving_works_for_every_concurrent_first_request() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for round in 0..5 {
         // Created through the store, as `trackd token add` or another node would: the
@@ -420,6 +432,7 @@ async fn send_as(app: &TestApp, form: usize, method: &str, route: &str, body: &V
 
 #[tokio::test]
 async fn every_form_of_every_body_is_read_whole() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Text values only: a form carries text, so the forms can be compared exactly.
     for form in 0..4 {

@@ -117,6 +117,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 
 #[tokio::test]
 async fn http2_is_not_served_prior_knowledge_is_closed_and_upgrade_is_answered_as_http1() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Prior knowledge: no HTTP/2 frame comes back (an HTTP/2 server answers with its
     // SETTINGS frame and keeps the connection open); the connection is closed.
@@ -149,6 +150,7 @@ async fn http2_is_not_served_prior_knowledge_is_closed_and_upgrade_is_answered_a
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         header_timeout: Duration::from_secs(1),
         ..Default::default()
@@ -186,6 +188,7 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
 /// (127.0.0.1) is still served, and the probes answer for everyone.
 #[tokio::test]
 async fn one_address_cannot_take_every_in_flight_slot() {
+    crate::skip_without_postgres!();
     const SLOTS: usize = 100;
     // The default is a quarter of the global bound (1,024 of 4,096): the same proportion.
     let per_ip = SLOTS / 4;
@@ -271,6 +274,7 @@ async fn one_address_cannot_take_every_in_flight_slot() {
 /// What hyper refuses by itself, before any route sees the request, is JSON too.
 #[tokio::test]
 async fn protocol_errors_are_json() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let token = app.token.clone();
     let malformed = "request: not a valid HTTP/1.1 request line or header";
@@ -403,6 +407,7 @@ async fn protocol_errors_are_json() {
 /// process on a data directory).
 #[tokio::test]
 async fn out_of_file_descriptors_the_accept_loop_backs_off_logs_rarely_and_recovers() {
+    crate::skip_without_postgres!();
     if crate::helpers::postgres() {
         return;
     }

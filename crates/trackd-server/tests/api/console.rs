@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::helpers::ChildServer;
+use crate::helpers::{required, skip_notice, ChildServer};
 
 #[tokio::test]
 async fn the_console_works_in_a_real_browser() {
@@ -17,11 +17,14 @@ async fn the_console_works_in_a_real_browser() {
             .output()
             .is_ok_and(|o| o.status.success());
     if !ready {
-        let required = std::env::var_os("TRACKD_TEST_REQUIRE_BROWSER").is_some_and(|v| v == "1");
-        assert!(!required, "node, chromium or playwright-core missing");
-        println!(
-            "SKIPPED: the browser test needs node, /usr/bin/chromium and npm ci in {browser_dir:?}"
+        assert!(
+            !required("TRACKD_TEST_REQUIRE_BROWSER"),
+            "node, chromium or playwright-core missing (TRACKD_TEST_REQUIRE_BROWSER=1)"
         );
+        skip_notice(&format!(
+            "the browser test needs node, /usr/bin/chromium and npm ci in {}",
+            browser_dir.display()
+        ));
         return;
     }
     let dir = tempfile::tempdir().expect("dir");

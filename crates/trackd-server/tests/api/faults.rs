@@ -6,16 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{ChildServer, TestApp, TestConfig};
+use crate::helpers::{required, skip_notice, ChildServer, TestApp, TestConfig};
 
-/// Whether a missing capability fails the test (CI) or skips it with a notice.
-fn required() -> bool {
-    std::env::var_os("TRACKD_TEST_REQUIRE_ROOT").is_some_and(|v| v == "1")
-}
-
+/// A missing capability fails the test (CI) or skips it with a visible notice.
 fn skip(what: &str) {
-    assert!(!required(), "{what} (TRACKD_TEST_REQUIRE_ROOT=1)");
-    eprintln!("SKIPPED: {what}; run as root to include this test");
+    assert!(
+        !required("TRACKD_TEST_REQUIRE_ROOT"),
+        "{what} (TRACKD_TEST_REQUIRE_ROOT=1)"
+    );
+    skip_notice(&format!("{what}; run as root to include this test"));
 }
 
 /// A tmpfs mounted on a fresh directory, unmounted on drop.

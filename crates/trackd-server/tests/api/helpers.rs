@@ -1,7 +1,7 @@
 //! `TestApp`: a real trackd on port 0 with a fresh store and a manual clock: a data
 //! directory in the `api` test binary (SQLite), a database of its own in `api_postgres`
-//! (PostgreSQL at `TRACKD_TEST_DATABASE_URL`; without it that binary prints a notice and
-//! exits successfully, running nothing).
+//! (PostgreSQL at `TRACKD_TEST_DATABASE_URL`; without it each test of that binary prints a
+//! SKIPPED notice and returns, or fails when `TRACKD_TEST_REQUIRE_POSTGRES=1`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -109,6 +109,72 @@ pub fn postgres() -> bool {
     env!("CARGO_CRATE_NAME") == "api_postgres"
 }
 
+/// Whether the environment variable `name` is `1`: a capability a test would otherwise
+/// skip without is required, and its absence fails the test.
+pub fn required(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
+/// Says that the running test is skipped and why, where `cargo test` shows it: straight to
+/// the process's stderr (libtest captures `println!` and `eprintln!` of passing tests).
+pub fn skip_notice(why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The PostgreSQL server the PostgreSQL suite makes its databases on, if one is named.
+fn database_url() -> Option<String> {
+    std::env::var("TRACKD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// True when the running test must skip: in the PostgreSQL suite without
+/// `TRACKD_TEST_DATABASE_URL` (after a SKIPPED notice); a failure instead when
+/// `TRACKD_TEST_REQUIRE_POSTGRES=1`. Always false in the SQLite suite. See
+/// [`skip_without_postgres!`].
+pub fn skip_without_postgres() -> bool {
+    if !postgres() || database_url().is_some() {
+        return false;
+    }
+    assert!(
+        !required("TRACKD_TEST_REQUIRE_POSTGRES"),
+        "TRACKD_TEST_REQUIRE_POSTGRES=1 but TRACKD_TEST_DATABASE_URL is not set: the \
+         PostgreSQL suite needs a server where it may create databases \
+         (postgres://postgres@127.0.0.1:5432/postgres on the development machines)"
+    );
+    skip_notice("TRACKD_TEST_DATABASE_URL is not set, so the PostgreSQL suite cannot run");
+    true
+}
+
+/// The first line of every test that needs PostgreSQL in the PostgreSQL suite: returns from
+/// the test, after a visible SKIPPED notice, when no server is configured (a failure with
+/// `TRACKD_TEST_REQUIRE_POSTGRES=1`). Nothing in the SQLite suite.
+#[macro_export]
+macro_rules! skip_without_postgres {
+    () => {
+        if $crate::helpers::skip_without_postgres() {
+            return;
+        }
+    };
+}
+
+/// A PostgreSQL URL with its password hidden, for messages.
+fn without_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => "(not a URL)".to_owned(),
+    }
+}
+
 /// A PostgreSQL database of one test's own, dropped with it.
 pub struct PgDatabase {
     admin_url: String,
@@ -118,13 +184,14 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    /// Creates a fresh database on the server at `TRACKD_TEST_DATABASE_URL`.
+    /// Creates a fresh database on the server at `TRACKD_TEST_DATABASE_URL`. A test that
+    /// gets here without the variable lacks its `skip_without_postgres!()` line.
     pub async fn create() -> PgDatabase {
-        let Ok(admin_url) = std::env::var("TRACKD_TEST_DATABASE_URL") else {
-            println!(
-                "SKIPPED: TRACKD_TEST_DATABASE_URL is not set; the PostgreSQL suite did not run"
+        let Some(admin_url) = database_url() else {
+            panic!(
+                "TRACKD_TEST_DATABASE_URL is not set: this test needs PostgreSQL and lacks \
+                 `crate::skip_without_postgres!();` as its first line"
             );
-            std::process::exit(0);
         };
         let name = format!("trackd_test_{:016x}", rand::random::<u64>());
         pg_execute(&admin_url, &format!("CREATE DATABASE {name}")).await;
@@ -175,7 +242,15 @@ impl PgDatabase {
 async fn pg_execute(url: &str, sql: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .expect("PostgreSQL at TRACKD_TEST_DATABASE_URL reachable");
+        .unwrap_or_else(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            panic!(
+                "PostgreSQL at TRACKD_TEST_DATABASE_URL ({}) is unreachable: {e}{cause}",
+                without_password(url)
+            )
+        });
     tokio::spawn(connection);
     client.batch_execute(sql).await.expect(sql);
 }
@@ -338,6 +413,93 @@ impl TestApp {
     pub async fn read_as(&self, key: &str, path_and_query: impl Into<String>) -> Answer {
         let url = self.url(&path_and_query.into());
         self.send(self.client.get(url).bearer_auth(key)).await
+    }
+
+    /// GETs a read route that must answer 200 with JSON, and returns the JSON.
+    pub async fn read_json(&self, path_and_query: &str) -> Value {
+        let answer = self.read(path_and_query).await;
+        assert_eq!(answer.status, 200, "{path_and_query}: {}", answer.body);
+        answer.json()
+    }
+
+    /// The profile of the user `id` from `GET /api/v2/users/{id}`; `None` when the answer
+    /// is the 404 for an unknown user.
+    pub async fn profile(&self, id: &str) -> Option<Value> {
+        let path = format!(
+            "/api/v2/users/{}",
+            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let answer = self.read(&path).await;
+        if answer.status == 404 {
+            answer.assert_error(404, "id: no such user");
+            return None;
+        }
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        Some(answer.json())
+    }
+
+    /// Every stored event of the project from `GET /api/v2/events/export` (oldest first by
+    /// receive time).
+    pub async fn exported(&self) -> Vec<Value> {
+        let answer = self.read("/api/v2/events/export").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer
+            .body
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an export line is JSON"))
+            .collect()
+    }
+
+    /// The project's running totals of accepted and duplicate events, from
+    /// `GET /api/v2/stats/events`.
+    pub async fn totals(&self) -> (i64, i64) {
+        let stats = self.read_json("/api/v2/stats/events").await;
+        let count = |name: &str| stats["totals"][name].as_i64().expect("a count");
+        (count("accepted"), count("duplicates"))
+    }
+
+    /// Runs SQL on the store from outside the server: `sqlite` on the SQLite file, `postgres`
+    /// on the test's PostgreSQL database.
+    pub fn execute(&self, sqlite: &str, postgres: &str) {
+        if let Some(pg) = &self.pg {
+            let sql = postgres.to_owned();
+            return pg.with_client(|c| {
+                Box::pin(async move { c.batch_execute(&sql).await.expect(&sql) })
+            });
+        }
+        self.db().execute_batch(sqlite).expect(sqlite);
+    }
+
+    /// Holds the store's write lock from another connection until [`WriteBlock::release`]:
+    /// SQLite's (`BEGIN IMMEDIATE`), or on PostgreSQL an exclusive lock on the events table
+    /// (reads go on).
+    pub async fn block_writes(&self) -> WriteBlock {
+        if let Some(pg) = &self.pg {
+            let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                .await
+                .expect("test database reachable");
+            tokio::spawn(connection);
+            client
+                .batch_execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+                .await
+                .expect("lock");
+            return WriteBlock::Postgres(client);
+        }
+        let db = self.db();
+        db.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        WriteBlock::Sqlite(db)
+    }
+
+    /// A second store on the same data (the same SQLite file, the same PostgreSQL
+    /// database), as another process beside the server would open it.
+    pub async fn another_store(&self) -> DynStore {
+        open_store(
+            self.dir.path(),
+            self.pg.as_ref(),
+            &self.config,
+            self.clock.clone(),
+        )
+        .await
     }
 
     /// The Prometheus text of `/metrics`.
@@ -518,6 +680,22 @@ impl TestApp {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows")
+    }
+}
+
+/// A write lock held from outside the server ([`TestApp::block_writes`]).
+pub enum WriteBlock {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl WriteBlock {
+    /// Commits the holding transaction: the store's writes go on.
+    pub async fn release(self) {
+        match self {
+            WriteBlock::Sqlite(db) => db.execute_batch("COMMIT").expect("unlock"),
+            WriteBlock::Postgres(client) => client.batch_execute("COMMIT").await.expect("unlock"),
+        }
     }
 }
 

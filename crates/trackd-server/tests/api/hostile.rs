@@ -1064,6 +1064,7 @@ async fn check(app: &TestApp, case: &Case) -> Option<String> {
 
 #[tokio::test]
 async fn hostile_inputs_get_exact_refusals_store_nothing_and_leave_the_server_up() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with(TestConfig {
         limits: Limits {
             max_body_bytes: MAX_BODY,
@@ -1115,6 +1116,7 @@ async fn hostile_inputs_get_exact_refusals_store_nothing_and_leave_the_server_up
 /// hyper refuses by itself) or closes, and stays up; nothing is stored.
 #[tokio::test]
 async fn malformed_http_is_answered_or_closed_and_the_server_stays_up() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let token = app.token.clone();
     let requests: Vec<(String, Vec<u8>, Option<u16>)> = vec![

@@ -35,6 +35,7 @@ async fn import(app: &TestApp, encoding: Option<&str>, body: Vec<u8>) -> crate::
 
 #[tokio::test]
 async fn a_gzip_import_is_inflated_line_by_line() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let answer = import(&app, Some("gzip"), gzip(ndjson("g").as_bytes())).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -60,6 +61,7 @@ async fn a_gzip_import_is_inflated_line_by_line() {
 
 #[tokio::test]
 async fn an_import_in_another_encoding_is_415_and_nothing_is_stored() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for encoding in ["br", "deflate", "zstd", "gzip, br"] {
         import(&app, Some(encoding), ndjson("e").into_bytes())
@@ -78,6 +80,7 @@ async fn an_import_in_another_encoding_is_415_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn corrupt_gzip_in_an_import_is_400_and_the_lines_before_it_stay_imported() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     import(&app, Some("gzip"), b"not gzip at all".to_vec())
         .await
@@ -108,6 +111,7 @@ async fn corrupt_gzip_in_an_import_is_400_and_the_lines_before_it_stay_imported(
 /// `--body-timeout` is answered 408, and what it sent before stays imported.
 #[tokio::test]
 async fn an_import_that_stops_sending_is_408_after_the_body_timeout() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         body_timeout: Duration::from_secs(1),
         ..Default::default()

@@ -102,6 +102,7 @@ pub fn event_sender(
 
 #[tokio::test]
 async fn committed_events_and_dropped_duplicates_are_pushed_to_the_project_s_watchers() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     let (other_token, _) = app.add_project("other").await;
     let mut stream = LiveStream::open(&app.client, &app.addr, &app.secret, "").await;
@@ -150,6 +151,7 @@ async fn committed_events_and_dropped_duplicates_are_pushed_to_the_project_s_wat
 
 #[tokio::test]
 async fn a_live_stream_can_follow_one_event_name_or_one_user() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let mut by_name = LiveStream::open(
         &app.client,
@@ -174,6 +176,7 @@ async fn a_live_stream_can_follow_one_event_name_or_one_user() {
 
 #[tokio::test]
 async fn the_live_stream_takes_a_secret_key_and_known_parameters_only() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url("/api/v2/events/live");
     app.send(app.client.get(&url)).await.assert_error(
@@ -200,6 +203,7 @@ async fn the_live_stream_takes_a_secret_key_and_known_parameters_only() {
 
 #[tokio::test]
 async fn revoking_a_key_ends_the_live_streams_it_opened_before_they_show_another_event() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let store = app.store.as_ref().expect("running");
     let project = store.project("test").await.expect("project").id;

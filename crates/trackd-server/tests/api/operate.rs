@@ -7,6 +7,7 @@ use crate::helpers::{event, TestApp};
 
 #[tokio::test]
 async fn a_token_past_its_rate_gets_429_and_other_tokens_do_not() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         token_rate: 5,
         ..Default::default()
@@ -38,6 +39,7 @@ async fn a_token_past_its_rate_gets_429_and_other_tokens_do_not() {
 
 #[tokio::test]
 async fn an_address_past_its_rate_gets_429_but_probes_get_through() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         ip_rate: 3,
         ..Default::default()
@@ -66,6 +68,7 @@ async fn an_address_past_its_rate_gets_429_but_probes_get_through() {
 
 #[tokio::test]
 async fn past_the_in_flight_bound_requests_get_503_until_one_finishes() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(Limits {
         max_in_flight: 1,
         ..Default::default()
@@ -107,6 +110,7 @@ async fn past_the_in_flight_bound_requests_get_503_until_one_finishes() {
 
 #[tokio::test]
 async fn metrics_count_requests_events_refusals_and_commits() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&event("u", 1)).await.assert_success(false);
     app.track(&event("u", 1)).await.assert_success(true);
@@ -174,6 +178,7 @@ async fn metrics_count_requests_events_refusals_and_commits() {
 
 #[tokio::test]
 async fn every_documented_operation_is_served_and_nothing_else_is() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let answer = app.send(app.client.get(app.url("/openapi.json"))).await;
     assert_eq!(answer.status, 200);

@@ -22,6 +22,7 @@ fn ids(page: &Value) -> Vec<i64> {
 
 #[tokio::test]
 async fn read_routes_need_a_secret_key_in_the_authorization_header() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let routes = [
         "/api/v2/users/42",
@@ -67,6 +68,7 @@ fn unknown_key(n: usize) -> String {
 
 #[tokio::test]
 async fn a_secret_key_in_any_query_parameter_of_any_route_is_refused_without_echoing_it() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let k = app.secret.clone();
     let t = app.token.clone();
@@ -124,6 +126,7 @@ async fn a_secret_key_in_any_query_parameter_of_any_route_is_refused_without_ech
 
 #[tokio::test]
 async fn query_values_are_never_looked_up_as_candidate_keys() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // A thousand guesses in one request, the real key last: the answer is the same as
     // without it, naming the first key-shaped parameter, so it tells nothing.
@@ -156,6 +159,7 @@ async fn query_values_are_never_looked_up_as_candidate_keys() {
 
 #[tokio::test]
 async fn read_routes_send_no_cors_headers() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&crate::helpers::event("u", 1))
         .await
@@ -204,6 +208,7 @@ async fn read_routes_send_no_cors_headers() {
 
 #[tokio::test]
 async fn user_profile_has_every_field() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.call(
         "POST",
@@ -259,6 +264,7 @@ async fn user_profile_has_every_field() {
 
 #[tokio::test]
 async fn a_users_timeline_is_newest_first_with_exact_event_shape() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&json!({"identity": {"id": "42", "email": "ann@example.com"}, "event_name": "Viewed product",
                       "data": {"f": 1.50}, "extras": {"source": "web", "created_at": "2026-11-26T11:00:00Z"}}))
@@ -289,6 +295,7 @@ async fn a_users_timeline_is_newest_first_with_exact_event_shape() {
 
 #[tokio::test]
 async fn events_filter_by_event_key_user_and_time() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&at("a", "Purchased Item", 0, 1))
         .await
@@ -342,6 +349,7 @@ async fn events_filter_by_event_key_user_and_time() {
 
 #[tokio::test]
 async fn a_cursor_walk_returns_every_event_present_at_its_start_exactly_once() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Events with interleaved event times, several sharing one time.
     for n in 0..30 {
@@ -391,6 +399,7 @@ async fn a_cursor_walk_returns_every_event_present_at_its_start_exactly_once() {
 
 #[tokio::test]
 async fn export_streams_ndjson_oldest_first_by_receive_time() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // Event times run backwards; receive times forwards.
     for n in 0..5 {
@@ -447,13 +456,8 @@ async fn export_streams_ndjson_oldest_first_by_receive_time() {
 
 #[tokio::test]
 async fn a_large_export_is_complete() {
-    // Loaded 200 requests at a time from one address: past the per-address in-flight
-    // bound, which is not what this tests.
-    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
-        max_in_flight_per_ip: 0,
-        ..Default::default()
-    })
-    .await;
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
     // More than one export chunk of the store (10,000 rows) and of the HTTP stream.
     let bodies: Vec<String> = (0..12_000)
         .map(|n| event(&format!("u{}", n % 50), n).to_string())
@@ -481,6 +485,7 @@ async fn a_large_export_is_complete() {
 
 #[tokio::test]
 async fn stats_count_by_bucket_and_totals_survive_a_restart() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     app.track(&at("u", "Purchased Item", 0, 1))
         .await
@@ -525,6 +530,7 @@ async fn stats_count_by_bucket_and_totals_survive_a_restart() {
 
 #[tokio::test]
 async fn nothing_crosses_projects_on_any_read_route() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let (other_token, other_secret) = app.add_project("other").await;
     app.track(&at("42", "Mine", 0, 1))
@@ -578,6 +584,7 @@ async fn nothing_crosses_projects_on_any_read_route() {
 
 #[tokio::test]
 async fn a_user_is_found_by_email_as_well_as_by_id() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&crate::helpers::event("u-77", 1))
         .await
@@ -599,6 +606,7 @@ const FOREIGN_CURSOR: &str = "cursor: not a cursor this server handed out for th
 
 #[tokio::test]
 async fn cursors_are_sealed_to_their_project_and_query() {
+    crate::skip_without_postgres!();
     let mut app = TestApp::spawn().await;
     let (other_token, other_secret) = app.add_project("other").await;
     for n in 0..5 {
@@ -687,6 +695,7 @@ async fn raw_read(app: &TestApp, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn users_named_dot_and_dot_dot_are_read_as_themselves() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for (n, user) in ["..", ".", "someone"].into_iter().enumerate() {
         app.track(&at(user, "e", 0, n as i64))

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{event, TestApp, START};
 
@@ -26,6 +26,7 @@ const SEED: &str = r#"
 
 #[tokio::test]
 async fn seed_example_from_vero_docs_is_answered_exactly_and_stored() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track_raw(SEED).await.assert_success(false);
     let events = app.events();
@@ -46,6 +47,7 @@ async fn seed_example_from_vero_docs_is_answered_exactly_and_stored() {
 
 #[tokio::test]
 async fn every_path_variant_is_served() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for (i, path) in [
         "/api/v2/events/track",
@@ -65,6 +67,7 @@ async fn every_path_variant_is_served() {
 
 #[tokio::test]
 async fn credential_is_found_in_each_location() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = |n: i64, extra: Option<(&str, &str)>| {
         let mut v = event("u", n);
@@ -105,6 +108,7 @@ async fn credential_is_found_in_each_location() {
 
 #[tokio::test]
 async fn first_credential_found_wins_even_when_a_later_one_is_valid() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let mut body = event("u", 1);
     body["auth_token"] = json!(app.token);
@@ -128,6 +132,7 @@ async fn first_credential_found_wins_even_when_a_later_one_is_valid() {
 
 #[tokio::test]
 async fn missing_or_unknown_credential_is_401_and_nothing_is_stored() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url("/api/v2/events/track");
     app.send(app.client.post(&url).body(event("u", 1).to_string()))
@@ -151,6 +156,7 @@ async fn missing_or_unknown_credential_is_401_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn secret_key_is_403_on_a_tracking_route_and_400_in_a_query() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url("/api/v2/events/track");
     app.send(
@@ -179,6 +185,7 @@ async fn secret_key_is_403_on_a_tracking_route_and_400_in_a_query() {
 
 #[tokio::test]
 async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let long = "x".repeat(255);
     let cases: Vec<(String, &str)> = vec![
@@ -248,6 +255,7 @@ async fn invalid_bodies_are_400_naming_the_field_and_store_nothing() {
 
 #[tokio::test]
 async fn nesting_up_to_64_levels_is_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = format!(
         r#"{{"identity":{{"id":"1"}},"event_name":"x","data":{{"d":{}0{}}}}}"#,
@@ -259,6 +267,7 @@ async fn nesting_up_to_64_levels_is_accepted() {
 
 #[tokio::test]
 async fn identity_and_event_name_of_254_characters_are_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let id = "é".repeat(254);
     let name = "n".repeat(254);
@@ -271,6 +280,7 @@ async fn identity_and_event_name_of_254_characters_are_accepted() {
 
 #[tokio::test]
 async fn data_is_stored_without_loss() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track_raw(
         r#"{"identity":{"id":"1"},"event_name":"x","data":{"big":12345678901234567890123,"f":1.50,"e":1e400,"s":"é\n\"q\"","z":{"b":[1,{"c":null}],"a":true}}}"#,
@@ -286,6 +296,7 @@ async fn data_is_stored_without_loss() {
 
 #[tokio::test]
 async fn created_at_in_each_form_is_stored_in_utc() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let forms = [
         json!("2023-05-30T04:46:31Z"),
@@ -308,6 +319,7 @@ async fn created_at_in_each_form_is_stored_in_utc() {
 
 #[tokio::test]
 async fn top_level_id_and_email_are_used_without_identity() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(
         &json!({"id": "nd-1", "email": "nd@example.com", "event_name": "Signed up",
@@ -324,6 +336,7 @@ async fn top_level_id_and_email_are_used_without_identity() {
 
 #[tokio::test]
 async fn email_only_identity_uses_the_email_as_user_key() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     app.track(&json!({"identity": {"email": "only@example.com"}, "event_name": "x"}))
         .await
@@ -333,6 +346,7 @@ async fn email_only_identity_uses_the_email_as_user_key() {
 
 #[tokio::test]
 async fn json_is_accepted_whatever_the_content_type_says() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     for (i, ct) in [
@@ -361,6 +375,7 @@ async fn json_is_accepted_whatever_the_content_type_says() {
 
 #[tokio::test]
 async fn form_encoded_body_with_json_string_fields_is_accepted() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let body = format!(
         "auth_token={}&event_name=Viewed+product&identity=%7B%22id%22%3A1234%2C%22email%22%3A%22f%40example.com%22%7D&data=%7B%22price%22%3A20%7D&extras=%7B%22source%22%3A%22web%22%7D",
@@ -383,6 +398,7 @@ async fn form_encoded_body_with_json_string_fields_is_accepted() {
 
 #[tokio::test]
 async fn form_errors_name_the_field() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let form = |body: String| {
         app.client
@@ -423,6 +439,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn gzip_bodies_are_decoded() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     app.send(
@@ -438,6 +455,7 @@ async fn gzip_bodies_are_decoded() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_before_and_after_decompression() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     let limit = 1024 * 1024;
@@ -477,6 +495,7 @@ async fn bodies_over_the_limit_are_413_before_and_after_decompression() {
 
 #[tokio::test]
 async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let url = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
     app.send(
@@ -505,6 +524,7 @@ async fn unsupported_encoding_is_415_and_corrupt_gzip_is_400() {
 /// (garbage, zero padding), is refused rather than silently dropped.
 #[tokio::test]
 async fn a_gzip_body_is_one_member_with_nothing_after_it() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let one = gzip(event("u", 1).to_string().as_bytes());
     let mut trailing = one.clone();
@@ -550,6 +570,7 @@ async fn a_gzip_body_is_one_member_with_nothing_after_it() {
 
 #[tokio::test]
 async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     let answer = app
         .send(app.client.get(app.url("/api/v2/events/track")))
@@ -575,6 +596,7 @@ async fn wrong_method_is_405_with_allow_and_unknown_route_is_404() {
 
 #[tokio::test]
 async fn cors_preflight_is_answered_for_any_origin_on_every_variant() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for path in [
         "/api/v2/events/track",
@@ -637,6 +659,7 @@ async fn cors_preflight_is_answered_for_any_origin_on_every_variant() {
 
 #[tokio::test]
 async fn heartbeat_needs_no_credential() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     for path in [
         "/api/v2/heartbeat",
@@ -654,43 +677,50 @@ async fn heartbeat_needs_no_credential() {
 
 #[tokio::test]
 async fn an_event_creates_its_user_and_later_ones_touch_it() {
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
+    assert_eq!(app.profile("42").await, None);
     app.track(&json!({"identity": {"id": "42", "email": null}, "event_name": "a"}))
         .await
         .assert_success(false);
+    let user = app.profile("42").await.expect("created by its first event");
+    assert_eq!(user["email"], Value::Null);
+    assert_eq!(user["first_seen"], "2026-11-26T12:00:00.000000Z");
+    assert_eq!(user["event_count"], 1);
     app.clock.advance_secs(10);
     app.track(&json!({"identity": {"id": "42", "email": "ann@example.com"}, "event_name": "b"}))
         .await
         .assert_success(false);
-    let (email, first, last): (Option<String>, i64, i64) = app
-        .db()
-        .query_row(
-            "SELECT email, first_seen, last_seen FROM users WHERE user_key = '42'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .expect("user");
-    assert_eq!(email.as_deref(), Some("ann@example.com"));
-    assert_eq!(first, START.as_micros());
-    assert_eq!(last, START.as_micros() + 10_000_000);
-    assert_eq!(app.count("users"), 1);
+    let user = app.profile("42").await.expect("user");
+    assert_eq!(user["id"], "42");
+    assert_eq!(user["email"], "ann@example.com");
+    assert_eq!(user["first_seen"], "2026-11-26T12:00:00.000000Z");
+    assert_eq!(user["last_seen"], "2026-11-26T12:00:10.000000Z");
+    assert_eq!(user["event_count"], 2);
+    // One user: named by its email it is the same one, and both events are its.
+    assert_eq!(app.profile("ann@example.com").await, Some(user));
+    let events = app.exported().await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(
+            e["user"],
+            json!({"id": "42", "email": "ann@example.com"}),
+            "{e}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
     // A real failure inside the writer's transaction, injected from outside the server.
-    app.db()
-        .execute_batch(
-            "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-        )
-        .expect("trigger");
+    app.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'injected'; END $$; \
+         CREATE TRIGGER fail BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail();",
+    );
     let answer = app.track(&event("u", 1)).await;
     answer.assert_error(503, "server: storage unavailable, retry later");
     assert_eq!(
@@ -700,15 +730,25 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    assert_eq!(app.count("events"), 0);
-    assert_eq!(app.count("dedup"), 0, "no dedup record without its event");
-    assert_eq!(app.count("users"), 0);
-    app.db()
-        .execute_batch("DROP TRIGGER fail;")
-        .expect("drop trigger");
+    // Nothing of it anywhere: no event, no user, nothing counted.
+    assert_eq!(app.exported().await, Vec::<Value>::new());
+    assert_eq!(app.profile("u").await, None);
+    assert_eq!(
+        app.read_json("/api/v2/events").await,
+        json!({"events": [], "next_cursor": null})
+    );
+    assert_eq!(app.totals().await, (0, 0));
+    app.execute(
+        "DROP TRIGGER fail;",
+        "DROP TRIGGER fail ON events; DROP FUNCTION fail();",
+    );
     // The retry is not a duplicate: the failed attempt left no dedup record.
     app.track(&event("u", 1)).await.assert_success(false);
-    assert_eq!(app.count("events"), 1);
+    let events = app.exported().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["user"]["id"], "u");
+    assert_eq!(app.profile("u").await.expect("user")["event_count"], 1);
+    assert_eq!(app.totals().await, (1, 0));
     app.send(app.client.get(app.url("/readyz")))
         .await
         .assert_success(false);
@@ -716,9 +756,7 @@ async fn a_failed_commit_answers_503_and_stores_nothing_then_service_resumes() {
 
 #[tokio::test]
 async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests_commit() {
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
+    crate::skip_without_postgres!();
     let app = std::sync::Arc::new(
         TestApp::spawn_with(crate::helpers::TestConfig {
             queue_capacity: 1,
@@ -726,10 +764,9 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
         })
         .await,
     );
-    // Another connection holds the write lock: the writer waits on its first batch (up to
-    // its busy timeout) while requests pile up behind it.
-    let blocker = app.db();
-    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    // Another connection holds the write lock: the writers wait on their first batches
+    // while requests pile up behind them.
+    let blocker = app.block_writes().await;
     let mut pending = Vec::new();
     let mut refused = None;
     for n in 0..20 {
@@ -751,17 +788,26 @@ async fn a_full_write_queue_answers_503_with_retry_after_and_the_queued_requests
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    blocker.execute_batch("COMMIT").expect("unlock");
-    let queued = pending.len() as i64;
+    blocker.release().await;
+    let queued = pending.len();
     for task in pending {
         task.await.expect("task").assert_success(false);
     }
     // Every request that waited was stored; the refused one was not.
-    assert_eq!(app.count("events"), queued);
+    let mut stored: Vec<i64> = app
+        .exported()
+        .await
+        .iter()
+        .map(|e| e["data"]["n"].as_i64().expect("n"))
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(stored, (0..queued as i64).collect::<Vec<_>>());
+    assert_eq!(app.totals().await, (queued as i64, 0));
 }
 
 #[tokio::test]
 async fn failed_credentials_past_the_per_address_limit_get_429() {
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         failed_auth_per_ip: 3,
         ..Default::default()
@@ -794,6 +840,7 @@ async fn failed_credentials_past_the_per_address_limit_get_429() {
 
 #[tokio::test]
 async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
+    crate::skip_without_postgres!();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         body_timeout: std::time::Duration::from_millis(500),
@@ -837,6 +884,7 @@ async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn a_connection_that_never_completes_its_headers_is_closed() {
+    crate::skip_without_postgres!();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         header_timeout: std::time::Duration::from_millis(500),
@@ -866,17 +914,14 @@ async fn a_connection_that_never_completes_its_headers_is_closed() {
 
 #[tokio::test]
 async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a_duplicate() {
-    if crate::helpers::postgres() {
-        return; // reads SQLite internals; the PostgreSQL suite has its own
-    }
+    crate::skip_without_postgres!();
     let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
         request_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
     })
     .await;
     // Another connection holds the write lock for longer than the request timeout.
-    let blocker = app.db();
-    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let blocker = app.block_writes().await;
     let answer = app.track(&event("u", 1)).await;
     answer.assert_error(503, "server: storage unavailable, retry later");
     assert_eq!(
@@ -886,9 +931,14 @@ async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    blocker.execute_batch("COMMIT").expect("unlock");
-    // The write went on and committed (the queue is first in, first out, so it commits
-    // before the retry is looked at); the client's retry is recognised.
+    blocker.release().await;
+    // The write went on and committed; the client's retry is recognised.
     app.track(&event("u", 1)).await.assert_success(true);
-    assert_eq!(app.count("events"), 1);
+    let events = app.exported().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["data"],
+        json!({"product_name": "Red T-shirt", "n": 1})
+    );
+    assert_eq!(app.totals().await, (1, 1));
 }

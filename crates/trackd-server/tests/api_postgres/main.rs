@@ -1,7 +1,9 @@
 //! The black-box behaviour suite again, against PostgreSQL: the same test files as `api`
 //! (the helpers see this binary's name and give each test a database of its own on the
 //! server at `TRACKD_TEST_DATABASE_URL`), plus what only several nodes show (`nodes.rs`).
-//! Without the variable this binary prints a notice and runs nothing.
+//! Without the variable each test prints a SKIPPED notice on stderr (visible in
+//! `cargo test`'s output) and returns, unless `TRACKD_TEST_REQUIRE_POSTGRES=1` (CI), where
+//! each fails; a server that cannot be reached fails them too.
 
 // The helpers serve both suites; some are for the SQLite one only.
 #![allow(dead_code)]

@@ -49,6 +49,7 @@ fn stored(db: &PgDatabase) -> i64 {
 
 #[tokio::test]
 async fn identical_events_sent_to_two_nodes_at_once_are_stored_once() {
+    crate::skip_without_postgres!();
     let (db, a, b, token) = two_nodes(&[]).await;
     let client = reqwest::Client::new();
     for n in 0..100 {
@@ -69,6 +70,7 @@ async fn identical_events_sent_to_two_nodes_at_once_are_stored_once() {
 
 #[tokio::test]
 async fn a_duplicate_on_another_node_is_judged_by_the_window_in_real_time() {
+    crate::skip_without_postgres!();
     let (db, a, b, token) = two_nodes(&[("TRACKD_DEDUP_WINDOW", "3")]).await;
     let client = reqwest::Client::new();
     assert_eq!(send(&client, &a, &token, 1).await, (200, false));
@@ -83,6 +85,7 @@ async fn a_duplicate_on_another_node_is_judged_by_the_window_in_real_time() {
 
 #[tokio::test]
 async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
+    crate::skip_without_postgres!();
     let db = PgDatabase::create().await;
     let clock: std::sync::Arc<dyn trackd_core::Clock> =
         std::sync::Arc::new(trackd_core::SystemClock);
@@ -114,6 +117,7 @@ async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
 
 #[tokio::test]
 async fn the_application_role_needs_no_superuser() {
+    crate::skip_without_postgres!();
     let db = PgDatabase::create().await;
     let role = format!("trackd_app_{:08x}", rand::random::<u32>());
     let ddl = format!(
@@ -163,6 +167,7 @@ async fn the_application_role_needs_no_superuser() {
 
 #[tokio::test]
 async fn a_console_on_one_node_sees_the_events_every_node_commits() {
+    crate::skip_without_postgres!();
     let (_db, a, b, token) = two_nodes(&[]).await;
     let secret = a.printed("secret key:");
     let client = reqwest::Client::new();

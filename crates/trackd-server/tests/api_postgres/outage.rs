@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::ChildServer;
+use crate::helpers::{skip_notice, ChildServer};
 
 fn required() -> bool {
-    std::env::var_os("TRACKD_TEST_REQUIRE_ROOT").is_some_and(|v| v == "1")
+    crate::helpers::required("TRACKD_TEST_REQUIRE_ROOT")
 }
 
 /// The directory of PostgreSQL's server programs (Debian keeps them off the PATH).
@@ -39,8 +39,11 @@ struct Cluster {
 impl Cluster {
     fn create() -> Option<Cluster> {
         let Some(bin) = pg_bin() else {
-            assert!(!required(), "PostgreSQL's initdb not found");
-            println!("SKIPPED: PostgreSQL's initdb not found");
+            assert!(
+                !required(),
+                "PostgreSQL's initdb not found (TRACKD_TEST_REQUIRE_ROOT=1)"
+            );
+            skip_notice("PostgreSQL's initdb not found");
             return None;
         };
         let dir = tempfile::tempdir().expect("dir");
@@ -50,8 +53,11 @@ impl Cluster {
             .status()
             .is_ok_and(|s| s.success());
         if !chowned {
-            assert!(!required(), "cannot hand a directory to the postgres user");
-            println!("SKIPPED: needs root to run a cluster as the postgres user");
+            assert!(
+                !required(),
+                "cannot hand a directory to the postgres user (TRACKD_TEST_REQUIRE_ROOT=1)"
+            );
+            skip_notice("needs root to run a cluster as the postgres user");
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")

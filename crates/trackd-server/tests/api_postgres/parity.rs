@@ -92,6 +92,7 @@ async fn export(app: &TestApp) -> Vec<Value> {
 
 #[tokio::test]
 async fn the_same_requests_through_both_stores_give_the_same_answers_and_data() {
+    crate::skip_without_postgres!();
     let sqlite = TestApp::spawn_with(TestConfig {
         force_sqlite: true,
         ..TestConfig::default()
