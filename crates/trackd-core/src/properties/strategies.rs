@@ -749,10 +749,11 @@ pub fn mutate_track(mut body: Map<String, Value>, mutation: &'static str, n: u8)
                 "2023-05-30",
                 "",
                 "12:00",
-                "1388534400",
+                "1388534400s",
             ][usize::from(n) % 6];
             extras_of(&mut body).insert("created_at".into(), Value::String(bad.into()));
-            "extras.created_at: not an ISO 8601 time between years 1 and 9999".to_owned()
+            "extras.created_at: not an ISO 8601 time or Unix seconds between years 1 and 9999"
+                .to_owned()
         }
         "created_at of a wrong type" => {
             extras_of(&mut body).insert(
@@ -1043,7 +1044,7 @@ pub fn mutate_profile(
         }
         "channels not an array" if op == ProfileOp::Track => {
             body.insert("channels".into(), wrong_type(n, &["number", "bool"]));
-            "channels: must be an array of objects".to_owned()
+            "channels: must be an array of objects (or one object)".to_owned()
         }
         "channel not an object" | "channel without an address" | "channel with an empty type"
             if op == ProfileOp::Track =>
@@ -1113,7 +1114,7 @@ pub fn mutate_profile(
                 format!("{field}[{i}]: must be a string")
             } else {
                 list.push(Value::String(long));
-                format!("{field}[{i}]: must be 1 to 254 characters")
+                format!("{field}[{i}]: longer than 254 characters")
             };
             body.insert(field.into(), Value::Array(list));
             message
