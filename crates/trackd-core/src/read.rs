@@ -523,6 +523,26 @@ impl PageBudget {
         self.rows += 1;
         self.bytes += bytes;
     }
+
+    /// Takes `items` in page order until a page of at most `limit` is full (each costing
+    /// `bytes`); also says whether an item followed (read, not taken: one past the page).
+    pub fn fill<T, E>(
+        limit: usize,
+        items: impl IntoIterator<Item = Result<T, E>>,
+        bytes: impl Fn(&T) -> usize,
+    ) -> Result<(Vec<T>, bool), E> {
+        let mut budget = PageBudget::new(limit);
+        let mut taken = Vec::new();
+        for item in items {
+            if budget.full() {
+                return Ok((taken, true));
+            }
+            let item = item?;
+            budget.take(bytes(&item));
+            taken.push(item);
+        }
+        Ok((taken, false))
+    }
 }
 
 /// A page of rows read in page order, and whether a row followed it (then the cursor of the

@@ -173,25 +173,14 @@ pub(super) async fn events(
         " ORDER BY e.created_at DESC, e.id DESC LIMIT {}",
         args.bind(q.limit as i64 + 1)
     ));
-    let mut budget = PageBudget::new(q.limit);
-    let mut ids: Vec<i64> = Vec::new();
-    let mut end = None;
-    let mut more = false;
-    for row in client.query(sql.as_str(), &args.refs()).await? {
-        if budget.full() {
-            more = true;
-            break;
-        }
-        let data: i32 = row.try_get(1)?;
-        let name: i32 = row.try_get(2)?;
-        budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
-        let id: i64 = row.try_get(0)?;
-        ids.push(id);
-        end = Some((row.try_get::<_, i64>(3)?, id));
-    }
+    let keys = client.query(sql.as_str(), &args.refs()).await?;
+    let (picked, more) = PageBudget::fill(q.limit, keys.iter().map(sized), |k| k.bytes)?;
+    let ids: Vec<i64> = picked.iter().map(|k| k.id).collect();
     // The page's end comes from this statement: the rows read below may be fewer (a user
     // deleted in between), and the walk goes on after the end all the same.
-    let last = if more { end } else { None };
+    let last = more
+        .then(|| picked.last().map(|k| (k.time, k.id)))
+        .flatten();
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
          WHERE e.id = ANY($1) ORDER BY e.created_at DESC, e.id DESC"
@@ -203,6 +192,24 @@ pub(super) async fn events(
         .map(event_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(page_of(rows, last, max_id)))
+}
+
+/// A row of a page's first statement: `id`, the sizes of `data` and `event_name`, and the
+/// time the page is ordered by.
+struct Sized {
+    id: i64,
+    bytes: usize,
+    time: i64,
+}
+
+fn sized(row: &tokio_postgres::Row) -> Result<Sized, Error> {
+    let data: i32 = row.try_get(1)?;
+    let name: i32 = row.try_get(2)?;
+    Ok(Sized {
+        id: row.try_get(0)?,
+        bytes: row_bytes(data.max(0) as usize, name.max(0) as usize),
+        time: row.try_get(3)?,
+    })
 }
 
 /// One export chunk: the events after `after`, oldest first by receive time, at most
@@ -229,25 +236,12 @@ pub(super) async fn export_chunk(
             ],
         )
         .await?;
-    let mut budget = PageBudget::new(EXPORT_CHUNK_ROWS);
-    let mut ids: Vec<i64> = Vec::new();
-    let mut end = None;
-    let mut more = false;
-    for row in &keys {
-        if budget.full() {
-            more = true;
-            break;
-        }
-        let data: i32 = row.try_get(1)?;
-        let name: i32 = row.try_get(2)?;
-        budget.take(row_bytes(data.max(0) as usize, name.max(0) as usize));
-        let id: i64 = row.try_get(0)?;
-        ids.push(id);
-        end = Some(ExportKey {
-            received_at: row.try_get(3)?,
-            id,
-        });
-    }
+    let (picked, more) = PageBudget::fill(EXPORT_CHUNK_ROWS, keys.iter().map(sized), |k| k.bytes)?;
+    let ids: Vec<i64> = picked.iter().map(|k| k.id).collect();
+    let end = picked.last().map(|k| ExportKey {
+        received_at: k.time,
+        id: k.id,
+    });
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN users u ON u.id = e.user_ref \
          WHERE e.id = ANY($1) ORDER BY e.received_at, e.id"

@@ -115,22 +115,20 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
     let mut stmt = conn.prepare_cached(&sql)?;
     // Rows are read one at a time and the page ends at its byte budget: only one row past
     // the page is ever read, never the whole limit of large events.
-    let mut budget = PageBudget::new(q.limit);
-    let mut rows: Vec<EventRow> = Vec::new();
-    let mut more = false;
-    for row in stmt.query_map(params_from_iter(args.iter()), event_row)? {
-        if budget.full() {
-            more = true;
-            break;
-        }
-        let row = row?;
-        budget.take(row_bytes(row.data.len(), row.event_name.len()));
-        rows.push(row);
-    }
+    let (rows, more) = PageBudget::fill(
+        q.limit,
+        stmt.query_map(params_from_iter(args.iter()), event_row)?,
+        bytes_of,
+    )?;
     let last = more
         .then(|| rows.last().map(|r| (r.created_at, r.id)))
         .flatten();
     Ok(Some(page_of(rows, last, max_id)))
+}
+
+/// What a row costs a page.
+fn bytes_of(row: &EventRow) -> usize {
+    row_bytes(row.data.len(), row.event_name.len())
 }
 
 /// One export chunk: the events after `after`, oldest first by receive time, at most
@@ -148,9 +146,6 @@ pub(crate) fn export_chunk(
            AND e.received_at < ?4 \
          ORDER BY e.received_at, e.id LIMIT ?5"
     ))?;
-    let mut budget = PageBudget::new(EXPORT_CHUNK_ROWS);
-    let mut events = Vec::new();
-    let mut more = false;
     let rows = stmt.query_map(
         rusqlite::params![
             q.project.get(),
@@ -161,15 +156,7 @@ pub(crate) fn export_chunk(
         ],
         event_row,
     )?;
-    for row in rows {
-        if budget.full() {
-            more = true;
-            break;
-        }
-        let row = row?;
-        budget.take(row_bytes(row.data.len(), row.event_name.len()));
-        events.push(row);
-    }
+    let (events, more) = PageBudget::fill(EXPORT_CHUNK_ROWS, rows, bytes_of)?;
     let next = more
         .then(|| events.last())
         .flatten()
