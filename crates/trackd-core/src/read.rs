@@ -238,6 +238,26 @@ pub struct StatsQuery {
     pub until: Option<Timestamp>,
     /// Bucket width.
     pub interval: Interval,
+    /// The most (bucket, event key) counts one answer holds ([`STATS_MAX_COUNTS`]).
+    pub max_counts: usize,
+}
+
+/// The most (bucket, event key) counts one statistics answer holds: a range of years by the
+/// hour over many event names would otherwise be an answer of any size.
+pub const STATS_MAX_COUNTS: usize = 100_000;
+
+impl StatsQuery {
+    /// The refusal of a range that holds more counts than one answer may.
+    pub fn too_many(&self) -> FieldError {
+        FieldError::new(
+            "since",
+            format!(
+                "the range holds more than {} counts (buckets × event names): narrow \
+                 since/until or use interval=day",
+                self.max_counts
+            ),
+        )
+    }
 }
 
 /// Query parameters, checked: each known at most once, unknown ones refused.
@@ -456,6 +476,7 @@ impl StatsQuery {
             since,
             until,
             interval,
+            max_counts: STATS_MAX_COUNTS,
         })
     }
 }

@@ -219,6 +219,7 @@ store_contract!(
     export_is_oldest_first_by_receive_time,
     export_chunks_end_at_their_byte_budget_and_hold_nothing_between,
     stats_count_events_duplicates_and_refusals,
+    stats_past_their_bound_are_refused_by_name,
     credentials_version_moves_with_every_change,
     cursor_key_is_made_once_and_shared,
     projects_are_unique_by_name,
@@ -621,6 +622,7 @@ async fn stats_count_events_duplicates_and_refusals(b: &Backend) {
             since: None,
             until: None,
             interval: Interval::Day,
+            max_counts: trackd_core::read::STATS_MAX_COUNTS,
         })
         .await
         .expect("stats");
@@ -632,6 +634,31 @@ async fn stats_count_events_duplicates_and_refusals(b: &Backend) {
         .map(|(_, key, n)| (key.as_str(), *n))
         .collect();
     assert_eq!(keys, vec![("a", 1), ("b", 1)]);
+}
+
+async fn stats_past_their_bound_are_refused_by_name(b: &Backend) {
+    for name in ["A", "B", "C"] {
+        b.track(event("u", name, json!({}))).await;
+    }
+    let query = |max_counts| StatsQuery {
+        project: b.project,
+        since: None,
+        until: None,
+        interval: Interval::Hour,
+        max_counts,
+    };
+    assert_eq!(
+        b.store.stats(query(3)).await.expect("stats").buckets.len(),
+        3
+    );
+    match b.store.stats(query(2)).await {
+        Err(StoreError::Invalid(e)) => assert_eq!(
+            e.to_string(),
+            "since: the range holds more than 2 counts (buckets × event names): narrow \
+             since/until or use interval=day"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn credentials_version_moves_with_every_change(b: &Backend) {

@@ -278,7 +278,10 @@ impl Store for PostgresStore {
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
         Box::pin(async move {
             let client = self.client().await?;
-            read::stats(&**client, &query).await.map_err(unavailable)
+            read::stats(&**client, &query)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::Invalid(query.too_many()))
         })
     }
 

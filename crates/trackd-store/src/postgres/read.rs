@@ -275,7 +275,11 @@ pub(super) async fn events_by_id(
         .collect()
 }
 
-pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result<Stats, Error> {
+/// The statistics; `None` when the range holds more counts than one answer may.
+pub(super) async fn stats(
+    client: &impl GenericClient,
+    q: &StatsQuery,
+) -> Result<Option<Stats>, Error> {
     let width = q.interval.micros();
     let since = q.since.map_or(i64::MIN, |t| t.as_micros());
     let until = q.until.map_or(i64::MAX, |t| t.as_micros());
@@ -285,15 +289,24 @@ pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result
         .query(
             "SELECT (created_at - ((created_at % $4) + $4) % $4) AS start, event_key, count(*) \
              FROM events WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 \
-             GROUP BY start, event_key ORDER BY start, event_key COLLATE \"C\"",
-            &[&q.project.get(), &since, &until, &width],
+             GROUP BY start, event_key ORDER BY start, event_key COLLATE \"C\" LIMIT $5",
+            &[
+                &q.project.get(),
+                &since,
+                &until,
+                &width,
+                &(q.max_counts as i64 + 1),
+            ],
         )
         .await?
         .iter()
         .map(|r| -> Result<(i64, String, i64), Error> {
             Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    if buckets.len() > q.max_counts {
+        return Ok(None);
+    }
     let mut stats = Stats {
         buckets,
         ..Stats::default()
@@ -313,5 +326,5 @@ pub(super) async fn stats(client: &impl GenericClient, q: &StatsQuery) -> Result
         let value: i64 = counter.try_get(1)?;
         stats.add_counter(&name, value);
     }
-    Ok(stats)
+    Ok(Some(stats))
 }

@@ -368,7 +368,12 @@ impl Store for SqliteStore {
     }
 
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
-        self.read(move |conn| read::stats(conn, &query))
+        Box::pin(async move {
+            let too_many = query.too_many();
+            self.read(move |conn| read::stats(conn, &query))
+                .await?
+                .ok_or(StoreError::Invalid(too_many))
+        })
     }
 
     fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()> {

@@ -167,21 +167,31 @@ pub(crate) fn export_chunk(
     Ok((events, next))
 }
 
-pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Stats> {
+/// The statistics; `None` when the range holds more counts than one answer may.
+pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Option<Stats>> {
     let width = q.interval.micros();
     let since = q.since.map_or(i64::MIN, |t| t.as_micros());
     let until = q.until.map_or(i64::MAX, |t| t.as_micros());
     let mut stmt = conn.prepare_cached(
         "SELECT (created_at - ((created_at % ?4) + ?4) % ?4) AS start, event_key, count(*) \
          FROM events WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3 \
-         GROUP BY start, event_key ORDER BY start, event_key",
+         GROUP BY start, event_key ORDER BY start, event_key LIMIT ?5",
     )?;
-    let buckets = stmt
+    let buckets: Vec<(i64, String, i64)> = stmt
         .query_map(
-            rusqlite::params![q.project.get(), since, until, width],
+            rusqlite::params![
+                q.project.get(),
+                since,
+                until,
+                width,
+                q.max_counts as i64 + 1
+            ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?
         .collect::<Result<_, _>>()?;
+    if buckets.len() > q.max_counts {
+        return Ok(None);
+    }
     let mut stats = Stats {
         buckets,
         ..Stats::default()
@@ -194,5 +204,5 @@ pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Stats
         let (name, value) = counter?;
         stats.add_counter(&name, value);
     }
-    Ok(stats)
+    Ok(Some(stats))
 }
