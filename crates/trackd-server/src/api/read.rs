@@ -147,12 +147,20 @@ pub async fn export(
     let timeout = state.limits.export_timeout;
     let finished = Arc::new(AtomicBool::new(false));
     let done = finished.clone();
+    let credentials = state.credentials.clone();
+    let key = credential.hash;
     tokio::spawn(async move {
         let _permit = permit;
         let mut chunks = std::pin::pin!(trackd_core::export_chunks(store, query));
         let mut buffer = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
         let mut count = 0u64;
         while let Some(chunk) = chunks.next().await {
+            // A revoked key ends what it opened: no chunk read after the revocation reached
+            // this server (the cache is refreshed every second) is sent.
+            if !credentials.holds(&key) {
+                tracing::debug!(key = %key.fingerprint(), "export ended: key revoked");
+                return;
+            }
             let events = match chunk {
                 Ok(events) => events,
                 Err(e) => {

@@ -291,3 +291,36 @@ async fn an_export_its_client_stops_reading_ends_unfinished() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.lines().count(), 2_000);
 }
+
+#[tokio::test]
+async fn revoking_a_key_ends_the_exports_it_opened() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    fill(&app, 2_000, 10_000).await;
+    let response = app
+        .client
+        .get(app.url("/api/v2/events/export"))
+        .bearer_auth(&app.secret)
+        .send()
+        .await
+        .expect("export opened");
+    assert_eq!(response.status(), 200);
+    let store = app.store.as_ref().expect("running");
+    let project = store.project("test").await.expect("project").id;
+    store
+        .revoke_credential(
+            project,
+            trackd_core::CredentialKind::Secret,
+            &trackd_core::Token::presented(&app.secret),
+        )
+        .await
+        .expect("revoked");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.read("/api/v2/events?limit=1").await.status != 401 {
+        assert!(std::time::Instant::now() < deadline, "the key still reads");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // What was already in flight may arrive; the export ends unfinished, never whole.
+    let read = response.bytes().await;
+    assert!(read.is_err(), "an export of a revoked key ran to its end");
+}
