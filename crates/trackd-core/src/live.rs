@@ -31,6 +31,9 @@ pub struct LiveBatch {
 pub const WATCHER_BYTES: usize = 8 * 1024 * 1024;
 /// About how many bytes of events one queued piece holds (at least one event).
 pub const PIECE_BYTES: usize = 256 * 1024;
+/// Watchers of one project on one node: with [`WATCHER_BYTES`] each, what one tenant's
+/// streams can pin is bounded too.
+pub const WATCHERS_PER_PROJECT: usize = 16;
 
 /// A watcher as the feed sees it.
 struct Slot {
@@ -148,21 +151,25 @@ impl LiveFeed {
         }
     }
 
-    /// Starts watching `project`.
-    pub fn subscribe(&self, project: ProjectId) -> LiveReceiver {
+    /// Starts watching `project`; `None` when it has [`WATCHERS_PER_PROJECT`] watchers
+    /// on this node already.
+    pub fn subscribe(&self, project: ProjectId) -> Option<LiveReceiver> {
         let (queue, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
-        if let Ok(mut watchers) = self.watchers.lock() {
-            watchers.push(Slot {
-                project,
-                queue,
-                shared: shared.clone(),
-            });
+        let mut watchers = self.watchers.lock().ok()?;
+        watchers.retain(|s| !s.queue.is_closed());
+        if watchers.iter().filter(|s| s.project == project).count() >= WATCHERS_PER_PROJECT {
+            return None;
         }
-        LiveReceiver {
+        watchers.push(Slot {
+            project,
+            queue,
+            shared: shared.clone(),
+        });
+        Some(LiveReceiver {
             queue: receiver,
             shared,
-        }
+        })
     }
 }
 
@@ -223,8 +230,8 @@ mod tests {
     async fn a_stalled_watcher_holds_a_bounded_queue_and_hears_what_it_missed() {
         let feed = LiveFeed::default();
         let p = ProjectId::new(1);
-        let mut slow = feed.subscribe(p);
-        let mut other = feed.subscribe(ProjectId::new(2));
+        let mut slow = feed.subscribe(p).expect("watcher");
+        let mut other = feed.subscribe(ProjectId::new(2)).expect("watcher");
         assert!(feed.watches(p));
         // 64 MB of events while nobody reads.
         for batch in 0..64 {
@@ -276,6 +283,19 @@ mod tests {
             duplicates: 0,
         });
         assert!(!feed.watched());
+    }
+
+    #[test]
+    fn a_project_has_a_bounded_number_of_watchers_and_the_gone_ones_free_their_place() {
+        let feed = LiveFeed::default();
+        let p = ProjectId::new(1);
+        let watchers: Vec<_> = (0..WATCHERS_PER_PROJECT)
+            .map(|_| feed.subscribe(p).expect("room"))
+            .collect();
+        assert!(feed.subscribe(p).is_none());
+        assert!(feed.subscribe(ProjectId::new(2)).is_some());
+        drop(watchers);
+        assert!(feed.subscribe(p).is_some());
     }
 
     #[test]

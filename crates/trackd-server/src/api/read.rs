@@ -364,7 +364,13 @@ pub async fn live(
         interval
     };
     let live = LiveState {
-        feed: state.store.live().subscribe(project),
+        feed: state.store.live().subscribe(project).ok_or_else(|| {
+            ApiError::TooManyRequests(format!(
+                "live: {} live streams of this project are open on this server, retry when \
+                 one ends",
+                trackd_core::live::WATCHERS_PER_PROJECT
+            ))
+        })?,
         filter,
         stopping: state.shutting_down.clone(),
         credentials: state.credentials.clone(),

@@ -305,22 +305,52 @@ async fn revoking_a_key_ends_the_exports_it_opened() {
         .await
         .expect("export opened");
     assert_eq!(response.status(), 200);
-    let store = app.store.as_ref().expect("running");
-    let project = store.project("test").await.expect("project").id;
-    store
-        .revoke_credential(
-            project,
-            trackd_core::CredentialKind::Secret,
-            &trackd_core::Token::presented(&app.secret),
-        )
-        .await
-        .expect("revoked");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while app.read("/api/v2/events?limit=1").await.status != 401 {
-        assert!(std::time::Instant::now() < deadline, "the key still reads");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.revoke_secret().await;
     // What was already in flight may arrive; the export ends unfinished, never whole.
     let read = response.bytes().await;
     assert!(read.is_err(), "an export of a revoked key ran to its end");
+}
+
+#[tokio::test]
+async fn a_project_holds_a_bounded_number_of_live_streams() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let open = || async {
+        app.client
+            .get(app.url("/api/v2/events/live"))
+            .bearer_auth(&app.secret)
+            .send()
+            .await
+            .expect("sent")
+    };
+    let mut held = Vec::new();
+    for _ in 0..trackd_core::live::WATCHERS_PER_PROJECT {
+        let stream = open().await;
+        assert_eq!(stream.status(), 200);
+        held.push(stream);
+    }
+    app.read("/api/v2/events/live").await.assert_error(
+        429,
+        "live: 16 live streams of this project are open on this server, retry when one ends",
+    );
+    // Another project is not held back; a stream that ends frees its place.
+    let (_, other_secret) = app.add_project("other").await;
+    let other = app
+        .client
+        .get(app.url("/api/v2/events/live"))
+        .bearer_auth(&other_secret)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(other.status(), 200);
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let again = open().await;
+        if again.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", again.status());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

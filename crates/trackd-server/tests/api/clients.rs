@@ -392,13 +392,7 @@ async fn a_token_created_while_serving_works_for_every_concurrent_first_request(
                 .await
             }
         });
-        let answers = futures::future::join_all(requests).await;
-        let refused: Vec<_> = answers
-            .iter()
-            .filter(|a| a.status != 200)
-            .map(|a| format!("{} {}", a.status, a.body))
-            .collect();
-        assert!(refused.is_empty(), "round {round}: refused {refused:?}");
+        crate::helpers::assert_all_200(&futures::future::join_all(requests).await);
     }
     // An unknown token is still refused, after its own reload.
     app.track_as(

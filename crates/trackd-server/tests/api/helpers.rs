@@ -502,6 +502,26 @@ impl TestApp {
         .await
     }
 
+    /// Revokes the project's secret key as the CLI does (through the store), then waits
+    /// until the server, which drops it from its cache within a second, refuses it.
+    pub async fn revoke_secret(&self) {
+        let store = self.store.as_ref().expect("running");
+        let project = store.project("test").await.expect("project").id;
+        store
+            .revoke_credential(
+                project,
+                trackd_core::CredentialKind::Secret,
+                &trackd_core::Token::presented(&self.secret),
+            )
+            .await
+            .expect("revoked");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while self.read("/api/v2/events?limit=1").await.status != 401 {
+            assert!(std::time::Instant::now() < deadline, "the key still reads");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let answer = self.send(self.client.get(self.url("/metrics"))).await;
@@ -946,4 +966,15 @@ pub fn multipart(body: &Value, boundary: &str) -> Vec<u8> {
     }
     out.push_str(&format!("--{boundary}--\r\n"));
     out.into_bytes()
+}
+
+/// Asserts every answer is a 200, showing the others when not.
+#[track_caller]
+pub fn assert_all_200(answers: &[Answer]) {
+    let others: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status != 200)
+        .map(|a| (a.status, &a.body))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
 }

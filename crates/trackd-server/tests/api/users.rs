@@ -577,14 +577,7 @@ async fn delete_racing_with_tracking_leaves_a_consistent_state() {
         let body = json!({"id": "racer"});
         let delete = app.call("POST", "users/delete", &body);
         let (answers, deleted) = tokio::join!(futures::future::join_all(tracks), delete);
-        assert!(
-            answers.iter().all(|a| a.status == 200),
-            "{:?}",
-            answers
-                .iter()
-                .map(|a| (a.status, &a.body))
-                .collect::<Vec<_>>()
-        );
+        crate::helpers::assert_all_200(&answers);
         assert!(
             deleted.status == 200 || deleted.status == 404,
             "{}",
@@ -615,14 +608,7 @@ async fn reidentify_racing_with_tracking_leaves_a_consistent_state() {
         let body = json!({"id": old, "new_id": new});
         let rename = app.call("PUT", "users/reidentify", &body);
         let (answers, renamed) = tokio::join!(futures::future::join_all(tracks), rename);
-        assert!(
-            answers.iter().all(|a| a.status == 200),
-            "{:?}",
-            answers
-                .iter()
-                .map(|a| (a.status, &a.body))
-                .collect::<Vec<_>>()
-        );
+        crate::helpers::assert_all_200(&answers);
         duplicates += answers
             .iter()
             .filter(|a| a.headers.get("trackd-duplicate").is_some())
