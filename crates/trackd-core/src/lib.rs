@@ -15,6 +15,7 @@
 //! - [`store`]: the [`Store`] trait the backends implement; [`metrics`]: what they report.
 //! - [`error`]: field errors and store errors.
 
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod identity;

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::delivery::{
+    DeliveryReport, Destination, DestinationChange, DestinationSpec, OutboxItem,
+};
 use crate::error::StoreError;
 use crate::event::EventRecord;
 use crate::event::TrackedEvent;
@@ -114,6 +117,66 @@ pub trait Store: Send + Sync + 'static {
         kind: CredentialKind,
         token: &Token,
     ) -> StoreFuture<'_, ()>;
+
+    /// Every destination of `project` (of every project when `None`), by project then name.
+    /// `backlog` and `oldest_undelivered` are counted only `with_backlog` (a count over the
+    /// outbox); otherwise they are 0 and `None`.
+    fn destinations(
+        &self,
+        project: Option<ProjectId>,
+        with_backlog: bool,
+    ) -> StoreFuture<'_, Vec<Destination>>;
+
+    /// Creates a destination; its cursor starts at the project's last committed outbox
+    /// position, so it gets every item committed after it (exactly: no item of a batch
+    /// committing at the same moment is missed). From then on every commit of the project
+    /// writes its items to the outbox. [`StoreError::Conflict`] when the name is taken,
+    /// [`StoreError::Invalid`] past [`crate::delivery::MAX_DESTINATIONS`].
+    fn add_destination(
+        &self,
+        project: ProjectId,
+        spec: DestinationSpec,
+        secret: String,
+    ) -> StoreFuture<'_, Destination>;
+
+    /// Pauses, resumes, removes, replays or redrives a destination;
+    /// [`StoreError::NotFound`] when the project has none of that name. Pause, resume and
+    /// replay start a new generation (a loop of the old one stops; its reports are
+    /// ignored). Replay moves the cursor to just before the first kept item received at
+    /// or after `since`; redrive marks every dead letter to be sent again.
+    fn change_destination(
+        &self,
+        project: ProjectId,
+        name: &str,
+        change: DestinationChange,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Up to `limit` items of the project's outbox after position `after`, in position
+    /// (commit) order, events joined with their stored row (`event: None` when the event
+    /// is gone with its user).
+    fn outbox(
+        &self,
+        project: ProjectId,
+        after: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<OutboxItem>>;
+
+    /// Up to `limit` dead letters of a destination marked for redrive, in position order.
+    fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>>;
+
+    /// Records what an attempt achieved (cursor, pending batch, counts, dead letters, the
+    /// last error, a pause), in one transaction, only while the destination is still at the
+    /// report's generation and leased to its node; `false` (nothing written) otherwise.
+    fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool>;
+
+    /// Takes or renews the destination's lease for `node` for `ttl_ms` (database clock on
+    /// PostgreSQL): `true` when the node holds it now.
+    fn lease(&self, destination: i64, node: &str, ttl_ms: i64) -> StoreFuture<'_, bool>;
+
+    /// Deletes outbox items every destination of their project has passed (and every item
+    /// of a project without destinations) that were received more than `keep_micros` ago,
+    /// keeping dead letters' items; returns how many went.
+    fn prune_outbox(&self, keep_micros: i64) -> StoreFuture<'_, u64>;
 
     /// Whether writes currently succeed.
     fn ready(&self) -> bool;

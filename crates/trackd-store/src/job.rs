@@ -29,8 +29,27 @@ pub(crate) enum Job {
         counts: Vec<(ProjectId, Counter, i64)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Delivery's own writes (SQLite: through the writer, so they ride on its commits).
+    Outbox {
+        op: Box<OutboxOp>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
     /// Commit everything queued before it, then stop.
     Shutdown,
+}
+
+/// A write of the delivery loops.
+pub(crate) enum OutboxOp {
+    /// An attempt's outcome (answers 1 when applied, 0 when the destination moved on).
+    Report(trackd_core::delivery::DeliveryReport),
+    /// Take or renew a lease (answers 1 when held).
+    Lease {
+        destination: i64,
+        node: String,
+        ttl_ms: i64,
+    },
+    /// Delete passed items received before `cutoff` (µs); answers how many.
+    Prune { cutoff: i64 },
 }
 
 /// What became of one job of a committed batch, as both writers report it.
@@ -39,6 +58,8 @@ pub(crate) enum Done {
     Event(InsertOutcome),
     /// Any other job: done, or refused without failing the batch (a user not found).
     Other(Result<(), StoreError>),
+    /// A delivery write: its count.
+    Count(u64),
     /// Nothing to answer (a shutdown marker).
     Nothing,
 }
@@ -78,6 +99,9 @@ impl Job {
             | (Job::Restore { reply, .. }, Done::Other(result)) => {
                 let _ = reply.send(result);
             }
+            (Job::Outbox { reply, .. }, Done::Count(n)) => {
+                let _ = reply.send(Ok(n));
+            }
             // A mismatch cannot happen (each writer pushes one `Done` per job, in order);
             // were it to, the job is failed rather than left hanging.
             (job, _) => job.fail(),
@@ -95,6 +119,9 @@ impl Job {
             Job::Profile { reply, .. }
             | Job::Counters { reply, .. }
             | Job::Restore { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Outbox { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Shutdown => {}

@@ -185,6 +185,8 @@ impl Writers {
                     }
                     done.push(Done::Other(Ok(())));
                 }
+                // Delivery writes its own transactions on PostgreSQL, never through here.
+                Job::Outbox { .. } => done.push(Done::Count(0)),
                 Job::Shutdown => done.push(Done::Nothing),
             }
             i += 1;

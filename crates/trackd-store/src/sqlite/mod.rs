@@ -3,6 +3,7 @@
 //! reads use their own connection.
 
 mod dedup;
+mod outbox;
 mod profile;
 mod read;
 mod schema;
@@ -27,6 +28,10 @@ use trackd_core::{
     Token, TrackedEvent,
 };
 
+use crate::job::OutboxOp;
+use trackd_core::delivery::{
+    DeliveryReport, Destination, DestinationChange, DestinationSpec, OutboxItem,
+};
 use writer::{Job, Writer, WriterConfig};
 
 /// The database file's name inside the data directory.
@@ -552,6 +557,74 @@ impl Store for SqliteStore {
             }
             bump_credentials_version(&tx).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
+        })
+    }
+
+    fn destinations(
+        &self,
+        project: Option<ProjectId>,
+        with_backlog: bool,
+    ) -> StoreFuture<'_, Vec<Destination>> {
+        self.read(move |conn| outbox::destinations(conn, project, with_backlog))
+    }
+
+    fn add_destination(
+        &self,
+        project: ProjectId,
+        spec: DestinationSpec,
+        secret: String,
+    ) -> StoreFuture<'_, Destination> {
+        self.admin(move |conn, now| outbox::add_destination(conn, now, project, &spec, &secret))
+    }
+
+    fn change_destination(
+        &self,
+        project: ProjectId,
+        name: &str,
+        change: DestinationChange,
+    ) -> StoreFuture<'_, ()> {
+        let name = name.to_owned();
+        self.admin(move |conn, _| outbox::change_destination(conn, project, &name, &change))
+    }
+
+    fn outbox(
+        &self,
+        project: ProjectId,
+        after: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<OutboxItem>> {
+        self.read(move |conn| outbox::items(conn, project, after, limit))
+    }
+
+    fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>> {
+        self.read(move |conn| outbox::redrive_items(conn, destination, limit))
+    }
+
+    fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool> {
+        let done = self.submit(|reply| Job::Outbox {
+            op: Box::new(OutboxOp::Report(report)),
+            reply,
+        });
+        Box::pin(async move { Ok(done.await? == 1) })
+    }
+
+    fn lease(&self, destination: i64, node: &str, ttl_ms: i64) -> StoreFuture<'_, bool> {
+        let done = self.submit(|reply| Job::Outbox {
+            op: Box::new(OutboxOp::Lease {
+                destination,
+                node: node.to_owned(),
+                ttl_ms,
+            }),
+            reply,
+        });
+        Box::pin(async move { Ok(done.await? == 1) })
+    }
+
+    fn prune_outbox(&self, keep_micros: i64) -> StoreFuture<'_, u64> {
+        let cutoff = self.clock.now().as_micros().saturating_sub(keep_micros);
+        self.submit(|reply| Job::Outbox {
+            op: Box::new(OutboxOp::Prune { cutoff }),
+            reply,
         })
     }
 

@@ -93,6 +93,7 @@ fn resolve(
 }
 
 /// Applies one change: reads what the planner asks for, lets it decide, writes the plan.
+/// `Ok(Ok(Some(user)))` names the user it changed (`None`: nothing changed);
 /// `Ok(Err(NotFound))` when it needs a user that does not exist (the batch goes on); `Err`
 /// only for a database failure (the batch rolls back).
 pub(crate) fn apply(
@@ -100,7 +101,7 @@ pub(crate) fn apply(
     request: &ProfileRequest,
     index: &DedupIndex,
     overlay: &mut Overlay,
-) -> rusqlite::Result<Result<(), StoreError>> {
+) -> rusqlite::Result<Result<Option<i64>, StoreError>> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {
@@ -110,18 +111,17 @@ pub(crate) fn apply(
             Found::Pair(by_key(tx, project, &from)?, by_key(tx, project, &to)?)
         }
     };
-    match plan::plan(&request.change, now, found, &request.limits) {
-        Plan::Nothing => {}
+    let changed = match plan::plan(&request.change, now, found, &request.limits) {
+        Plan::Nothing => None,
         Plan::NotFound => return Ok(Err(StoreError::NotFound("user".into()))),
         Plan::Refused(e) => return Ok(Err(StoreError::Invalid(e))),
-        Plan::Save(mut row) => {
-            save(&mut row, tx, project, now)?;
-        }
+        Plan::Save(mut row) => Some(save(&mut row, tx, project, now)?),
         // Dedup records point at the row, so they follow a rename by themselves.
-        Plan::Rename { mut user, .. } => {
-            save(&mut user, tx, project, now)?;
+        Plan::Rename { mut user, .. } => Some(save(&mut user, tx, project, now)?),
+        Plan::Delete(row) => {
+            delete(tx, row.id, index, overlay)?;
+            Some(row.id)
         }
-        Plan::Delete(row) => delete(tx, row.id, index, overlay)?,
         Plan::Merge { from, mut into } => {
             for table in ["events", "dedup"] {
                 tx.prepare_cached(&format!(
@@ -129,12 +129,13 @@ pub(crate) fn apply(
                 ))?
                 .execute(params![from.id, into.id])?;
             }
+            super::outbox::merge_user(tx, from.id, into.id)?;
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                 .execute([from.id])?;
-            save(&mut into, tx, project, now)?;
+            Some(save(&mut into, tx, project, now)?)
         }
-    }
-    Ok(Ok(()))
+    };
+    Ok(Ok(changed))
 }
 
 /// Removes a user, its events and its dedup records.
@@ -163,6 +164,7 @@ fn delete(
             overlay.forget(key);
         }
     }
+    super::outbox::forget_user(tx, user)?;
     tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
         .execute([user])?;
     Ok(())

@@ -94,6 +94,56 @@ CREATE TABLE counters (
 -- first use, with `value` 0).
 ALTER TABLE meta ADD COLUMN bytes BLOB;
 "#,
+    r#"
+-- Delivery (DESIGN §8). A destination's cursor is the last outbox position its receiver
+-- acknowledged; `generation` changes on pause, resume and replay so a loop of an older one
+-- stops; the lease says which process delivers it.
+CREATE TABLE destinations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id  INTEGER NOT NULL REFERENCES projects(id),
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    settings    TEXT NOT NULL,    -- JSON: url, batch, events, only, token, subject_prefix
+    secret      TEXT NOT NULL,    -- the webhook signing secret (whsec_), '' for other kinds
+    paused      TEXT,             -- why, when paused
+    cursor      INTEGER NOT NULL,
+    pending_to  INTEGER NOT NULL DEFAULT 0, -- the batch being sent ends here (0: none)
+    generation  INTEGER NOT NULL DEFAULT 0,
+    delivered   INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (project_id, name)
+);
+
+-- Committed items of projects that have destinations, in commit order. An event's item
+-- points at its row (no copy of the data: deleting the user deletes what it would send); a
+-- profile change keeps its normalised body, deleted with the user.
+CREATE TABLE outbox (
+    project_id  INTEGER NOT NULL,
+    pos         INTEGER NOT NULL, -- from meta.outbox_pos: commit order, never reused
+    user_ref    INTEGER NOT NULL, -- users.id: order is kept per user
+    kind        INTEGER NOT NULL, -- delivery::ItemKind
+    event_id    INTEGER,
+    body        TEXT,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (project_id, pos)
+) WITHOUT ROWID;
+CREATE INDEX outbox_changes_by_user ON outbox(user_ref) WHERE body IS NOT NULL;
+INSERT INTO meta(key, value) VALUES ('outbox_pos', 0);
+
+-- Items a receiver refused for good, until redriven.
+CREATE TABLE dead_letters (
+    destination_id INTEGER NOT NULL,
+    pos            INTEGER NOT NULL,
+    status         INTEGER NOT NULL,
+    response       TEXT NOT NULL,   -- the first KiB of the answer
+    failed_at      INTEGER NOT NULL,
+    redrive        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination_id, pos)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the latest schema, each step in its own transaction. Safe to run

@@ -18,7 +18,10 @@ use trackd_core::{
 };
 
 use super::dedup::{DedupIndex, Overlay};
+use super::outbox::{self, OutboxState};
 use super::profile;
+use crate::job::OutboxOp;
+use trackd_core::delivery::{change_item, ItemKind};
 
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -43,6 +46,8 @@ pub(crate) struct Writer {
     /// `PRAGMA data_version` at the end of the last batch: it moves when another connection
     /// committed, and then the dedup index catches up.
     data_version: i64,
+    /// Which projects write items, and the outbox's last position.
+    outbox: OutboxState,
     /// The last reopen failed: `conn` must not be used again.
     broken: bool,
 }
@@ -71,12 +76,14 @@ impl Writer {
         config: WriterConfig,
     ) -> rusqlite::Result<Self> {
         let (dedup, data_version) = load_index(&conn, &config)?;
+        let outbox = OutboxState::load(&conn)?;
         Ok(Writer {
             conn,
             jobs,
             config,
             dedup,
             data_version,
+            outbox,
             broken: false,
         })
     }
@@ -137,10 +144,14 @@ impl Writer {
         let result = write_batch(
             &mut self.conn,
             batch,
-            self.config.window_micros,
-            &self.dedup,
-            &mut self.data_version,
-            self.config.live.watched(),
+            &mut Batch {
+                window_micros: self.config.window_micros,
+                index: &self.dedup,
+                seen_version: &mut self.data_version,
+                watched: self.config.live.watched(),
+                outbox: &mut self.outbox,
+                now: self.config.clock.now().as_micros(),
+            },
         );
         match result {
             Ok(written) => {
@@ -207,13 +218,15 @@ impl Writer {
             super::open_write_connection(&self.config.path, self.config.wal_checkpoint_pages)
                 .and_then(|conn| {
                     let (dedup, data_version) = load_index(&conn, &self.config)?;
-                    Ok((conn, dedup, data_version))
+                    let outbox = OutboxState::load(&conn)?;
+                    Ok((conn, dedup, data_version, outbox))
                 });
         match opened {
-            Ok((conn, dedup, data_version)) => {
+            Ok((conn, dedup, data_version, outbox)) => {
                 self.conn = conn;
                 self.dedup = dedup;
                 self.data_version = data_version;
+                self.outbox = outbox;
                 self.broken = false;
                 tracing::warn!("write connection reopened");
                 true
@@ -305,29 +318,41 @@ struct Written {
     erased: bool,
 }
 
+/// What a batch is written with besides its jobs.
+struct Batch<'a> {
+    window_micros: i64,
+    index: &'a DedupIndex,
+    seen_version: &'a mut i64,
+    watched: bool,
+    outbox: &'a mut OutboxState,
+    now: i64,
+}
+
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
-/// decision; then the user upsert, the event row and its dedup record) and profile changes.
-/// Nothing is written unless everything is.
+/// decision; then the user upsert, the event row, its dedup record and its outbox item) and
+/// profile changes (and theirs). Nothing is written unless everything is.
 fn write_batch(
     conn: &mut Connection,
     jobs: &[Job],
-    window_micros: i64,
-    index: &DedupIndex,
-    seen_version: &mut i64,
-    watched: bool,
+    b: &mut Batch<'_>,
 ) -> rusqlite::Result<Written> {
+    let (window_micros, index, watched) = (b.window_micros, b.index, b.watched);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Under the write lock no other connection can commit: if one did since the last batch
-    // (an import beside the server), its dedup records are read before any lookup.
+    // (an import beside the server, a destination added by the CLI), its dedup records and
+    // the outbox's state are read before any lookup.
     let version = data_version(&tx)?;
     let mut catch_up = None;
     let mut overlay = Overlay::default();
-    if version != *seen_version {
+    if version != *b.seen_version {
         catch_up = Some(version);
         for (key, received) in DedupIndex::records_after(&tx, index.last_id())? {
             overlay.record(key, received);
         }
+        *b.outbox = OutboxState::load(&tx)?;
     }
+    // A failed batch leaves the writer's state as it was (the writer reopens and reloads).
+    let mut items = b.outbox.clone();
     let mut done = Vec::with_capacity(jobs.len());
     let mut totals = Totals::default();
     let mut last_dedup_id = 0;
@@ -345,6 +370,18 @@ fn write_batch(
                     &mut overlay,
                     &mut last_dedup_id,
                 )?;
+                if let Some((user_ref, id)) = id {
+                    items.append(
+                        &tx,
+                        event.project,
+                        ItemKind::Event,
+                        user_ref,
+                        Some(id),
+                        None,
+                        event.received_at.as_micros(),
+                    )?;
+                }
+                let id = id.map(|(_, id)| id);
                 if watched {
                     let batch = live.entry(project).or_insert_with(|| LiveBatch {
                         project: event.project,
@@ -363,7 +400,21 @@ fn write_batch(
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
                 erased |= result.is_ok()
                     && matches!(request.change, trackd_core::ProfileChange::Delete { .. });
-                done.push(Done::Other(result));
+                if let Ok(Some(user_ref)) = result {
+                    if items.wanted(request.project) {
+                        let (kind, body) = change_item(&request.change);
+                        items.append(
+                            &tx,
+                            request.project,
+                            kind,
+                            user_ref,
+                            None,
+                            Some(&body),
+                            request.received_at.as_micros(),
+                        )?;
+                    }
+                }
+                done.push(Done::Other(result.map(|_| ())));
             }
             Job::Restore { events, .. } => {
                 for event in events {
@@ -377,9 +428,22 @@ fn write_batch(
                 }
                 done.push(Done::Other(Ok(())));
             }
+            Job::Outbox { op, .. } => {
+                let n = match op.as_ref() {
+                    OutboxOp::Report(r) => u64::from(outbox::report(&tx, r, b.now)?),
+                    OutboxOp::Lease {
+                        destination,
+                        node,
+                        ttl_ms,
+                    } => u64::from(outbox::lease(&tx, *destination, node, *ttl_ms, b.now)?),
+                    OutboxOp::Prune { cutoff } => outbox::prune(&tx, *cutoff)?,
+                };
+                done.push(Done::Count(n));
+            }
             Job::Shutdown => done.push(Done::Nothing),
         }
     }
+    items.finish(&tx)?;
     let mut count = tx.prepare_cached(
         "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
          ON CONFLICT (project_id, name) DO UPDATE SET value = value + excluded.value",
@@ -389,6 +453,7 @@ fn write_batch(
     }
     drop(count);
     tx.commit()?;
+    *b.outbox = items;
     Ok(Written {
         done,
         overlay,
@@ -483,6 +548,7 @@ fn upsert_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> {
 }
 
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
+/// Returns the outcome and, when stored, the user's and the event's row ids.
 fn track_event(
     tx: &Transaction<'_>,
     event: &TrackedEvent,
@@ -490,7 +556,7 @@ fn track_event(
     index: &DedupIndex,
     overlay: &mut Overlay,
     last_dedup_id: &mut i64,
-) -> rusqlite::Result<(InsertOutcome, Option<i64>)> {
+) -> rusqlite::Result<(InsertOutcome, Option<(i64, i64)>)> {
     let project = event.project.get();
     let key = *event.dedup_key.as_bytes();
     let received = event.received_at.as_micros();
@@ -511,5 +577,5 @@ fn track_event(
         *last_dedup_id = tx.last_insert_rowid();
         overlay.record(key, received);
     }
-    Ok((InsertOutcome::Inserted, Some(id)))
+    Ok((InsertOutcome::Inserted, Some((user_ref, id))))
 }
