@@ -293,7 +293,8 @@ impl<'a> Params<'a> {
             .map(|(_, v)| v.as_str())
     }
 
-    fn time(&self, name: &str) -> Result<Option<Timestamp>, FieldError> {
+    /// A time parameter: ISO 8601 or Unix seconds.
+    pub fn time(&self, name: &str) -> Result<Option<Timestamp>, FieldError> {
         let Some(text) = self.get(name) else {
             return Ok(None);
         };

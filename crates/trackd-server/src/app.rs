@@ -26,6 +26,7 @@ pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    delivery: crate::delivery::DeliveryConfig,
 }
 
 impl App {
@@ -42,6 +43,7 @@ impl App {
         Ok(App {
             listener,
             metrics_listener: None,
+            delivery: crate::delivery::DeliveryConfig::default(),
             state: AppState {
                 admission: Arc::new(Admission::new(&limits)),
                 metrics,
@@ -66,6 +68,12 @@ impl App {
         self
     }
 
+    /// How this server delivers to destinations (on by default).
+    pub fn with_delivery(mut self, config: crate::delivery::DeliveryConfig) -> Self {
+        self.delivery = config;
+        self
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -81,6 +89,7 @@ impl App {
             listener,
             metrics_listener,
             state,
+            delivery,
         } = self;
         let header_timeout = state.limits.header_timeout;
         let store = state.store.clone();
@@ -89,6 +98,16 @@ impl App {
             tokio::spawn(flush_rejections(store.clone(), state.rejections.clone())),
             tokio::spawn(prune_rate_limits(state.admission.clone())),
         ];
+        let delivering = tokio_util::sync::CancellationToken::new();
+        if delivery.enabled {
+            background.push(tokio::spawn(crate::delivery::run(
+                store.clone(),
+                state.clock.clone(),
+                delivery,
+                state.metrics.delivery.clone(),
+                delivering.clone(),
+            )));
+        }
         let metrics_listener_absent = metrics_listener.is_none();
         if let Some(listener) = metrics_listener {
             let router = api::metrics_router(state.metrics.clone())
@@ -108,6 +127,9 @@ impl App {
         };
         let router = api::router(state, metrics_listener_absent);
         let served = serve(listener, router, header_timeout, shutdown).await;
+        // Delivery stops first: an attempt in flight is sent again after a restart (its
+        // items keep their ids).
+        delivering.cancel();
         for task in background {
             task.abort();
         }

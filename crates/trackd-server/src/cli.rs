@@ -49,6 +49,93 @@ pub enum Command {
     /// Import NDJSON: export lines are restored as they were, Vero track bodies are
     /// ingested like API requests.
     Import(ImportArgs),
+    /// Deliver a project's events and profile changes to webhooks, Vero and NATS.
+    #[command(subcommand)]
+    Destination(DestinationCommand),
+}
+
+/// `trackd destination ...`.
+#[derive(Debug, Subcommand)]
+pub enum DestinationCommand {
+    /// Add a destination; it gets every item committed from now on.
+    Add {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// Its name: letters, digits, '-', '_'.
+        #[arg(long)]
+        name: String,
+        /// webhook, vero or nats.
+        #[arg(long)]
+        kind: String,
+        /// Receiver: http(s):// (webhook; vero: its API base, Vero's by default) or nats://.
+        #[arg(long)]
+        url: Option<String>,
+        /// Items per webhook batch (1 to 1000).
+        #[arg(long)]
+        batch: Option<u32>,
+        /// Only these event names (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// events, users or all.
+        #[arg(long)]
+        only: Option<String>,
+        /// The Vero auth token (vero).
+        #[arg(long, env = "TRACKD_VERO_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Subject prefix (nats): subjects are PREFIX.<project>.event|user.
+        #[arg(long)]
+        subject_prefix: Option<String>,
+        /// Print {"name","kind","secret"} as JSON (the signing secret is shown once).
+        #[arg(long)]
+        json: bool,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Each destination: state, backlog, oldest undelivered age, delivered, dead letters.
+    List {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Stop delivering (the backlog keeps growing).
+    Pause(DestinationName),
+    /// Deliver again.
+    Resume(DestinationName),
+    /// Remove it, its cursor and its dead letters.
+    Remove(DestinationName),
+    /// Send again every kept item received at or after --since.
+    Replay {
+        /// Which destination.
+        #[command(flatten)]
+        which: DestinationName,
+        /// ISO 8601 or Unix seconds.
+        #[arg(long)]
+        since: String,
+    },
+    /// Send the dead letters again.
+    Redrive(DestinationName),
+}
+
+/// Which destination.
+#[derive(Debug, Args)]
+pub struct DestinationName {
+    /// The project.
+    #[arg(long)]
+    project: String,
+    /// The destination.
+    #[arg(long)]
+    name: String,
+    /// Where the data lives.
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// A running server to talk to instead of the data directory.
@@ -205,6 +292,19 @@ pub struct ServeArgs {
     /// Serve /metrics on this address instead of --listen.
     #[arg(long, env = "TRACKD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Deliver to destinations from this node (on PostgreSQL, nodes share them by lease).
+    #[arg(long, env = "TRACKD_DELIVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    delivery: bool,
+    /// Seconds one delivery attempt may take before it counts as failed and is retried.
+    #[arg(long, env = "TRACKD_DELIVERY_TIMEOUT", default_value_t = 10)]
+    delivery_timeout: u64,
+    /// Milliseconds the first retry waits at most; the wait doubles (full jitter) to 10
+    /// minutes.
+    #[arg(long, env = "TRACKD_DELIVERY_RETRY_BASE_MS", default_value_t = 1000)]
+    delivery_retry_base_ms: u64,
+    /// Hours delivered items stay in the outbox, for `destination replay`.
+    #[arg(long, env = "TRACKD_OUTBOX_KEEP_HOURS", default_value_t = 24)]
+    outbox_keep_hours: u64,
     /// HTTP worker threads [default: one less than the CPUs, at least one: the store's
     /// writer thread is a core's worth of work of its own].
     #[arg(long, env = "TRACKD_WORKERS")]
@@ -384,9 +484,146 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Export(args) => crate::transfer::export(args).await,
         Command::Import(args) => crate::transfer::import(args).await,
+        Command::Destination(cmd) => destination(cmd).await,
         Command::Token(cmd) => credential(cmd, CredentialKind::Tracking).await,
         Command::Key(cmd) => credential(cmd, CredentialKind::Secret).await,
     }
+}
+
+async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
+    use trackd_core::delivery::{DestinationChange, DestinationSpec};
+    let now = trackd_core::Clock::now(&SystemClock);
+    let (which, change) = match cmd {
+        DestinationCommand::Add {
+            project,
+            name,
+            kind,
+            url,
+            batch,
+            events,
+            only,
+            token,
+            subject_prefix,
+            json,
+            store,
+        } => {
+            let mut body = serde_json::Map::new();
+            body.insert("name".into(), name.into());
+            body.insert("kind".into(), kind.into());
+            for (field, value) in [
+                ("url", url),
+                ("only", only),
+                ("token", token),
+                ("subject_prefix", subject_prefix),
+            ] {
+                if let Some(v) = value {
+                    body.insert(field.into(), v.into());
+                }
+            }
+            if let Some(b) = batch {
+                body.insert("batch".into(), b.into());
+            }
+            if !events.is_empty() {
+                body.insert("events".into(), events.into());
+            }
+            let spec = DestinationSpec::from_json(&body)?;
+            let store = admin_store(&store).await?;
+            let added = async {
+                let p = store.project(&project).await?;
+                crate::api::destinations::create(&store, p.id, spec).await
+            }
+            .await;
+            store.shutdown().await?;
+            let d = added?;
+            if json {
+                let mut out = json!({"name": d.spec.name, "kind": d.spec.kind.as_str()});
+                if !d.secret.is_empty() {
+                    out["secret"] = d.secret.clone().into();
+                }
+                println!("{out}");
+            } else {
+                println!(
+                    "destination {} ({}) added",
+                    d.spec.name,
+                    d.spec.kind.as_str()
+                );
+                if !d.secret.is_empty() {
+                    println!("  signing secret (shown once): {}", d.secret);
+                }
+            }
+            return Ok(());
+        }
+        DestinationCommand::List {
+            project,
+            json,
+            store,
+        } => {
+            let store = admin_store(&store).await?;
+            let listed = async {
+                let p = store.project(&project).await?;
+                store.destinations(Some(p.id), true).await
+            }
+            .await;
+            store.shutdown().await?;
+            let list = listed?;
+            if json {
+                let all: Vec<_> = list.iter().map(|d| d.to_json(now)).collect();
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<9} {:>10} {:>8} {:>12} {:>6}  LAST ERROR",
+                    "NAME", "KIND", "STATE", "BACKLOG", "OLDEST", "DELIVERED", "DEAD"
+                );
+                for d in &list {
+                    println!(
+                        "{:<24} {:<8} {:<9} {:>10} {:>7}s {:>12} {:>6}  {}",
+                        d.spec.name,
+                        d.spec.kind.as_str(),
+                        d.state(),
+                        d.backlog,
+                        d.oldest_undelivered_secs(now),
+                        d.delivered,
+                        d.dead_letters,
+                        d.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            return Ok(());
+        }
+        DestinationCommand::Pause(w) => (w, DestinationChange::Pause),
+        DestinationCommand::Resume(w) => (w, DestinationChange::Resume),
+        DestinationCommand::Remove(w) => (w, DestinationChange::Remove),
+        DestinationCommand::Redrive(w) => (w, DestinationChange::Redrive),
+        DestinationCommand::Replay { which, since } => {
+            let pairs = [("since".to_owned(), since)];
+            let since = trackd_core::read::Params::new(&pairs, &["since"])?
+                .time("since")?
+                .ok_or_else(|| CliError::Invalid("--since: is required".into()))?;
+            (
+                which,
+                DestinationChange::Replay {
+                    since: since.as_micros(),
+                },
+            )
+        }
+    };
+    let what = match &change {
+        DestinationChange::Pause => "paused",
+        DestinationChange::Resume => "resumed",
+        DestinationChange::Remove => "removed",
+        DestinationChange::Replay { .. } => "replaying",
+        DestinationChange::Redrive => "redriving its dead letters",
+    };
+    let store = admin_store(&which.store).await?;
+    let changed = async {
+        let p = store.project(&which.project).await?;
+        store.change_destination(p.id, &which.name, change).await
+    }
+    .await;
+    store.shutdown().await?;
+    changed?;
+    eprintln!("destination {} {what}", which.name);
+    Ok(())
 }
 
 async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), CliError> {
@@ -516,7 +753,15 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         },
         export_timeout: Duration::from_secs(args.export_timeout),
     };
-    let mut app = App::build(listener, store, Arc::new(SystemClock), limits).await?;
+    let mut app = App::build(listener, store, Arc::new(SystemClock), limits)
+        .await?
+        .with_delivery(crate::delivery::DeliveryConfig {
+            enabled: args.delivery,
+            timeout: Duration::from_secs(args.delivery_timeout.max(1)),
+            retry_base: Duration::from_millis(args.delivery_retry_base_ms.max(1)),
+            keep: Duration::from_secs(args.outbox_keep_hours.saturating_mul(3600)),
+            ..Default::default()
+        });
     if let Some(addr) = args.metrics_listen {
         let metrics_listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");

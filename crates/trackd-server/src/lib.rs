@@ -13,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod conn;
+pub mod delivery;
 pub mod import;
 pub mod transfer;
 

@@ -45,6 +45,8 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     limited: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
+    /// Delivery's, per destination.
+    pub delivery: Arc<crate::delivery::DeliveryMetrics>,
 }
 
 impl Metrics {
@@ -58,6 +60,7 @@ impl Metrics {
             limited: Family::default(),
             in_flight: Gauge::default(),
             registry: Registry::default(),
+            delivery: Arc::default(),
         };
         registry.register(
             "http_requests",
@@ -85,6 +88,7 @@ impl Metrics {
             metrics.in_flight.clone(),
         );
         store.register(&mut registry);
+        metrics.delivery.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod destinations;
 pub mod error;
 pub mod limit;
 pub mod metrics;
@@ -244,6 +245,84 @@ const READ_ROUTES: [(&str, &str, ReadRoute); 7] = [
     ("/api/v2/events/live", "GET", ReadRoute::Live),
 ];
 
+/// The destination routes (secret key): path, method, what answers.
+pub(crate) const DESTINATION_ROUTES: [(&str, &str, destinations::Action); 8] = [
+    ("/api/v2/destinations", "GET", destinations::Action::List),
+    ("/api/v2/destinations", "POST", destinations::Action::Create),
+    (
+        "/api/v2/destinations/{name}",
+        "GET",
+        destinations::Action::Show,
+    ),
+    (
+        "/api/v2/destinations/{name}",
+        "DELETE",
+        destinations::Action::Remove,
+    ),
+    (
+        "/api/v2/destinations/{name}/pause",
+        "POST",
+        destinations::Action::Pause,
+    ),
+    (
+        "/api/v2/destinations/{name}/resume",
+        "POST",
+        destinations::Action::Resume,
+    ),
+    (
+        "/api/v2/destinations/{name}/replay",
+        "POST",
+        destinations::Action::Replay,
+    ),
+    (
+        "/api/v2/destinations/{name}/redrive",
+        "POST",
+        destinations::Action::Redrive,
+    ),
+];
+
+/// The destination routes, one method router per path.
+fn destination_routes() -> Router<AppState> {
+    let mut router = Router::new();
+    let mut paths: Vec<&str> = DESTINATION_ROUTES.iter().map(|(p, _, _)| *p).collect();
+    paths.dedup();
+    for path in paths {
+        let methods: Vec<(&str, destinations::Action)> = DESTINATION_ROUTES
+            .iter()
+            .filter(|(p, _, _)| *p == path)
+            .map(|(_, m, a)| (*m, *a))
+            .collect();
+        let allow: &'static str = match methods.len() {
+            1 => methods[0].0,
+            _ if methods.iter().any(|(m, _)| *m == "DELETE") => "GET, DELETE",
+            _ => "GET, POST",
+        };
+        let mut method_router: MethodRouter<AppState> = MethodRouter::new();
+        for (method, action) in methods {
+            let filter = MethodFilter::try_from(
+                Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+            )
+            .unwrap_or(MethodFilter::GET);
+            method_router = method_router.on(
+                filter,
+                move |State(state): State<AppState>,
+                      ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                      path: Result<
+                    axum::extract::Path<String>,
+                    axum::extract::rejection::PathRejection,
+                >,
+                      uri: Uri,
+                      headers: HeaderMap,
+                      body: Body| {
+                    destinations::handle(action, state, peer, path, uri, headers, body)
+                },
+            );
+        }
+        router = router.route(path, with_allow(method_router, allow));
+    }
+    router
+}
+
 fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
     let filter = allow
         .split(", ")
@@ -304,6 +383,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         };
         reads = reads.route(path, with_allow(method_router, allow));
     }
+    reads = reads.merge(destination_routes());
     // Probes: no credential.
     let probes = Router::new()
         .route("/healthz", with_allow(get(track::healthz), "GET"))

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use trackd_core::read::MAX_LIMIT;
 
-use super::{vero_paths, Handler, ReadRoute, READ_ROUTES, VERO_ROUTES};
+use super::destinations::Action;
+use super::{vero_paths, Handler, ReadRoute, DESTINATION_ROUTES, READ_ROUTES, VERO_ROUTES};
 use trackd_core::ProfileOp;
 
 /// `GET /openapi.json`: built once, served as bytes.
@@ -46,6 +47,10 @@ pub fn build() -> Value {
     for (path, method, route) in READ_ROUTES {
         let item = json!({ method.to_lowercase(): read_operation(route) });
         paths.insert(path.to_owned(), item);
+    }
+    for (path, method, action) in DESTINATION_ROUTES {
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method.to_lowercase()] = destination_operation(action);
     }
     for (path, summary) in [
         ("/healthz", "The process is up"),
@@ -274,6 +279,83 @@ fn read_operation(route: ReadRoute) -> Value {
     operation
 }
 
+fn destination_operation(action: Action) -> Value {
+    let name = json!({"name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}});
+    let (op_id, summary, ok) = match action {
+        Action::List => (
+            "list_destinations",
+            "The project's destinations and where each stands",
+            json_ok("DestinationList"),
+        ),
+        Action::Create => (
+            "create_destination",
+            "Adds a destination (a webhook's signing secret is in this answer only)",
+            json_ok("Destination"),
+        ),
+        Action::Show => ("get_destination", "One destination", json_ok("Destination")),
+        Action::Remove => (
+            "remove_destination",
+            "Removes a destination, its cursor and its dead letters",
+            success(),
+        ),
+        Action::Pause => (
+            "pause_destination",
+            "Stops delivering (the backlog grows)",
+            json_ok("Destination"),
+        ),
+        Action::Resume => (
+            "resume_destination",
+            "Delivers again",
+            json_ok("Destination"),
+        ),
+        Action::Replay => (
+            "replay_destination",
+            "Sends again every kept item received at or after since",
+            json_ok("Destination"),
+        ),
+        Action::Redrive => (
+            "redrive_destination",
+            "Sends the dead letters again",
+            json_ok("Destination"),
+        ),
+    };
+    let mut parameters = Vec::new();
+    if !matches!(action, Action::List | Action::Create) {
+        parameters.push(name);
+    }
+    if action == Action::Replay {
+        parameters.push(json!({"name": "since", "in": "query", "required": true,
+            "schema": {"type": "string"},
+            "description": "Receive time to replay from (ISO 8601 or Unix seconds)"}));
+    }
+    let mut responses = responses(false, true);
+    responses["200"] = ok.clone();
+    if action == Action::Create {
+        responses["201"] = ok;
+        if let Some(r) = responses.as_object_mut() {
+            r.remove("200");
+        }
+        responses["409"] = error_ref();
+    }
+    if !matches!(action, Action::List | Action::Create) {
+        responses["404"] = error_ref();
+    }
+    let mut operation = json!({
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["destinations"],
+        "security": [{"secretKey": []}],
+        "parameters": parameters,
+        "responses": responses,
+    });
+    if action == Action::Create {
+        operation["requestBody"] = json!({"required": true, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/DestinationSpec"}}}});
+    }
+    operation
+}
+
 fn json_ok(schema: &str) -> Value {
     json!({"description": "OK", "content": {"application/json": {
         "schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
@@ -359,6 +441,37 @@ fn components() -> Value {
                 "next_cursor": {"type": "string", "nullable": true}}},
             "ImportSummary": {"type": "object"},
             "Stats": {"type": "object"},
+            "DestinationList": {"type": "object", "required": ["destinations"], "properties": {
+                "destinations": {"type": "array",
+                    "items": {"$ref": "#/components/schemas/Destination"}}}},
+            "Destination": {"type": "object", "required": ["name", "kind", "state", "backlog",
+                "oldest_undelivered_secs", "delivered", "dead_letters"], "properties": {
+                "name": {"type": "string"},
+                "kind": {"type": "string", "enum": ["webhook", "vero", "nats"]},
+                "url": {"type": "string"},
+                "batch": {"type": "integer"},
+                "events": {"type": "array", "items": {"type": "string"}},
+                "only": {"type": "string", "enum": ["all", "events", "users"]},
+                "subject_prefix": {"type": "string", "nullable": true},
+                "state": {"type": "string", "enum": ["running", "retrying", "paused"]},
+                "paused_reason": {"type": "string", "nullable": true},
+                "backlog": {"type": "integer"},
+                "oldest_undelivered_secs": {"type": "integer"},
+                "delivered": {"type": "integer"},
+                "dead_letters": {"type": "integer"},
+                "last_error": {"type": "string", "nullable": true},
+                "created_at": {"type": "string"},
+                "secret": {"type": "string", "description": "whsec_…, in the create answer only"}}},
+            "DestinationSpec": {"type": "object", "required": ["name", "kind"],
+                "additionalProperties": false, "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "kind": {"type": "string", "enum": ["webhook", "vero", "nats"]},
+                "url": {"type": "string", "description": "http(s):// (webhook, vero), nats:// (nats)"},
+                "batch": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                "events": {"type": "array", "items": {"type": "string"}},
+                "only": {"type": "string", "enum": ["all", "events", "users"]},
+                "token": {"type": "string", "description": "Vero auth token (vero only)"},
+                "subject_prefix": {"type": "string", "description": "nats only"}}},
         },
     })
 }

@@ -18,7 +18,7 @@ use trackd_core::{Credential, LiveItem};
 use super::error::ApiError;
 use super::{auth, body, AppState};
 
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     peer: SocketAddr,
     uri: &Uri,

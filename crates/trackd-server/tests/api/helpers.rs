@@ -33,6 +33,8 @@ pub struct TestConfig {
     pub parent_dir: Option<std::path::PathBuf>,
     /// SQLite even in the PostgreSQL suite (the parity test runs one of each).
     pub force_sqlite: bool,
+    /// Delivery to destinations: quick retries and polls, so tests run in seconds.
+    pub delivery: trackd_server::delivery::DeliveryConfig,
 }
 
 impl Default for TestConfig {
@@ -43,6 +45,12 @@ impl Default for TestConfig {
             queue_capacity: 50_000,
             parent_dir: None,
             force_sqlite: false,
+            delivery: trackd_server::delivery::DeliveryConfig {
+                timeout: Duration::from_secs(2),
+                retry_base: Duration::from_millis(100),
+                poll: Duration::from_millis(50),
+                ..Default::default()
+            },
         }
     }
 }
@@ -361,7 +369,8 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let app = App::build(listener, store, self.clock.clone(), self.config.limits)
             .await
-            .expect("app builds");
+            .expect("app builds")
+            .with_delivery(self.config.delivery.clone());
         self.addr = format!("http://{}", app.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         self.stop = Some(stop);

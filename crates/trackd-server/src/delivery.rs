@@ -1,0 +1,917 @@
+//! The delivery loops (DESIGN §8): every destination of every project gets a loop that
+//! holds its lease, reads the project's outbox after the destination's cursor, sends, and
+//! moves the cursor only after the receiver acknowledged. Nothing here is on the ingest
+//! path: a dead receiver only grows the backlog on disk.
+//!
+//! - [`run`]: the manager. Once a second it reads the destinations and starts or stops
+//!   loops (a new one, a pause, a resume, a replay each change the set); every few seconds
+//!   it refreshes the metrics and prunes the passed part of the outbox.
+//! - A loop ([`Loop`]) per (destination, generation), with a lease keeper beside it: when
+//!   the lease is lost (another node took it) or the generation moves, the loop stops and
+//!   its reports are refused by the store.
+//! - Senders: [`Loop::webhook`] (signed batches), [`Loop::vero`] (one Vero call per item,
+//!   in order per user, 16 users at once), [`Loop::nats`] (JetStream, `Nats-Msg-Id`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use trackd_core::delivery::{
+    backoff, batch_id, dead_letter_excerpt, retry_after, sign, verdict, webhook_body,
+    DeliveryReport, Destination, DestinationKind, ItemKind, OutboxItem, Verdict,
+};
+use trackd_core::{Clock, DynStore};
+
+/// How delivery runs.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Whether this node delivers at all.
+    pub enabled: bool,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+    /// The first retry's ceiling; doubles to 10 minutes.
+    pub retry_base: Duration,
+    /// How long delivered items stay in the outbox (for `replay`).
+    pub keep: Duration,
+    /// How often an idle loop looks for new items.
+    pub poll: Duration,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(1),
+            keep: Duration::from_secs(24 * 3600),
+            poll: Duration::from_millis(200),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How often the manager looks at the destinations.
+const MANAGE_EVERY: Duration = Duration::from_secs(1);
+/// How often backlog gauges are counted and the outbox pruned.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Items a Vero or NATS loop reads at once.
+const READ_ITEMS: usize = 500;
+/// How often a loop looks for dead letters to redrive.
+const REDRIVE_EVERY: Duration = Duration::from_secs(1);
+/// Users whose Vero calls are in flight at once.
+const VERO_USERS_IN_FLIGHT: usize = 16;
+
+/// A destination's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    project: String,
+    destination: String,
+}
+
+/// An attempt's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    project: String,
+    destination: String,
+    outcome: &'static str,
+}
+
+/// Delivery's metrics, per destination.
+#[derive(Default)]
+pub struct DeliveryMetrics {
+    backlog: Family<DestinationLabels, Gauge>,
+    oldest: Family<DestinationLabels, Gauge>,
+    dead_letters: Family<DestinationLabels, Gauge>,
+    delivered: Family<DestinationLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+}
+
+impl DeliveryMetrics {
+    /// Registers the metrics (`trackd_delivery_*`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "delivery_backlog",
+            "Outbox items after a destination's cursor",
+            self.backlog.clone(),
+        );
+        registry.register(
+            "delivery_oldest_undelivered_seconds",
+            "Age of a destination's oldest undelivered item",
+            self.oldest.clone(),
+        );
+        registry.register(
+            "delivery_dead_letters",
+            "Items a destination's receiver refused for good, waiting for redrive",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "delivery_delivered",
+            "Items a destination's receiver acknowledged",
+            self.delivered.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by outcome (ok, retry, dead, paused)",
+            self.attempts.clone(),
+        );
+    }
+
+    fn attempt(&self, d: &Destination, outcome: &'static str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                project: d.project_name.clone(),
+                destination: d.spec.name.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn refresh(&self, d: &Destination, now: trackd_core::Timestamp) {
+        let labels = DestinationLabels {
+            project: d.project_name.clone(),
+            destination: d.spec.name.clone(),
+        };
+        self.backlog.get_or_create(&labels).set(d.backlog);
+        self.oldest
+            .get_or_create(&labels)
+            .set(d.oldest_undelivered_secs(now));
+        self.dead_letters.get_or_create(&labels).set(d.dead_letters);
+    }
+}
+
+/// What the loops share.
+struct Shared {
+    store: DynStore,
+    clock: Arc<dyn Clock>,
+    config: DeliveryConfig,
+    metrics: Arc<DeliveryMetrics>,
+    http: reqwest::Client,
+    /// This process's name in leases.
+    node: String,
+}
+
+/// Runs every destination's delivery until `stop` is cancelled.
+pub async fn run(
+    store: DynStore,
+    clock: Arc<dyn Clock>,
+    config: DeliveryConfig,
+    metrics: Arc<DeliveryMetrics>,
+    stop: CancellationToken,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .user_agent(concat!("trackd/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(error = %e, "delivery cannot start: no HTTP client");
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        store,
+        clock,
+        config,
+        metrics,
+        http,
+        node: format!("{:016x}", rand::random::<u64>()),
+    });
+    let mut loops: HashMap<i64, (i64, CancellationToken)> = HashMap::new();
+    let mut tick = tokio::time::interval(MANAGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let refresh = last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        let destinations = match shared.store.destinations(None, refresh).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading destinations failed, retrying");
+                continue;
+            }
+        };
+        if refresh {
+            last_refresh = Some(tokio::time::Instant::now());
+            let now = shared.clock.now();
+            for d in &destinations {
+                shared.metrics.refresh(d, now);
+            }
+            let keep = i64::try_from(shared.config.keep.as_micros()).unwrap_or(i64::MAX);
+            let store = shared.store.clone();
+            tokio::spawn(async move {
+                // Chunks of a few thousand rows, each its own short write.
+                for _ in 0..100 {
+                    match store.prune_outbox(keep).await {
+                        Ok(0) => break,
+                        Ok(n) => tracing::debug!(deleted = n, "outbox pruned"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "outbox prune failed");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        let mut wanted: HashMap<i64, i64> = HashMap::new();
+        for d in destinations {
+            if d.paused.is_some() {
+                continue;
+            }
+            wanted.insert(d.id, d.generation);
+            let running = loops
+                .get(&d.id)
+                .is_some_and(|(g, token)| *g == d.generation && !token.is_cancelled());
+            if !running {
+                if let Some((_, old)) = loops.remove(&d.id) {
+                    old.cancel();
+                }
+                let token = stop.child_token();
+                loops.insert(d.id, (d.generation, token.clone()));
+                tokio::spawn(Loop::start(shared.clone(), d, token));
+            }
+        }
+        loops.retain(|id, (generation, token)| {
+            let keep = wanted.get(id) == Some(generation);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+    }
+    for (_, token) in loops.into_values() {
+        token.cancel();
+    }
+}
+
+/// Why a loop stopped sending.
+enum Stop {
+    /// Cancelled: paused, removed, a new generation, the lease lost, shutting down.
+    Cancelled,
+}
+
+/// One destination's delivery at one generation.
+struct Loop {
+    shared: Arc<Shared>,
+    d: Destination,
+    stop: CancellationToken,
+    /// The last position acknowledged (or dead) that the store has not been told yet.
+    unreported: Option<i64>,
+    /// Items acknowledged since the last report.
+    delivered: i64,
+    /// Whether the store holds a last error to clear.
+    failing: bool,
+    nats: Option<async_nats::jetstream::Context>,
+    /// When dead letters were last looked for.
+    redrive_checked: tokio::time::Instant,
+}
+
+impl Loop {
+    async fn start(shared: Arc<Shared>, d: Destination, stop: CancellationToken) {
+        let mut l = Loop {
+            shared,
+            d,
+            stop,
+            unreported: None,
+            delivered: 0,
+            failing: false,
+            nats: None,
+            redrive_checked: tokio::time::Instant::now() - REDRIVE_EVERY,
+        };
+        // The lease first: only one node delivers a destination.
+        loop {
+            match l
+                .shared
+                .store
+                .lease(l.d.id, &l.shared.node, l.ttl_ms())
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "lease failed"),
+            }
+            if l.sleep(MANAGE_EVERY).await.is_err() {
+                return;
+            }
+        }
+        // Re-read at the lease: another node may have moved the cursor meanwhile.
+        match l.shared.store.destinations(Some(l.d.project), false).await {
+            Ok(all) => match all.into_iter().find(|x| x.id == l.d.id) {
+                Some(fresh) if fresh.generation == l.d.generation => l.d = fresh,
+                _ => return,
+            },
+            Err(_) => return,
+        }
+        l.failing = l.d.last_error.is_some();
+        tracing::info!(destination = %l.d.spec.name, kind = l.d.spec.kind.as_str(), "delivering");
+        tokio::spawn(keep_lease(l.shared.clone(), l.d.id, l.stop.clone()));
+        let _ = l.deliver().await;
+        l.stop.cancel();
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.shared.config.lease_ttl.as_millis()).unwrap_or(10_000)
+    }
+
+    /// Sleeps, or stops early when cancelled.
+    async fn sleep(&self, d: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            () = self.stop.cancelled() => Err(Stop::Cancelled),
+        }
+    }
+
+    async fn report(&mut self, mut r: DeliveryReport) -> Result<(), Stop> {
+        r.destination = self.d.id;
+        r.generation = self.d.generation;
+        r.node = self.shared.node.clone();
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            match self.shared.store.report_delivery(r.clone()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    // Another generation, or another node holds the lease.
+                    self.stop.cancel();
+                    return Err(Stop::Cancelled);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording delivery failed, retrying");
+                    self.sleep(Duration::from_secs(1)).await?;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&mut self) -> Result<(), Stop> {
+        let mut cursor = self.d.cursor;
+        let mut pending_to = self.d.pending_to;
+        loop {
+            self.redrive().await?;
+            let limit = match self.d.spec.kind {
+                DestinationKind::Webhook => self.d.spec.batch as usize,
+                _ => READ_ITEMS,
+            };
+            let read = self
+                .shared
+                .store
+                .outbox(self.d.project, cursor, limit)
+                .await;
+            let mut items = match read {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the outbox failed, retrying");
+                    self.sleep(Duration::from_secs(1)).await?;
+                    continue;
+                }
+            };
+            if pending_to > cursor {
+                // The batch that was being sent before a restart: the same range again.
+                items.retain(|i| i.pos <= pending_to);
+            }
+            let Some(last) = items.last().map(|i| i.pos) else {
+                if let Some(upto) = self.unreported.take() {
+                    let delivered = std::mem::take(&mut self.delivered);
+                    self.report(DeliveryReport {
+                        cursor: Some(upto),
+                        pending_to: Some(0),
+                        delivered,
+                        ..Default::default()
+                    })
+                    .await?;
+                    pending_to = 0;
+                }
+                self.sleep(self.shared.config.poll).await?;
+                continue;
+            };
+            let first_after = cursor;
+            let wanted: Vec<&OutboxItem> = items
+                .iter()
+                .filter(|i| i.is_live() && self.d.spec.wants(i))
+                .collect();
+            if wanted.is_empty() {
+                self.unreported = Some(last);
+                cursor = last;
+                continue;
+            }
+            // Tell the store what is acknowledged so far and which batch is going out, in
+            // one write: after a crash the same batch (same id) is sent again.
+            let delivered = std::mem::take(&mut self.delivered);
+            let upto = self.unreported.take();
+            if pending_to != last || upto.is_some() {
+                self.report(DeliveryReport {
+                    cursor: upto,
+                    pending_to: Some(last),
+                    delivered,
+                    ..Default::default()
+                })
+                .await?;
+                pending_to = last;
+            }
+            let dead = match self.d.spec.kind {
+                DestinationKind::Webhook => self.webhook(first_after, last, &wanted).await?,
+                DestinationKind::Vero => self.vero(&wanted).await?,
+                DestinationKind::Nats => self.nats(&wanted).await?,
+            };
+            let n = wanted.len() as i64 - dead.len() as i64;
+            self.shared
+                .metrics
+                .delivered
+                .get_or_create(&DestinationLabels {
+                    project: self.d.project_name.clone(),
+                    destination: self.d.spec.name.clone(),
+                })
+                .inc_by(n as u64);
+            if dead.is_empty() && !self.failing {
+                self.delivered += n;
+                self.unreported = Some(last);
+            } else {
+                // Dead letters and a cleared error are written at once.
+                let last_error = if self.failing { Some(None) } else { None };
+                let cleared = dead.is_empty();
+                let delivered = n + std::mem::take(&mut self.delivered);
+                self.report(DeliveryReport {
+                    cursor: Some(last),
+                    pending_to: Some(0),
+                    delivered,
+                    dead,
+                    last_error,
+                    ..Default::default()
+                })
+                .await?;
+                if cleared {
+                    self.failing = false;
+                }
+                pending_to = 0;
+            }
+            cursor = last;
+        }
+    }
+
+    /// Sends the dead letters marked for redrive, if any (looked for every few seconds).
+    async fn redrive(&mut self) -> Result<(), Stop> {
+        if self.redrive_checked.elapsed() < REDRIVE_EVERY {
+            return Ok(());
+        }
+        self.redrive_checked = tokio::time::Instant::now();
+        {
+            let items = match self
+                .shared
+                .store
+                .redrive_items(self.d.id, self.d.spec.batch.max(1) as usize)
+                .await
+            {
+                Ok(items) if !items.is_empty() => items,
+                _ => return Ok(()),
+            };
+            let positions: Vec<i64> = items.iter().map(|i| i.pos).collect();
+            let wanted: Vec<&OutboxItem> = items.iter().filter(|i| i.is_live()).collect();
+            let first = positions[0] - 1;
+            let last = positions[positions.len() - 1];
+            let dead = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                match self.d.spec.kind {
+                    DestinationKind::Webhook => {
+                        // A redriven batch has an id of its own (its own range, marked as
+                        // such), not one a receiver saw for another batch.
+                        self.webhook(first, -last, &wanted).await?
+                    }
+                    DestinationKind::Vero => self.vero(&wanted).await?,
+                    DestinationKind::Nats => self.nats(&wanted).await?,
+                }
+            };
+            let n = wanted.len() as i64 - dead.len() as i64;
+            self.report(DeliveryReport {
+                delivered: n,
+                redriven: positions,
+                dead,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt (once per run of failures, or when the error changes).
+    async fn failed(&mut self, error: String) -> Result<(), Stop> {
+        tracing::info!(destination = %self.d.spec.name, %error, "delivery attempt failed");
+        if !self.failing || self.d.last_error.as_deref() != Some(error.as_str()) {
+            self.report(DeliveryReport {
+                last_error: Some(Some(error.clone())),
+                ..Default::default()
+            })
+            .await?;
+            self.d.last_error = Some(error);
+            self.failing = true;
+        }
+        Ok(())
+    }
+
+    /// Waits before attempt `attempt + 1`.
+    async fn back_off(&self, attempt: u32, asked: Option<Duration>) -> Result<(), Stop> {
+        let wait = backoff(
+            self.shared.config.retry_base,
+            attempt,
+            rand::random::<f64>(),
+            asked,
+        );
+        self.sleep(wait).await
+    }
+
+    /// One webhook batch, retried until acknowledged or refused for good; returns the dead
+    /// letters (every item of a refused batch).
+    async fn webhook(
+        &mut self,
+        after: i64,
+        last: i64,
+        items: &[&OutboxItem],
+    ) -> Result<Vec<(i64, u16, String)>, Stop> {
+        let id = if last < 0 {
+            format!("{}_redrive", batch_id(self.d.id, after, -last))
+        } else {
+            batch_id(self.d.id, after, last)
+        };
+        let body = bytes::Bytes::from(webhook_body(self.d.project, &self.d.project_name, items));
+        let mut attempt = 0u32;
+        loop {
+            // Wall-clock seconds, whatever clock stamps receive times: receivers check a
+            // signature's freshness against their own clock.
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let Some(signature) = sign(&self.d.secret, &id, timestamp, &body) else {
+                self.pause("the signing secret is not a whsec_ secret".into())
+                    .await?;
+                return Err(Stop::Cancelled);
+            };
+            let sent = self
+                .shared
+                .http
+                .post(&self.d.spec.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(body.clone())
+                .send();
+            let answer = tokio::select! {
+                a = sent => a,
+                () = self.stop.cancelled() => return Err(Stop::Cancelled),
+            };
+            match self.judge(answer).await {
+                Judged::Ack => {
+                    self.shared.metrics.attempt(&self.d, "ok");
+                    return Ok(Vec::new());
+                }
+                Judged::Dead(status, excerpt) => {
+                    self.shared.metrics.attempt(&self.d, "dead");
+                    return Ok(items
+                        .iter()
+                        .map(|i| (i.pos, status, excerpt.clone()))
+                        .collect());
+                }
+                Judged::Pause(why) => {
+                    self.pause(why).await?;
+                    return Err(Stop::Cancelled);
+                }
+                Judged::Retry(error, asked) => {
+                    self.shared.metrics.attempt(&self.d, "retry");
+                    self.failed(error).await?;
+                    self.back_off(attempt, asked).await?;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Reads an answer (or its absence) into what to do next.
+    async fn judge(&self, answer: Result<reqwest::Response, reqwest::Error>) -> Judged {
+        match answer {
+            Err(e) => Judged::Retry(describe(&e), None),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let asked = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        retry_after(v, trackd_core::Clock::now(&trackd_core::SystemClock))
+                    });
+                let v = verdict(status, asked, self.d.spec.kind);
+                if v == Verdict::Ack {
+                    return Judged::Ack;
+                }
+                let excerpt = dead_letter_excerpt(&first_kib(response).await);
+                match v {
+                    Verdict::Ack => Judged::Ack,
+                    Verdict::Retry(asked) => Judged::Retry(
+                        format!("the receiver answered {status}: {}", one_line(&excerpt)),
+                        asked,
+                    ),
+                    Verdict::Dead => Judged::Dead(status, excerpt),
+                    Verdict::Pause => Judged::Pause(format!(
+                        "Vero answered {status} (the destination's token is refused): {}",
+                        one_line(&excerpt)
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn pause(&mut self, why: String) -> Result<(), Stop> {
+        self.shared.metrics.attempt(&self.d, "paused");
+        tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
+        let delivered = std::mem::take(&mut self.delivered);
+        let upto = self.unreported.take();
+        self.report(DeliveryReport {
+            cursor: upto,
+            delivered,
+            last_error: Some(Some(why.clone())),
+            pause: Some(why),
+            ..Default::default()
+        })
+        .await?;
+        self.stop.cancel();
+        Ok(())
+    }
+
+    /// Each item as the Vero call it came from: in order per user, users in parallel.
+    async fn vero(&mut self, items: &[&OutboxItem]) -> Result<Vec<(i64, u16, String)>, Stop> {
+        let mut by_user: BTreeMap<i64, Vec<OutboxItem>> = BTreeMap::new();
+        let mut order: Vec<i64> = Vec::new();
+        for item in items {
+            let list = by_user.entry(item.user_ref).or_default();
+            if list.is_empty() {
+                order.push(item.user_ref);
+            }
+            list.push((*item).clone());
+        }
+        let groups: Vec<Vec<OutboxItem>> = order
+            .into_iter()
+            .filter_map(|u| by_user.remove(&u))
+            .collect();
+        let this = &*self;
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut groups = groups.into_iter();
+        let mut outcomes: Vec<Result<UserOutcome, Stop>> = Vec::new();
+        loop {
+            while running.len() < VERO_USERS_IN_FLIGHT {
+                match groups.next() {
+                    Some(list) => running.push(this.vero_user(list)),
+                    None => break,
+                }
+            }
+            match running.next().await {
+                Some(outcome) => outcomes.push(outcome),
+                None => break,
+            }
+        }
+        drop(running);
+        let mut dead = Vec::new();
+        let mut pause = None;
+        let mut error = None;
+        for outcome in outcomes {
+            let outcome = outcome?;
+            dead.extend(outcome.dead);
+            if outcome.pause.is_some() {
+                pause = outcome.pause;
+            }
+            if outcome.error.is_some() {
+                error = outcome.error;
+            }
+        }
+        if let Some(why) = pause {
+            self.pause(why).await?;
+            return Err(Stop::Cancelled);
+        }
+        if let Some(e) = error {
+            // Recorded once the batch is through (items of other users went on meanwhile);
+            // the next report clears it.
+            self.failed(e).await?;
+        }
+        Ok(dead)
+    }
+
+    /// One user's items, in order, each retried until acknowledged or refused for good.
+    async fn vero_user(&self, items: Vec<OutboxItem>) -> Result<UserOutcome, Stop> {
+        let mut outcome = UserOutcome::default();
+        let token = self.d.spec.token.as_deref().unwrap_or_default();
+        let base = self.d.spec.url.trim_end_matches('/');
+        for item in items {
+            let (method, path, body) = item.vero_request();
+            let url = format!(
+                "{base}{path}?auth_token={}",
+                percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+            );
+            let method =
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+            let mut attempt = 0u32;
+            loop {
+                let sent = self
+                    .shared
+                    .http
+                    .request(method.clone(), &url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send();
+                let answer = tokio::select! {
+                    a = sent => a,
+                    () = self.stop.cancelled() => return Err(Stop::Cancelled),
+                };
+                match self.judge(answer).await {
+                    Judged::Ack => {
+                        self.shared.metrics.attempt(&self.d, "ok");
+                        break;
+                    }
+                    Judged::Dead(status, excerpt) => {
+                        self.shared.metrics.attempt(&self.d, "dead");
+                        outcome.dead.push((item.pos, status, excerpt));
+                        break;
+                    }
+                    Judged::Pause(why) => {
+                        outcome.pause = Some(why);
+                        return Ok(outcome);
+                    }
+                    Judged::Retry(error, asked) => {
+                        self.shared.metrics.attempt(&self.d, "retry");
+                        tracing::info!(destination = %self.d.spec.name, %error, "vero call failed");
+                        outcome.error = Some(error);
+                        self.back_off(attempt, asked).await?;
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Every item published to JetStream with its id as `Nats-Msg-Id`, then every PubAck
+    /// awaited; a failure sends them all again (the stream drops what it already has).
+    async fn nats(&mut self, items: &[&OutboxItem]) -> Result<Vec<(i64, u16, String)>, Stop> {
+        let prefix = self.d.spec.subject_prefix.clone().unwrap_or_default();
+        let project = subject_token(&self.d.project_name);
+        let mut attempt = 0u32;
+        loop {
+            let published = self.publish(items, &prefix, &project).await;
+            match published {
+                Ok(()) => {
+                    self.shared.metrics.attempt(&self.d, "ok");
+                    return Ok(Vec::new());
+                }
+                Err(error) => {
+                    self.shared.metrics.attempt(&self.d, "retry");
+                    self.nats = None;
+                    self.failed(error).await?;
+                    self.back_off(attempt, None).await?;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        items: &[&OutboxItem],
+        prefix: &str,
+        project: &str,
+    ) -> Result<(), String> {
+        let timeout = self.shared.config.timeout;
+        if self.nats.is_none() {
+            let connect = async_nats::ConnectOptions::new()
+                .connection_timeout(timeout)
+                .request_timeout(Some(timeout))
+                .connect(self.d.spec.url.as_str());
+            let client = tokio::select! {
+                c = connect => c.map_err(|e| format!("connecting to NATS failed: {e}"))?,
+                () = self.stop.cancelled() => return Err("stopped".into()),
+            };
+            self.nats = Some(async_nats::jetstream::new(client));
+        }
+        let Some(js) = self.nats.clone() else {
+            return Err("no NATS connection".into());
+        };
+        let mut acks = Vec::with_capacity(items.len());
+        for item in items {
+            let kind = if item.kind == ItemKind::Event {
+                "event"
+            } else {
+                "user"
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", item.id(self.d.project).as_str());
+            let mut payload = Vec::with_capacity(512);
+            item.write_json(self.d.project, &mut payload);
+            let ack = js
+                .publish_with_headers(
+                    format!("{prefix}.{project}.{kind}"),
+                    headers,
+                    payload.into(),
+                )
+                .await
+                .map_err(|e| format!("publishing to NATS failed: {e}"))?;
+            acks.push(ack);
+        }
+        let all = futures_util::future::join_all(
+            acks.into_iter().map(std::future::IntoFuture::into_future),
+        );
+        let acked = tokio::select! {
+            a = tokio::time::timeout(timeout, all) => a.map_err(|_| "NATS did not acknowledge in time".to_owned())?,
+            () = self.stop.cancelled() => return Err("stopped".into()),
+        };
+        for ack in acked {
+            ack.map_err(|e| format!("JetStream refused a message: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What became of an attempt.
+enum Judged {
+    Ack,
+    Retry(String, Option<Duration>),
+    Dead(u16, String),
+    Pause(String),
+}
+
+#[derive(Default)]
+struct UserOutcome {
+    dead: Vec<(i64, u16, String)>,
+    pause: Option<String>,
+    error: Option<String>,
+}
+
+/// Renews a loop's lease every third of its life; cancels the loop when it is lost.
+async fn keep_lease(shared: Arc<Shared>, destination: i64, stop: CancellationToken) {
+    let ttl = shared.config.lease_ttl;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(10_000);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ttl / 3) => {}
+            () = stop.cancelled() => return,
+        }
+        match shared.store.lease(destination, &shared.node, ttl_ms).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(destination, "lease lost to another node, stopping");
+                stop.cancel();
+                return;
+            }
+            // The store is unreachable: the reports would fail too; keep trying.
+            Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// A project name as one subject token: `.` (a separator in NATS) becomes `_`.
+fn subject_token(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// A transport error, briefly.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the receiver did not answer in time".into()
+    } else if e.is_connect() {
+        "the receiver refused the connection or could not be reached".into()
+    } else {
+        format!("the request failed: {e}")
+    }
+}
+
+/// The first KiB of an answer's body (what a dead letter keeps), never more.
+async fn first_kib(mut response: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < trackd_core::delivery::DEAD_LETTER_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    out.truncate(trackd_core::delivery::DEAD_LETTER_BODY_BYTES);
+    out
+}
+
+fn one_line(s: &str) -> String {
+    let line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line.trim().to_owned()
+}
