@@ -16,6 +16,8 @@ mod clients;
 mod connections;
 #[path = "../api/dedup.rs"]
 mod dedup;
+#[path = "../api/delivery.rs"]
+mod delivery;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/hostile.rs"]
@@ -31,6 +33,8 @@ mod outage;
 mod parity;
 #[path = "../api/read.rs"]
 mod read;
+#[path = "../api/receiver.rs"]
+mod receiver;
 #[path = "../api/track.rs"]
 mod track;
 #[path = "../api/users.rs"]
