@@ -10,6 +10,7 @@ mod console;
 mod crash;
 mod dedup;
 mod delivery;
+mod delivery_crash;
 mod durability;
 mod erasure;
 mod faults;

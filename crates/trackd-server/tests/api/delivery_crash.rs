@@ -1,0 +1,288 @@
+//! Delivery as a real process shows it (SQLite): kill -9 in the middle of a backlog, and
+//! signatures checked by an implementation nobody here wrote (the `standardwebhooks`
+//! package from PyPI).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{required, skip_notice, ChildServer};
+use crate::receiver::Receiver;
+
+const FAST_RETRIES: [(&str, &str); 1] = [("TRACKD_DELIVERY_RETRY_BASE_MS", "100")];
+
+/// Calls the destinations API of a child server.
+async fn api(
+    client: &reqwest::Client,
+    server: &ChildServer,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut request = client
+        .request(method, format!("{}/api/v2/{path}", server.addr))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Imports `n` track bodies for `users` users in one request.
+async fn import(client: &reqwest::Client, server: &ChildServer, key: &str, n: usize, users: usize) {
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(
+            &json!({"identity": {"id": format!("user-{}", i % users)}, "event_name": "Viewed",
+                    "data": {"n": i}})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    let response = client
+        .post(format!("{}/api/v2/events/import", server.addr))
+        .bearer_auth(key)
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_of_a_backlog_loses_nothing_and_resends_only_what_was_in_flight() {
+    const EVENTS: usize = 20_000;
+    const BATCH: usize = 100;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
+    let key = server.printed("secret key:");
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start(vec![]).await;
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations",
+        Some(json!({"name": "hook", "kind": "webhook", "url": receiver.url, "batch": BATCH})),
+    )
+    .await;
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations/hook/pause",
+        None,
+    )
+    .await;
+    import(&client, &server, &key, EVENTS, 50).await;
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations/hook/resume",
+        None,
+    )
+    .await;
+    // Kill it once a part of the backlog went out.
+    receiver
+        .wait_for(Duration::from_secs(60), "a tenth of the backlog", |log| {
+            log.iter().map(|r| r.items().len()).sum::<usize>() >= EVENTS / 10
+        })
+        .await;
+    server.kill9();
+    let before_kill = receiver.log().len();
+    assert!(
+        receiver.acknowledged_items().len() < EVENTS,
+        "the backlog drained before the kill: the test proves nothing"
+    );
+    let server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
+    receiver
+        .wait_for(Duration::from_secs(120), "every event", |log| {
+            let mut ids = std::collections::HashSet::new();
+            for r in log.iter().filter(|r| r.status == 200) {
+                for item in r.items() {
+                    ids.insert(item["id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            ids.len() >= EVENTS
+        })
+        .await;
+    // Every stored event arrived, each id always with the same content.
+    let exported: Vec<Value> = client
+        .get(format!("{}/api/v2/events/export", server.addr))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(exported.len(), EVENTS);
+    let mut by_id: HashMap<String, (Value, usize)> = HashMap::new();
+    for item in receiver.acknowledged_items() {
+        let id = item["id"].as_str().expect("id").to_owned();
+        let entry = by_id.entry(id.clone()).or_insert((item.clone(), 0));
+        assert_eq!(entry.0, item, "{id} was re-sent with other content");
+        entry.1 += 1;
+    }
+    let delivered: std::collections::HashSet<i64> = by_id
+        .values()
+        .map(|(item, _)| item["event"]["id"].as_i64().expect("event id"))
+        .collect();
+    for e in &exported {
+        assert!(
+            delivered.contains(&e["id"].as_i64().expect("id")),
+            "{e} never arrived"
+        );
+    }
+    // Only what was in flight at the kill came twice: the batch being sent, and the one
+    // acknowledged just before whose cursor was not yet written.
+    let twice = by_id.values().filter(|(_, n)| *n > 1).count();
+    assert!(twice <= 2 * BATCH, "{twice} items were delivered twice");
+    assert!(by_id.values().all(|(_, n)| *n <= 2));
+    // A batch sent again after the restart carries the id it had.
+    let log = receiver.log();
+    let ids_before: std::collections::HashSet<&str> =
+        log[..before_kill].iter().map(|r| r.id.as_str()).collect();
+    let resent: Vec<&str> = log[before_kill..]
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| ids_before.contains(id))
+        .collect();
+    assert!(
+        resent.len() <= 2,
+        "batches re-sent after the restart: {resent:?}"
+    );
+}
+
+/// The Python receiver: verifies each request with `standardwebhooks` and records it.
+const PY_RECEIVER: &str = r#"
+import http.server, json, sys
+from standardwebhooks.webhooks import Webhook
+secret, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+wh = Webhook(secret)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        headers = {k: self.headers.get(k) for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+        try:
+            wh.verify(body, headers)
+            verified, error = True, None
+        except Exception as e:
+            verified, error = False, repr(e)
+        with open(log, "a") as f:
+            f.write(json.dumps({"id": headers["webhook-id"], "verified": verified, "error": error,
+                                "items": [i["id"] for i in json.loads(body)["items"]]}) + "\n")
+        self.send_response(204 if verified else 400)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+#[tokio::test]
+async fn signatures_verify_with_the_standard_webhooks_reference_library() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            !required("TRACKD_TEST_REQUIRE_WEBHOOK_VERIFIER"),
+            "the standardwebhooks package (PyPI) is required"
+        );
+        skip_notice("python3 with the standardwebhooks package (PyPI) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
+    let key = server.printed("secret key:");
+    let token = server.printed("tracking token:");
+    let client = reqwest::Client::new();
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
+    drop(reserved);
+    let created = api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations",
+        Some(
+            json!({"name": "py", "kind": "webhook", "url": format!("http://127.0.0.1:{port}/"),
+                    "batch": 10}),
+        ),
+    )
+    .await;
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    let log = dir.path().join("verified.ndjson");
+    let script = dir.path().join("receiver.py");
+    std::fs::write(&script, PY_RECEIVER).expect("script");
+    let mut python = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&secret)
+        .arg(port.to_string())
+        .arg(&log)
+        .spawn()
+        .expect("python receiver");
+    for n in 0..35 {
+        let answer = client
+            .post(format!(
+                "{}/api/v2/events/track?auth_token={token}",
+                server.addr
+            ))
+            .json(
+                &json!({"identity": {"id": format!("u{}", n % 3), "email": "ann@example.com"},
+                          "event_name": "Paid ✓", "data": {"amount": n, "note": "naïve \u{2028}"}}),
+            )
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records: Vec<Value> = loop {
+        let records: Vec<Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let items: usize = records
+            .iter()
+            .filter(|r| r["verified"] == true)
+            .map(|r| r["items"].as_array().map_or(0, Vec::len))
+            .sum();
+        if items >= 35 {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every item verified: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = python.kill();
+    let _ = python.wait();
+    assert!(
+        records.iter().all(|r| r["verified"] == true),
+        "a signature did not verify: {records:?}"
+    );
+    assert!(records.len() >= 4, "batches of 10: {records:?}");
+}
