@@ -52,6 +52,8 @@ function showSignedIn(on) {
 function signOut(message) {
   sessionStorage.removeItem(KEY);
   live.stop();
+  destinations.stop();
+  $("destinations-list").replaceChildren();
   showSignedIn(false);
   $("live-list").replaceChildren();
   $("user-result").hidden = true;
@@ -75,9 +77,10 @@ async function signIn(event) {
 
 function show(view) {
   for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.view === view);
-  for (const v of ["live", "users", "counts"]) $("view-" + v).hidden = v !== view;
+  for (const v of ["live", "users", "counts", "destinations"]) $("view-" + v).hidden = v !== view;
   if (view === "live") live.start();
   if (view === "counts") counts.load();
+  if (view === "destinations") destinations.start(); else destinations.stop();
 }
 
 // ---- an event, as a row ----------------------------------------------------------------
@@ -353,6 +356,76 @@ const counts = {
     });
     if (!names.length) legend.append(el("span", { text: "no events in this range" }));
     $("chart").replaceChildren(root, legend);
+  },
+};
+
+// ---- destinations ----------------------------------------------------------------------
+
+// "93" → "1m 33s"; the age of the oldest undelivered item.
+function age(secs) {
+  if (!secs) return "–";
+  const units = [[86400, "d"], [3600, "h"], [60, "m"], [1, "s"]];
+  const parts = [];
+  let rest = secs;
+  for (const [n, u] of units) {
+    if (rest >= n && parts.length < 2) { parts.push(Math.floor(rest / n) + u); rest %= n; }
+  }
+  return parts.join(" ");
+}
+
+const destinations = {
+  timer: null,
+  start() {
+    this.stop();
+    this.load();
+    this.timer = setInterval(() => this.load(), 2000);
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+  },
+  async load() {
+    let list;
+    try {
+      const response = await api("/api/v2/destinations");
+      if (!response.ok) { $("destinations-error").textContent = await errorText(response); return; }
+      list = (await response.json()).destinations;
+    } catch (e) {
+      if (e.message !== "unauthorized") $("destinations-error").textContent = "The server cannot be reached.";
+      return;
+    }
+    $("destinations-error").textContent = "";
+    $("destinations-empty").hidden = list.length > 0;
+    $("destinations-list").replaceChildren(...list.map((d) => this.row(d)));
+  },
+  row(d) {
+    const actions = el("td", { class: "actions" });
+    const act = (label, action) => {
+      const b = el("button", { type: "button", text: label, "data-action": action });
+      b.addEventListener("click", () => this.act(d.name, action));
+      actions.append(b);
+    };
+    if (d.state === "paused") act("Resume", "resume"); else act("Pause", "pause");
+    if (d.dead_letters > 0) act("Redrive", "redrive");
+    const cell = (text, cls) => el("td", { text: String(text), ...(cls ? { class: cls } : {}) });
+    const tr = el("tr", { "data-name": d.name },
+      cell(d.name, "name"),
+      cell(d.kind),
+      el("td", {}, el("span", { class: "state " + d.state, text: d.state })),
+      cell(d.backlog.toLocaleString(), "num"),
+      cell(age(d.oldest_undelivered_secs), "num"),
+      cell(d.delivered.toLocaleString(), "num"),
+      cell(d.dead_letters.toLocaleString(), "num"),
+      cell(d.last_error ?? d.paused_reason ?? "", "last-error"),
+      actions);
+    return tr;
+  },
+  async act(name, action) {
+    try {
+      const response = await api(`/api/v2/destinations/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+      if (!response.ok) $("destinations-error").textContent = await errorText(response);
+    } catch { /* signed out */ }
+    this.load();
   },
 };
 

@@ -6,6 +6,7 @@
 
 import { chromium } from "playwright-core";
 import { strict as assert } from "node:assert";
+import http from "node:http";
 import path from "node:path";
 
 const base = process.env.TRACKD_URL;
@@ -133,6 +134,39 @@ try {
   await page.click('.range[data-range="day"]');
   await page.locator("#chart svg rect").first().waitFor({ timeout: WAIT });
   await shot("counts");
+
+  // Destinations: a receiver that fails with markup in its answer; the console shows the
+  // state, the backlog and the error as text, and pauses and resumes.
+  const failing = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(500, { "Content-Type": "text/html" });
+    res.end("<img src=x onerror=alert(1)>");
+  });
+  await new Promise((resolve) => failing.listen(0, "127.0.0.1", resolve));
+  try {
+    const created = await fetch(`${base}/api/v2/destinations`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${secret}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ name: "crm-hook", kind: "webhook",
+        url: `http://127.0.0.1:${failing.address().port}/hook` }),
+    });
+    assert.equal(created.status, 201, await created.text());
+    await track({ identity: { id: "dest-user" }, event_name: "Paid" });
+    await page.click('.tab[data-view="destinations"]');
+    const row = page.locator('#destinations-list tr[data-name="crm-hook"]');
+    await row.locator(".state.retrying").waitFor({ timeout: WAIT });
+    assert.equal(await row.locator(".last-error").innerText(),
+      "the receiver answered 500: <img src=x onerror=alert(1)>");
+    assert.equal(await row.locator("img").count(), 0, "markup shown as text");
+    assert.equal(await row.locator("td.num").first().innerText(), "1", "backlog");
+    await row.locator('button[data-action="pause"]').click();
+    await row.locator(".state.paused").waitFor({ timeout: WAIT });
+    await shot("destinations");
+    await row.locator('button[data-action="resume"]').click();
+    await row.locator(".state.retrying, .state.running").first().waitFor({ timeout: WAIT });
+  } finally {
+    failing.close();
+  }
 
   // A phone-sized screen.
   await page.setViewportSize({ width: 390, height: 844 });
