@@ -369,8 +369,8 @@ pub struct Destination {
     /// The last position of the batch being sent when there is one: after a restart the
     /// same batch (same id) is sent again.
     pub pending_to: i64,
-    /// Changes on every pause, resume, replay and redrive: a delivery loop holding an older
-    /// generation stops, and its reports are ignored.
+    /// Changes on every replay (the cursor moved back): a delivery loop holding an older
+    /// generation stops, and its reports are refused.
     pub generation: i64,
     /// Items acknowledged, all time.
     pub delivered: i64,

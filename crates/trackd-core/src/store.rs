@@ -140,10 +140,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'_, Destination>;
 
     /// Pauses, resumes, removes, replays or redrives a destination;
-    /// [`StoreError::NotFound`] when the project has none of that name. Pause, resume and
-    /// replay start a new generation (a loop of the old one stops; its reports are
-    /// ignored). Replay moves the cursor to just before the first kept item received at
-    /// or after `since`; redrive marks every dead letter to be sent again.
+    /// [`StoreError::NotFound`] when the project has none of that name. Replay moves the
+    /// cursor back to just before the first kept item received at or after `since` (never
+    /// forward) and starts a new generation (a loop of the old one stops; its reports are
+    /// refused); resume clears the last error; redrive marks every dead letter to be sent
+    /// again.
     fn change_destination(
         &self,
         project: ProjectId,
@@ -166,7 +167,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records what an attempt achieved (cursor, pending batch, counts, dead letters, the
     /// last error, a pause), in one transaction, only while the destination is still at the
-    /// report's generation and leased to its node; `false` (nothing written) otherwise.
+    /// report's generation and leased to its node; `false` (nothing written) otherwise. The
+    /// cursor only moves forward here (`max`): a late report of a stopped loop never takes
+    /// it back.
     fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool>;
 
     /// Takes or renews the destination's lease for `node` for `ttl_ms` (database clock on

@@ -99,15 +99,15 @@ impl App {
             tokio::spawn(prune_rate_limits(state.admission.clone())),
         ];
         let delivering = tokio_util::sync::CancellationToken::new();
-        if delivery.enabled {
-            background.push(tokio::spawn(crate::delivery::run(
+        let delivery = delivery.enabled.then(|| {
+            tokio::spawn(crate::delivery::run(
                 store.clone(),
                 state.clock.clone(),
                 delivery,
                 state.metrics.delivery.clone(),
                 delivering.clone(),
-            )));
-        }
+            ))
+        });
         let metrics_listener_absent = metrics_listener.is_none();
         if let Some(listener) = metrics_listener {
             let router = api::metrics_router(state.metrics.clone())
@@ -127,9 +127,12 @@ impl App {
         };
         let router = api::router(state, metrics_listener_absent);
         let served = serve(listener, router, header_timeout, shutdown).await;
-        // Delivery stops first: an attempt in flight is sent again after a restart (its
-        // items keep their ids).
+        // Delivery stops first and records how far its receivers acknowledged; an attempt in
+        // flight is sent again after a restart (its items keep their ids).
         delivering.cancel();
+        if let Some(delivery) = delivery {
+            let _ = delivery.await;
+        }
         for task in background {
             task.abort();
         }

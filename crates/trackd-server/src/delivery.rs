@@ -189,6 +189,7 @@ pub async fn run(
         node: format!("{:016x}", rand::random::<u64>()),
     });
     let mut loops: HashMap<i64, (i64, CancellationToken)> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(MANAGE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh: Option<tokio::time::Instant> = None;
@@ -242,7 +243,7 @@ pub async fn run(
                 }
                 let token = stop.child_token();
                 loops.insert(d.id, (d.generation, token.clone()));
-                tokio::spawn(Loop::start(shared.clone(), d, token));
+                tasks.spawn(Loop::start(shared.clone(), d, token));
             }
         }
         loops.retain(|id, (generation, token)| {
@@ -252,11 +253,18 @@ pub async fn run(
             }
             keep
         });
+        while tasks.try_join_next().is_some() {}
     }
+    // Each loop records what was acknowledged before it stops, so a clean shutdown sends
+    // nothing twice.
     for (_, token) in loops.into_values() {
         token.cancel();
     }
+    let _ = tokio::time::timeout(STOP_WAIT, tasks.join_all()).await;
 }
+
+/// How long a stopping node waits for its loops to record where they are.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a loop stopped sending.
 enum Stop {
@@ -321,6 +329,25 @@ impl Loop {
         tokio::spawn(keep_lease(l.shared.clone(), l.d.id, l.stop.clone()));
         let _ = l.deliver().await;
         l.stop.cancel();
+        l.flush().await;
+    }
+
+    /// After the loop stopped: records what was acknowledged and not yet written (one try:
+    /// if it fails, those items are sent again, which at-least-once allows).
+    async fn flush(&mut self) {
+        let Some(upto) = self.unreported.take() else {
+            return;
+        };
+        let report = DeliveryReport {
+            destination: self.d.id,
+            generation: self.d.generation,
+            node: self.shared.node.clone(),
+            cursor: Some(upto),
+            pending_to: Some(0),
+            delivered: std::mem::take(&mut self.delivered),
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(STOP_WAIT, self.shared.store.report_delivery(report)).await;
     }
 
     fn ttl_ms(&self) -> i64 {

@@ -198,3 +198,67 @@ async fn a_console_on_one_node_sees_the_events_every_node_commits() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn when_the_node_delivering_a_destination_dies_the_other_takes_over_and_nothing_is_lost() {
+    crate::skip_without_postgres!();
+    let fast = [("TRACKD_DELIVERY_RETRY_BASE_MS", "100")];
+    let (_db, mut a, mut b, token) = two_nodes(&fast).await;
+    let secret = a.printed("secret key:");
+    let client = reqwest::Client::new();
+    let receiver = crate::receiver::Receiver::start(vec![]).await;
+    let created = client
+        .post(format!("{}/api/v2/destinations", a.addr))
+        .bearer_auth(&secret)
+        .json(&json!({"name": "hook", "kind": "webhook", "url": receiver.url, "batch": 20}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    // Events through both nodes.
+    for n in 0..200 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        assert_eq!(send(&client, node, &token, n).await, (200, false));
+    }
+    receiver
+        .wait_for(Duration::from_secs(30), "the first 200 events", |log| {
+            log.iter().map(|r| r.items().len()).sum::<usize>() >= 200
+        })
+        .await;
+    // Exactly one node delivers: the one that said so.
+    let said = |node: &ChildServer| node.stderr.lock().expect("lock").contains("delivering");
+    let (holder_is_a, a_said, b_said) = (said(&a), said(&a), said(&b));
+    assert!(
+        a_said != b_said,
+        "exactly one node delivers (a: {a_said}, b: {b_said})"
+    );
+    let (dead, survivor) = if holder_is_a {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    dead.kill9();
+    let killed = std::time::Instant::now();
+    for n in 200..400 {
+        assert_eq!(send(&client, survivor, &token, n).await, (200, false));
+    }
+    let deadline = killed + Duration::from_secs(15);
+    while !said(survivor) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the survivor did not take the destination over within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver
+        .wait_for(Duration::from_secs(30), "every event", |log| {
+            let ns: std::collections::HashSet<i64> = log
+                .iter()
+                .filter(|r| r.status == 200)
+                .flat_map(|r| r.items())
+                .filter_map(|i| i["event"]["data"]["n"].as_i64())
+                .collect();
+            ns.len() == 400
+        })
+        .await;
+}

@@ -257,15 +257,13 @@ pub(crate) fn change_destination(
     match change {
         DestinationChange::Pause => {
             run(
-                "UPDATE destinations SET paused = 'paused by an operator', \
-                 generation = generation + 1 WHERE id = ?1",
+                "UPDATE destinations SET paused = 'paused by an operator' WHERE id = ?1",
                 &[&id],
             )?;
         }
         DestinationChange::Resume => {
             run(
-                "UPDATE destinations SET paused = NULL, last_error = NULL, \
-                 generation = generation + 1 WHERE id = ?1",
+                "UPDATE destinations SET paused = NULL, last_error = NULL WHERE id = ?1",
                 &[&id],
             )?;
         }
@@ -381,11 +379,10 @@ pub(crate) fn report(tx: &Transaction<'_>, r: &DeliveryReport, now: i64) -> rusq
         None => (false, None),
     };
     tx.prepare_cached(
-        "UPDATE destinations SET cursor = coalesce(?2, cursor), \
+        "UPDATE destinations SET cursor = max(cursor, coalesce(?2, cursor)), \
            pending_to = coalesce(?3, pending_to), delivered = delivered + ?4, \
            last_error = CASE WHEN ?5 THEN ?6 ELSE last_error END, \
-           paused = coalesce(?7, paused), \
-           generation = generation + (?7 IS NOT NULL) \
+           paused = coalesce(?7, paused) \
          WHERE id = ?1",
     )?
     .execute(params![
