@@ -45,6 +45,7 @@ impl OutboxState {
     }
 
     /// Appends an item (when its project has destinations).
+    #[allow(clippy::too_many_arguments)] // an item's columns, one argument each
     pub fn append(
         &mut self,
         tx: &Transaction<'_>,
