@@ -211,18 +211,41 @@ impl Pending {
     }
 }
 
-/// A deleted user's undelivered profile changes go with it, committed ones and this
-/// batch's (its events' items point at events that are gone, and are skipped).
+/// A deleted user's undelivered profile changes go with it, committed ones (and their dead
+/// letters, which could never be redriven nor cleared without their item) and this
+/// batch's; its events' items point at events that are gone, and are skipped.
+///
+/// The items first, then (a statement of its own, so it sees what committed meanwhile)
+/// their dead letters: a report recording one locks its item first (see [`report`]), so
+/// either it commits before the items are deleted and its dead letter is seen here, or it
+/// finds the item gone.
 pub(super) async fn forget_user(
     tx: &tokio_postgres::Transaction<'_>,
     pending: &mut Pending,
     user_ref: i64,
 ) -> Result<(), Error> {
-    tx.execute(
-        "DELETE FROM outbox WHERE user_ref = $1 AND body IS NOT NULL",
-        &[&user_ref],
-    )
-    .await?;
+    let gone = tx
+        .query(
+            "DELETE FROM outbox WHERE user_ref = $1 AND body IS NOT NULL \
+             RETURNING project_id, pos",
+            &[&user_ref],
+        )
+        .await?;
+    if !gone.is_empty() {
+        let mut projects = Vec::with_capacity(gone.len());
+        let mut positions = Vec::with_capacity(gone.len());
+        for row in &gone {
+            projects.push(row.try_get::<_, i64>(0)?);
+            positions.push(row.try_get::<_, i64>(1)?);
+        }
+        tx.execute(
+            "DELETE FROM dead_letters x USING destinations d, \
+               unnest($1::bigint[], $2::bigint[]) AS g(p, pos) \
+             WHERE d.id = x.destination_id AND d.project_id = g.p AND x.pos = g.pos",
+            &[&projects, &positions],
+        )
+        .await?;
+    }
     pending
         .items
         .retain(|i| i.user_ref != user_ref || i.body.is_none());
@@ -589,15 +612,28 @@ pub(super) async fn report(
         .await?;
     }
     if !r.dead.is_empty() {
+        // Only for items still there (one deleted meanwhile with its user is not retried),
+        // locked so that a deletion waits for this commit and then sees the dead letter.
+        let all: Vec<i64> = r.dead.iter().map(|(pos, _, _)| *pos).collect();
+        let live: HashSet<i64> = tx
+            .query(
+                "SELECT o.pos FROM outbox o JOIN destinations d ON d.project_id = o.project_id \
+                 WHERE d.id = $1 AND o.pos = ANY($2) ORDER BY o.pos FOR KEY SHARE OF o",
+                &[&r.destination, &all],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
         let mut positions = Vec::with_capacity(r.dead.len());
         let mut statuses = Vec::with_capacity(r.dead.len());
         let mut responses = Vec::with_capacity(r.dead.len());
-        for (pos, status, response) in &r.dead {
+        for (pos, status, response) in r.dead.iter().filter(|d| live.contains(&d.0)) {
             positions.push(*pos);
             statuses.push(i32::from(*status));
             responses.push(response.as_str());
         }
-        // One row per position (the last word on it), locked in position order.
+        // One row per position (the last word on it), in position order.
         tx.execute(
             "INSERT INTO dead_letters (destination_id, pos, status, response, failed_at) \
              SELECT DISTINCT ON (p) $1::bigint, p, s, t, $5::bigint \
