@@ -299,6 +299,7 @@ store_contract!(
     pruning_deletes_only_passed_old_items_and_keeps_dead_letters,
     destinations_are_listed_with_their_backlog_and_named_once,
     a_reader_following_the_outbox_misses_nothing_while_two_nodes_write,
+    changes_committed_in_one_batch_keep_their_order_deletions_and_merges,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -1654,6 +1655,105 @@ async fn a_reader_following_the_outbox_misses_nothing_while_two_nodes_write(b: &
     assert_eq!(first, (EACH as i64 / 2..EACH as i64).collect::<Vec<_>>());
     assert_eq!(after_late[..], all[all.len() - after_late.len()..]);
     other.shutdown().await.expect("shutdown");
+}
+
+async fn changes_committed_in_one_batch_keep_their_order_deletions_and_merges(b: &Backend) {
+    let d = b.add("hook").await;
+    b.change(ProfileOp::Track, json!({"id": "blocker"}))
+        .await
+        .expect("blocker");
+    // PostgreSQL: both writers of the node are kept busy on changes of a user locked beside
+    // the store, so everything queued meanwhile commits in one batch. (SQLite's one writer
+    // takes the queue in order whatever its batches.)
+    let mut held = None;
+    let mut blocked = Vec::new();
+    if let Some(db) = &b.pg {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; SELECT 1 FROM users WHERE user_key = 'blocker' FOR UPDATE")
+            .await
+            .expect("row lock");
+        for n in 0..2 {
+            let request = b.request(
+                ProfileOp::Edit,
+                json!({"id": "blocker", "changes": { "n": n }}),
+            );
+            blocked.push(b.store.change_profile(request));
+            // Taken by a writer, which now waits for the lock.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        held = Some((client, connection));
+    }
+    // Queued at once, in this order (each call queues its job before returning).
+    let changes = [
+        (ProfileOp::Track, json!({"id": "u", "data": {"a": 1}})),
+        (ProfileOp::Tags, json!({"id": "u", "add": ["t"]})),
+        (ProfileOp::Delete, json!({"id": "u"})),
+        (ProfileOp::Track, json!({"id": "c", "data": {"x": 1}})),
+        (ProfileOp::Tags, json!({"id": "c", "add": ["from-c"]})),
+        (ProfileOp::Track, json!({"id": "b", "data": {"y": 1}})),
+        (ProfileOp::Reidentify, json!({"id": "c", "new_id": "b"})),
+    ];
+    let mut changed = Vec::new();
+    let mut tracked = Vec::new();
+    for (i, (op, body)) in changes.into_iter().enumerate() {
+        if i == 1 {
+            tracked.push(b.store.track(b.tracked(event("u", "Paid", json!({})))));
+        }
+        changed.push(b.store.change_profile(b.request(op, body)));
+    }
+    tracked.push(b.store.track(b.tracked(event("o", "Paid", json!({})))));
+    if let Some((client, connection)) = held {
+        client.batch_execute("COMMIT").await.expect("release");
+        drop(client);
+        let _ = connection.await;
+    }
+    for done in futures::future::join_all(blocked.into_iter().chain(changed)).await {
+        done.expect("changed");
+    }
+    for outcome in futures::future::join_all(tracked).await {
+        assert_eq!(outcome.expect("tracked"), InsertOutcome::Inserted);
+    }
+    let items = b.items(d.cursor).await;
+    // Without the blocker's own changes (PostgreSQL's commit before the batch).
+    let items: Vec<&OutboxItem> = items
+        .iter()
+        .filter(|i| {
+            !i.body
+                .as_deref()
+                .is_some_and(|b| b.contains(r#""blocker""#))
+        })
+        .collect();
+    let shape: Vec<(ItemKind, bool)> = items.iter().map(|i| (i.kind, i.is_live())).collect();
+    assert_eq!(
+        shape,
+        vec![
+            // u's event stays (without its row); its changes went with it but the deletion.
+            (ItemKind::Event, false),
+            (ItemKind::UserDelete, true),
+            // c's changes follow it into b.
+            (ItemKind::UserTrack, true),
+            (ItemKind::UserTags, true),
+            (ItemKind::UserTrack, true),
+            (ItemKind::UserReidentify, true),
+            (ItemKind::Event, true),
+        ]
+    );
+    let refs: Vec<i64> = items.iter().map(|i| i.user_ref).collect();
+    assert_eq!(refs[0], refs[1]);
+    assert!(refs[2..6].iter().all(|r| *r == refs[2]));
+    assert!(refs[0] != refs[2] && refs[6] != refs[0] && refs[6] != refs[2]);
+    assert_eq!(
+        items[2].body.as_deref(),
+        Some(r#"{"id":"c","data":{"x":1}}"#)
+    );
+    assert_eq!(
+        items[6].event.as_ref().expect("row").user_id.as_deref(),
+        Some("o")
+    );
 }
 
 /// PostgreSQL only (several nodes commit at once there): a destination added while a
