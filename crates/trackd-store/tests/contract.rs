@@ -300,6 +300,7 @@ store_contract!(
     destinations_are_listed_with_their_backlog_and_named_once,
     a_reader_following_the_outbox_misses_nothing_while_two_nodes_write,
     changes_committed_in_one_batch_keep_their_order_deletions_and_merges,
+    a_new_user_never_takes_a_deleted_ones_items,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -1753,6 +1754,40 @@ async fn changes_committed_in_one_batch_keep_their_order_deletions_and_merges(b:
     assert_eq!(
         items[6].event.as_ref().expect("row").user_id.as_deref(),
         Some("o")
+    );
+}
+
+async fn a_new_user_never_takes_a_deleted_ones_items(b: &Backend) {
+    let d = b.add("hook").await;
+    // The newest user, deleted: its id must not be given again.
+    b.change(ProfileOp::Track, json!({"id": "first"}))
+        .await
+        .expect("first");
+    b.change(ProfileOp::Delete, json!({"id": "first"}))
+        .await
+        .expect("deleted");
+    b.change(ProfileOp::Track, json!({"id": "second"}))
+        .await
+        .expect("second");
+    let items = b.items(d.cursor).await;
+    assert_eq!(items.len(), 2);
+    assert_ne!(items[0].user_ref, items[1].user_ref);
+    // Deleting the new user leaves the first one's deletion to deliver.
+    b.change(ProfileOp::Delete, json!({"id": "second"}))
+        .await
+        .expect("deleted");
+    let bodies: Vec<(ItemKind, Option<String>)> = b
+        .items(d.cursor)
+        .await
+        .into_iter()
+        .map(|i| (i.kind, i.body))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (ItemKind::UserDelete, Some(r#"{"id":"first"}"#.to_owned())),
+            (ItemKind::UserDelete, Some(r#"{"id":"second"}"#.to_owned())),
+        ]
     );
 }
 
