@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use trackd_core::delivery::{
+    change_item, DeliveryReport, Destination, DestinationChange, DestinationSpec, ItemKind,
+    OutboxItem, MAX_DESTINATIONS,
+};
 use trackd_core::read::{Counter, EventQuery, ExportQuery, Interval, StatsQuery};
 use trackd_core::time::ManualClock;
 use trackd_core::{
     CredentialKind, DynStore, InsertOutcome, ProfileOp, ProfileRequest, ProjectId, StoreError,
-    Timestamp, Token, TrackRequest,
+    Timestamp, Token, TrackRequest, TrackedEvent,
 };
 use trackd_store::{PgConfig, PostgresStore, SqliteConfig, SqliteStore};
 
@@ -115,23 +119,68 @@ impl Backend {
         self.clock.now()
     }
 
-    async fn track(&self, body: Value) -> InsertOutcome {
+    /// An event for the project, received now.
+    fn tracked(&self, body: Value) -> TrackedEvent {
         let Value::Object(map) = body else {
             panic!("object")
         };
-        let event = TrackRequest::new(map)
+        TrackRequest::new(map)
             .validate(self.project, self.now())
-            .expect("valid event");
-        self.store.track(event).await.expect("tracked")
+            .expect("valid event")
+    }
+
+    async fn track(&self, body: Value) -> InsertOutcome {
+        self.store.track(self.tracked(body)).await.expect("tracked")
+    }
+
+    /// A profile change for the project, received now.
+    fn request(&self, op: ProfileOp, body: Value) -> ProfileRequest {
+        let Value::Object(map) = body else {
+            panic!("object")
+        };
+        ProfileRequest::parse(op, &map, self.project, self.now()).expect("valid change")
     }
 
     async fn change(&self, op: ProfileOp, body: Value) -> Result<(), StoreError> {
-        let Value::Object(map) = body else {
-            panic!("object")
-        };
-        let request =
-            ProfileRequest::parse(op, &map, self.project, self.now()).expect("valid change");
-        self.store.change_profile(request).await
+        self.store.change_profile(self.request(op, body)).await
+    }
+
+    /// Adds a webhook destination named `name` to the project.
+    async fn add(&self, name: &str) -> Destination {
+        self.store
+            .add_destination(self.project, hook(name), format!("whsec_{name}"))
+            .await
+            .expect("destination added")
+    }
+
+    /// The project's destination named `name`, with its backlog.
+    async fn destination(&self, name: &str) -> Destination {
+        self.store
+            .destinations(Some(self.project), true)
+            .await
+            .expect("destinations")
+            .into_iter()
+            .find(|d| d.spec.name == name)
+            .unwrap_or_else(|| panic!("destination {name}"))
+    }
+
+    /// The project's outbox after `after`.
+    async fn items(&self, after: i64) -> Vec<OutboxItem> {
+        self.store
+            .outbox(self.project, after, 1000)
+            .await
+            .expect("outbox")
+    }
+
+    async fn report(&self, report: DeliveryReport) -> bool {
+        self.store.report_delivery(report).await.expect("report")
+    }
+
+    async fn operate(&self, name: &str, change: DestinationChange) {
+        self.store
+            .change_destination(self.project, name, change)
+            .await
+            .expect("changed");
     }
 
     /// Event names of a user, newest first; `None` for an unknown user.
@@ -174,6 +223,25 @@ impl Backend {
 
 fn event(user: &str, name: &str, data: Value) -> Value {
     json!({"identity": {"id": user}, "event_name": name, "data": data})
+}
+
+fn hook(name: &str) -> DestinationSpec {
+    let spec = json!({"name": name, "kind": "webhook", "url": "http://127.0.0.1:9/hook"});
+    DestinationSpec::from_json(spec.as_object().expect("object")).expect("valid destination")
+}
+
+/// A report from `node` at the destination's generation, changing nothing yet.
+fn report(d: &Destination, node: &str) -> DeliveryReport {
+    DeliveryReport {
+        destination: d.id,
+        generation: d.generation,
+        node: node.to_owned(),
+        ..DeliveryReport::default()
+    }
+}
+
+fn positions(items: &[OutboxItem]) -> Vec<i64> {
+    items.iter().map(|i| i.pos).collect()
 }
 
 /// Runs each case on SQLite and on PostgreSQL.
@@ -223,6 +291,16 @@ store_contract!(
     credentials_version_moves_with_every_change,
     cursor_key_is_made_once_and_shared,
     projects_are_unique_by_name,
+    the_outbox_holds_what_commits_after_a_destination_in_order,
+    reports_move_the_cursor_only_for_the_current_generation_and_lease,
+    operators_pause_resume_replay_and_redrive,
+    deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them,
+    leases_go_to_one_node_until_they_expire,
+    pruning_deletes_only_passed_old_items_and_keeps_dead_letters,
+    destinations_are_listed_with_their_backlog_and_named_once,
+    a_reader_following_the_outbox_misses_nothing_while_two_nodes_write,
+    changes_committed_in_one_batch_keep_their_order_deletions_and_merges,
+    a_new_user_never_takes_a_deleted_ones_items,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -725,6 +803,1046 @@ async fn projects_are_unique_by_name(b: &Backend) {
         .map(|p| p.name)
         .collect();
     assert_eq!(names, vec!["p", "q"]);
+}
+
+// Delivery (DESIGN §8): destinations, the outbox, reports, leases, pruning.
+
+async fn the_outbox_holds_what_commits_after_a_destination_in_order(b: &Backend) {
+    // Without a destination, commits write no items.
+    assert_eq!(
+        b.track(event("u", "Before", json!({}))).await,
+        InsertOutcome::Inserted
+    );
+    b.change(
+        ProfileOp::Track,
+        json!({"id": "u", "data": {"plan": "free"}}),
+    )
+    .await
+    .expect("user");
+    assert_eq!(b.items(0).await, vec![]);
+
+    let d = b.add("hook").await;
+    assert_eq!(d.spec, hook("hook"));
+    assert_eq!(
+        (
+            d.secret.as_str(),
+            d.cursor,
+            d.pending_to,
+            d.generation,
+            d.delivered
+        ),
+        ("whsec_hook", 0, 0, 0, 0)
+    );
+    assert_eq!(
+        (&d.paused, &d.last_error, d.created_at, d.state()),
+        (&None, &None, START.as_micros(), "running")
+    );
+    assert_eq!(
+        (
+            d.project,
+            d.project_name.as_str(),
+            d.dead_letters,
+            d.redrive_pending
+        ),
+        (b.project, "p", 0, 0)
+    );
+
+    let first_at = b.now().as_micros();
+    assert_eq!(
+        b.track(event("u", "Paid", json!({"amount": 5}))).await,
+        InsertOutcome::Inserted
+    );
+    // A duplicate is not delivered.
+    assert_eq!(
+        b.track(event("u", "Paid", json!({"amount": 5}))).await,
+        InsertOutcome::Duplicate
+    );
+    b.clock.advance_secs(1);
+    let changes = [
+        (
+            ProfileOp::Track,
+            json!({"id": "u", "email": "u@example.com", "data": {"plan": "pro"}}),
+        ),
+        (ProfileOp::Tags, json!({"id": "u", "add": ["vip"]})),
+        (ProfileOp::Unsubscribe, json!({"id": "u"})),
+    ];
+    let mut expected = Vec::new();
+    for (op, body) in changes {
+        expected.push(change_item(&b.request(op, body.clone()).change));
+        b.change(op, body).await.expect("changed");
+        // Changes nothing: no item.
+        b.change(ProfileOp::Tags, json!({"id": "u", "add": [""]}))
+            .await
+            .expect("nothing");
+    }
+    // Not found: no item.
+    assert!(matches!(
+        b.change(ProfileOp::Edit, json!({"id": "ghost", "changes": {"a": 1}}))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let last_at = b.now().as_micros();
+    b.track(event("u", "Left", json!({}))).await;
+    // History restored as it was is not delivered.
+    let old = json!({"id": 9, "user": {"id": "u", "email": null}, "event_name": "Old",
+        "event_key": "old", "data": {}, "source": null,
+        "created_at": "2020-01-01T00:00:00.000000Z", "received_at": "2020-01-01T00:00:01.000000Z"});
+    let trackd_core::import::ImportItem::Restore(record) =
+        trackd_core::import::parse_line(old.to_string().as_bytes(), b.project, b.now())
+            .expect("line")
+    else {
+        panic!("restore")
+    };
+    b.store.restore(vec![*record]).await.expect("restored");
+
+    let items = b.items(d.cursor).await;
+    let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ItemKind::Event,
+            ItemKind::UserTrack,
+            ItemKind::UserTags,
+            ItemKind::UserUnsubscribe,
+            ItemKind::Event
+        ]
+    );
+    let pos = positions(&items);
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+    assert!(pos[0] > d.cursor);
+    // One user: every item names its row.
+    assert!(items.iter().all(|i| i.user_ref == items[0].user_ref));
+    let bodies: Vec<Option<String>> = items.iter().map(|i| i.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            None,
+            Some(expected[0].1.clone()),
+            Some(expected[1].1.clone()),
+            Some(expected[2].1.clone()),
+            None
+        ]
+    );
+    assert_eq!(
+        expected.iter().map(|e| e.0).collect::<Vec<_>>(),
+        kinds[1..4].to_vec()
+    );
+    assert_eq!(
+        expected[1].1,
+        r#"{"id":"u","add":["vip"],"remove":[]}"#.to_owned()
+    );
+    let received: Vec<i64> = items.iter().map(|i| i.received_at).collect();
+    assert_eq!(received, vec![first_at, last_at, last_at, last_at, last_at]);
+    // Events come joined with their row, as exported (the email the user has now).
+    let paid = items[0].event.clone().expect("event row");
+    assert_eq!(
+        (
+            paid.user_id.as_deref(),
+            paid.email.as_deref(),
+            paid.event_name.as_str(),
+            paid.event_key.as_str(),
+            paid.data.as_str(),
+            paid.received_at
+        ),
+        (
+            Some("u"),
+            Some("u@example.com"),
+            "Paid",
+            "paid",
+            r#"{"amount":5}"#,
+            first_at
+        )
+    );
+    assert_eq!(items[4].event.as_ref().expect("row").event_name, "Left");
+    assert!(items[1..4].iter().all(|i| i.event.is_none()));
+    assert!(items.iter().all(OutboxItem::is_live));
+
+    // Pages: after a position, at most `limit`.
+    let page = b
+        .store
+        .outbox(b.project, d.cursor, 2)
+        .await
+        .expect("outbox");
+    assert_eq!(positions(&page), pos[..2].to_vec());
+    assert_eq!(positions(&b.items(pos[1]).await), pos[2..].to_vec());
+    assert_eq!(b.items(pos[4]).await, vec![]);
+
+    // Another project without destinations writes nothing, and sees none of these.
+    let q = b.store.create_project("q").await.expect("q").id;
+    let mut other = b.tracked(event("u", "Elsewhere", json!({})));
+    other.record.project = q;
+    assert_eq!(
+        b.store.track(other).await.expect("tracked"),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(b.store.outbox(q, 0, 100).await.expect("outbox"), vec![]);
+
+    // A destination added now starts after everything committed.
+    let late = b.add("late").await;
+    assert_eq!(late.cursor, pos[4]);
+    assert_eq!(b.items(late.cursor).await, vec![]);
+    b.track(event("u", "After", json!({}))).await;
+    let after = b.items(late.cursor).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].event.as_ref().expect("row").event_name, "After");
+}
+
+async fn reports_move_the_cursor_only_for_the_current_generation_and_lease(b: &Backend) {
+    let d = b.add("hook").await;
+    assert!(b.store.lease(d.id, "a", 60_000).await.expect("lease"));
+    for n in 0..3 {
+        b.track(event("u", "E", json!({ "n": n }))).await;
+        b.clock.advance_secs(1);
+    }
+    let items = b.items(d.cursor).await;
+    let pos = positions(&items);
+    assert_eq!(pos.len(), 3);
+
+    // The batch about to be sent.
+    assert!(
+        b.report(DeliveryReport {
+            pending_to: Some(pos[1]),
+            ..report(&d, "a")
+        })
+        .await
+    );
+    assert_eq!(b.destination("hook").await.pending_to, pos[1]);
+    // Acknowledged up to pos[1], the first refused for good, the last attempt failing.
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[1]),
+            pending_to: Some(0),
+            delivered: 1,
+            dead: vec![(pos[0], 400, "bad request".into())],
+            last_error: Some(Some("HTTP 503".into())),
+            ..report(&d, "a")
+        })
+        .await
+    );
+    let now = b.destination("hook").await;
+    assert_eq!(
+        (now.cursor, now.pending_to, now.delivered, now.generation),
+        (pos[1], 0, 1, 0)
+    );
+    assert_eq!(
+        (
+            now.dead_letters,
+            now.redrive_pending,
+            now.last_error.as_deref()
+        ),
+        (1, 0, Some("HTTP 503"))
+    );
+    assert_eq!(
+        (now.backlog, now.oldest_undelivered, now.state()),
+        (1, Some(items[2].received_at), "retrying")
+    );
+
+    // A stale generation, a foreign node, an unknown destination: refused, nothing written.
+    let refused = [
+        DeliveryReport {
+            generation: 1,
+            ..report(&d, "a")
+        },
+        report(&d, "b"),
+        DeliveryReport {
+            destination: d.id + 1000,
+            ..report(&d, "a")
+        },
+    ];
+    for r in refused {
+        assert!(
+            !b.report(DeliveryReport {
+                cursor: Some(pos[2]),
+                delivered: 5,
+                dead: vec![(pos[2], 400, "no".into())],
+                last_error: Some(None),
+                pause: Some("no".into()),
+                ..r
+            })
+            .await
+        );
+    }
+    assert_eq!(b.destination("hook").await, now);
+
+    // Leaving `last_error` out keeps it; `Some(None)` clears it.
+    assert!(
+        b.report(DeliveryReport {
+            delivered: 0,
+            ..report(&d, "a")
+        })
+        .await
+    );
+    assert_eq!(
+        b.destination("hook").await.last_error.as_deref(),
+        Some("HTTP 503")
+    );
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[2]),
+            delivered: 1,
+            last_error: Some(None),
+            ..report(&d, "a")
+        })
+        .await
+    );
+    let done = b.destination("hook").await;
+    assert_eq!(
+        (
+            done.cursor,
+            done.delivered,
+            done.last_error.clone(),
+            done.state()
+        ),
+        (pos[2], 2, None, "running")
+    );
+    assert_eq!((done.backlog, done.oldest_undelivered), (0, None));
+
+    // A receiver's refusal pauses, and starts a new generation: the old one is refused.
+    assert!(
+        b.report(DeliveryReport {
+            pause: Some("vero answered 401".into()),
+            ..report(&d, "a")
+        })
+        .await
+    );
+    let paused = b.destination("hook").await;
+    assert_eq!(
+        (paused.paused.as_deref(), paused.generation, paused.state()),
+        (Some("vero answered 401"), 1, "paused")
+    );
+    assert!(!b.report(report(&d, "a")).await);
+    assert!(b.report(report(&paused, "a")).await);
+}
+
+async fn operators_pause_resume_replay_and_redrive(b: &Backend) {
+    let d = b.add("hook").await;
+    assert!(b.store.lease(d.id, "a", 60_000).await.expect("lease"));
+    for n in 0..4 {
+        b.track(event("u", "E", json!({ "n": n }))).await;
+        b.clock.advance_secs(10);
+    }
+    let items = b.items(d.cursor).await;
+    let pos = positions(&items);
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[3]),
+            pending_to: Some(pos[3]),
+            delivered: 2,
+            dead: vec![(pos[0], 400, "no".into()), (pos[2], 422, "no".into())],
+            last_error: Some(Some("HTTP 500".into())),
+            ..report(&d, "a")
+        })
+        .await
+    );
+
+    b.operate("hook", DestinationChange::Pause).await;
+    let paused = b.destination("hook").await;
+    assert_eq!(
+        (paused.paused.as_deref(), paused.generation, paused.state()),
+        (Some("paused by an operator"), 1, "paused")
+    );
+    assert!(!b.report(report(&d, "a")).await);
+
+    b.operate("hook", DestinationChange::Resume).await;
+    let resumed = b.destination("hook").await;
+    assert_eq!(
+        (&resumed.paused, &resumed.last_error, resumed.generation),
+        (&None, &None, 2)
+    );
+    assert_eq!((resumed.cursor, resumed.pending_to), (pos[3], pos[3]));
+
+    // Replay from the second item's receive time: the cursor goes back before it.
+    b.operate(
+        "hook",
+        DestinationChange::Replay {
+            since: items[1].received_at,
+        },
+    )
+    .await;
+    let replayed = b.destination("hook").await;
+    assert_eq!(
+        (replayed.cursor, replayed.pending_to, replayed.generation),
+        (pos[1] - 1, 0, 3)
+    );
+    assert_eq!(replayed.backlog, 3);
+    assert_eq!(
+        positions(&b.items(replayed.cursor).await),
+        pos[1..].to_vec()
+    );
+    // A replay from later than the cursor never moves it forward (nor one past every item).
+    for since in [items[3].received_at, b.now().as_micros() + 1_000_000] {
+        b.operate("hook", DestinationChange::Replay { since }).await;
+    }
+    let again = b.destination("hook").await;
+    assert_eq!((again.cursor, again.generation), (pos[1] - 1, 5));
+
+    // Redrive marks every dead letter; they come back with their rows, in order.
+    assert_eq!(
+        b.store.redrive_items(d.id, 10).await.expect("redrive"),
+        vec![]
+    );
+    b.operate("hook", DestinationChange::Redrive).await;
+    let marked = b.destination("hook").await;
+    assert_eq!((marked.dead_letters, marked.redrive_pending), (2, 2));
+    let redrive = b.store.redrive_items(d.id, 10).await.expect("redrive");
+    assert_eq!(positions(&redrive), vec![pos[0], pos[2]]);
+    assert_eq!(redrive[0], items[0]);
+    assert_eq!(
+        positions(&b.store.redrive_items(d.id, 1).await.expect("redrive")),
+        vec![pos[0]]
+    );
+    // One acknowledged, the other refused again (a dead letter again, not marked).
+    assert!(
+        b.report(DeliveryReport {
+            redriven: vec![pos[0], pos[2]],
+            dead: vec![(pos[2], 410, "gone".into())],
+            ..report(&marked, "a")
+        })
+        .await
+    );
+    let after = b.destination("hook").await;
+    assert_eq!((after.dead_letters, after.redrive_pending), (1, 0));
+    assert_eq!(
+        b.store.redrive_items(d.id, 10).await.expect("redrive"),
+        vec![]
+    );
+    b.operate("hook", DestinationChange::Redrive).await;
+    assert_eq!(
+        positions(&b.store.redrive_items(d.id, 10).await.expect("redrive")),
+        vec![pos[2]]
+    );
+
+    // Unknown names are not found; a removed destination is gone with its dead letters.
+    for change in [
+        DestinationChange::Pause,
+        DestinationChange::Resume,
+        DestinationChange::Remove,
+        DestinationChange::Redrive,
+        DestinationChange::Replay { since: 0 },
+    ] {
+        assert!(
+            matches!(
+                b.store.change_destination(b.project, "nope", change.clone()).await,
+                Err(StoreError::NotFound(ref m)) if m == "destination nope"
+            ),
+            "{change:?}"
+        );
+    }
+    b.operate("hook", DestinationChange::Remove).await;
+    assert_eq!(
+        b.store
+            .destinations(Some(b.project), true)
+            .await
+            .expect("destinations"),
+        vec![]
+    );
+    assert_eq!(
+        b.store.redrive_items(d.id, 10).await.expect("redrive"),
+        vec![]
+    );
+    assert!(!b.report(report(&after, "a")).await);
+    assert!(matches!(
+        b.store
+            .change_destination(b.project, "hook", DestinationChange::Pause)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them(b: &Backend) {
+    let d = b.add("hook").await;
+    b.change(ProfileOp::Track, json!({"id": "u", "data": {"a": 1}}))
+        .await
+        .expect("u");
+    b.track(event("u", "Paid", json!({}))).await;
+    b.change(ProfileOp::Tags, json!({"id": "u", "add": ["t"]}))
+        .await
+        .expect("tags");
+    b.track(event("o", "Paid", json!({}))).await;
+    let before = b.items(d.cursor).await;
+    assert_eq!(before.len(), 4);
+    // The receiver refused the user's event and its tags for good.
+    assert!(b.store.lease(d.id, "a", 60_000).await.expect("lease"));
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(before[3].pos),
+            dead: vec![
+                (before[1].pos, 400, "no".into()),
+                (before[2].pos, 400, "no".into())
+            ],
+            ..report(&d, "a")
+        })
+        .await
+    );
+    assert_eq!(b.destination("hook").await.dead_letters, 2);
+    b.change(ProfileOp::Delete, json!({"id": "u"}))
+        .await
+        .expect("deleted");
+    // The tags' dead letter went with the item; the event's stays with its (empty) item.
+    b.operate("hook", DestinationChange::Redrive).await;
+    let left = b.destination("hook").await;
+    assert_eq!((left.dead_letters, left.redrive_pending), (1, 1));
+    let redrive = b.store.redrive_items(d.id, 10).await.expect("redrive");
+    assert_eq!(
+        redrive
+            .iter()
+            .map(|i| (i.pos, i.is_live()))
+            .collect::<Vec<_>>(),
+        vec![(before[1].pos, false)]
+    );
+    // A refusal reported for an item deleted meanwhile leaves no dead letter behind.
+    assert!(
+        b.report(DeliveryReport {
+            dead: vec![(before[2].pos, 400, "late".into())],
+            ..report(&d, "a")
+        })
+        .await
+    );
+    assert_eq!(b.destination("hook").await.dead_letters, 1);
+    let items = b.items(d.cursor).await;
+    let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![ItemKind::Event, ItemKind::Event, ItemKind::UserDelete]
+    );
+    // The user's event item stays, without its event: it is skipped.
+    assert_eq!(
+        (items[0].pos, items[0].user_ref, &items[0].event),
+        (before[1].pos, before[0].user_ref, &None)
+    );
+    assert!(!items[0].is_live());
+    assert_eq!(items[1], before[3]);
+    // The deletion itself is delivered.
+    assert_eq!(items[2].body.as_deref(), Some(r#"{"id":"u"}"#));
+    assert_eq!(items[2].user_ref, before[0].user_ref);
+
+    // Merging c into b: c's undelivered changes follow it, its events' items keep their
+    // row's user (the event rows moved).
+    let start = items[2].pos;
+    b.change(ProfileOp::Track, json!({"id": "c", "data": {"x": 1}}))
+        .await
+        .expect("c");
+    b.change(ProfileOp::Tags, json!({"id": "c", "add": ["from-c"]}))
+        .await
+        .expect("tags");
+    b.track(event("c", "Viewed", json!({}))).await;
+    b.change(ProfileOp::Track, json!({"id": "b", "data": {"y": 2}}))
+        .await
+        .expect("b");
+    let before = b.items(start).await;
+    let (c_ref, b_ref) = (before[0].user_ref, before[3].user_ref);
+    assert_ne!(c_ref, b_ref);
+    b.change(ProfileOp::Reidentify, json!({"id": "c", "new_id": "b"}))
+        .await
+        .expect("merged");
+    let items = b.items(start).await;
+    let refs: Vec<(ItemKind, i64)> = items.iter().map(|i| (i.kind, i.user_ref)).collect();
+    assert_eq!(
+        refs,
+        vec![
+            (ItemKind::UserTrack, b_ref),
+            (ItemKind::UserTags, b_ref),
+            (ItemKind::Event, c_ref),
+            (ItemKind::UserTrack, b_ref),
+            (ItemKind::UserReidentify, b_ref),
+        ]
+    );
+    assert_eq!(
+        items[2].event.as_ref().expect("row").user_id.as_deref(),
+        Some("b")
+    );
+    assert_eq!(items[4].body.as_deref(), Some(r#"{"id":"c","new_id":"b"}"#));
+    // Deleting b now takes what came from both.
+    b.change(ProfileOp::Delete, json!({"id": "b"}))
+        .await
+        .expect("deleted");
+    let kinds: Vec<(ItemKind, bool)> = b
+        .items(start)
+        .await
+        .iter()
+        .map(|i| (i.kind, i.is_live()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(ItemKind::Event, false), (ItemKind::UserDelete, true)]
+    );
+}
+
+async fn leases_go_to_one_node_until_they_expire(b: &Backend) {
+    let d = b.add("hook").await;
+    let lease = |node: &'static str| b.store.lease(d.id, node, 1_000);
+    assert!(lease("a").await.expect("lease"));
+    assert!(!lease("b").await.expect("lease"));
+    // Renewed by its holder.
+    assert!(lease("a").await.expect("lease"));
+    assert!(!lease("b").await.expect("lease"));
+    assert!(b.report(report(&d, "a")).await);
+    assert!(!b.report(report(&d, "b")).await);
+    // Expired (SQLite judges by the store's clock, PostgreSQL by the database's).
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    b.clock.advance_secs(2);
+    assert!(lease("b").await.expect("lease"));
+    assert!(!lease("a").await.expect("lease"));
+    assert!(!b.report(report(&d, "a")).await);
+    assert!(b.report(report(&d, "b")).await);
+    assert!(!b.store.lease(d.id + 1000, "a", 1_000).await.expect("lease"));
+}
+
+async fn pruning_deletes_only_passed_old_items_and_keeps_dead_letters(b: &Backend) {
+    let d = b.add("hook").await;
+    let d2 = b.add("other").await;
+    for d in [&d, &d2] {
+        assert!(b.store.lease(d.id, "a", 60_000).await.expect("lease"));
+    }
+    for n in 0..4 {
+        b.track(event("u", "E", json!({ "n": n }))).await;
+    }
+    b.clock.advance_secs(3600);
+    b.track(event("u", "E", json!({"n": 4}))).await;
+    let pos = positions(&b.items(d.cursor).await);
+    assert_eq!(pos.len(), 5);
+    let keep = 1_800_000_000; // 30 minutes
+                              // Nothing passed yet.
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 0);
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[2]),
+            dead: vec![(pos[1], 400, "no".into())],
+            ..report(&d, "a")
+        })
+        .await
+    );
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[0]),
+            ..report(&d2, "a")
+        })
+        .await
+    );
+    // Only what every destination passed.
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 1);
+    assert_eq!(positions(&b.items(0).await), pos[1..].to_vec());
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[4]),
+            ..report(&d2, "a")
+        })
+        .await
+    );
+    // The dead letter's item stays, and so does the newest (too recent) and pos[3] (not
+    // passed by `hook`).
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 1);
+    assert_eq!(positions(&b.items(0).await), vec![pos[1], pos[3], pos[4]]);
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 0);
+    // Without `hook` (and its dead letters), `other` has passed them all.
+    b.operate("hook", DestinationChange::Remove).await;
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 2);
+    assert_eq!(positions(&b.items(0).await), vec![pos[4]]);
+    // A project without destinations keeps nothing older than `keep`.
+    b.operate("other", DestinationChange::Remove).await;
+    assert_eq!(b.store.prune_outbox(keep).await.expect("prune"), 0);
+    b.clock.advance_secs(1);
+    // Received exactly `keep` ago is kept; a microsecond more and it goes.
+    assert_eq!(b.store.prune_outbox(1_000_000).await.expect("prune"), 0);
+    assert_eq!(b.store.prune_outbox(999_999).await.expect("prune"), 1);
+    assert_eq!(b.items(0).await, vec![]);
+}
+
+async fn destinations_are_listed_with_their_backlog_and_named_once(b: &Backend) {
+    let q = b.store.create_project("a-first").await.expect("project").id;
+    b.add("b-hook").await;
+    b.add("a-hook").await;
+    b.store
+        .add_destination(q, hook("z"), "whsec_z".into())
+        .await
+        .expect("added");
+    let names = |list: Vec<Destination>| -> Vec<(String, String)> {
+        list.into_iter()
+            .map(|d| (d.project_name, d.spec.name))
+            .collect()
+    };
+    let pair = |p: &str, n: &str| (p.to_owned(), n.to_owned());
+    assert_eq!(
+        names(b.store.destinations(None, false).await.expect("all")),
+        vec![
+            pair("a-first", "z"),
+            pair("p", "a-hook"),
+            pair("p", "b-hook")
+        ]
+    );
+    assert_eq!(
+        names(b.store.destinations(Some(q), false).await.expect("q")),
+        vec![pair("a-first", "z")]
+    );
+
+    let first_at = b.now().as_micros();
+    b.track(event("u", "E", json!({}))).await;
+    b.clock.advance_secs(5);
+    b.change(ProfileOp::Tags, json!({"id": "u", "add": ["t"]}))
+        .await
+        .expect("tags");
+    let counted = b
+        .store
+        .destinations(Some(b.project), true)
+        .await
+        .expect("destinations");
+    let backlogs: Vec<(i64, Option<i64>)> = counted
+        .iter()
+        .map(|d| (d.backlog, d.oldest_undelivered))
+        .collect();
+    assert_eq!(backlogs, vec![(2, Some(first_at)), (2, Some(first_at))]);
+    assert_eq!(counted[0].oldest_undelivered_secs(b.now()), 5);
+    let uncounted: Vec<(i64, Option<i64>)> = b
+        .store
+        .destinations(Some(b.project), false)
+        .await
+        .expect("destinations")
+        .iter()
+        .map(|d| (d.backlog, d.oldest_undelivered))
+        .collect();
+    assert_eq!(uncounted, vec![(0, None), (0, None)]);
+    // The other project's destination has nothing to deliver.
+    let z = &b.store.destinations(Some(q), true).await.expect("q")[0];
+    assert_eq!((z.backlog, z.oldest_undelivered), (0, None));
+
+    // Names are unique in a project (not across projects), up to a bound.
+    assert!(matches!(
+        b.store
+            .add_destination(b.project, hook("a-hook"), String::new())
+            .await,
+        Err(StoreError::Conflict(ref m)) if m == "destination a-hook"
+    ));
+    b.add("z").await;
+    for n in 3..MAX_DESTINATIONS {
+        b.add(&format!("d{n}")).await;
+    }
+    match b
+        .store
+        .add_destination(b.project, hook("one-more"), String::new())
+        .await
+    {
+        Err(StoreError::Invalid(e)) => assert_eq!(e.field, "name"),
+        other => panic!("{other:?}"),
+    }
+    let ours = b
+        .store
+        .destinations(Some(b.project), false)
+        .await
+        .expect("destinations");
+    assert_eq!(ours.len(), MAX_DESTINATIONS);
+    // Ids are unique across projects.
+    let mut ids: Vec<i64> = b
+        .store
+        .destinations(None, false)
+        .await
+        .expect("all")
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), MAX_DESTINATIONS + 1);
+    // Removing one makes room.
+    b.operate("a-hook", DestinationChange::Remove).await;
+    b.add("one-more").await;
+    assert!(names(
+        b.store
+            .destinations(Some(b.project), false)
+            .await
+            .expect("p")
+    )
+    .iter()
+    .all(|(_, n)| n != "a-hook"));
+}
+
+async fn a_reader_following_the_outbox_misses_nothing_while_two_nodes_write(b: &Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CLIENTS: usize = 8;
+    const EACH: usize = 50;
+    let d = b.add("hook").await;
+    let other = b.another_store().await;
+    let done = AtomicBool::new(false);
+    let late = std::sync::Mutex::new(None);
+    // Clients of either node, each sending in turn: many small batches commit at once.
+    // Halfway through, the first client adds a destination (through the other node).
+    let write = async {
+        let clients = (0..CLIENTS).map(|c| {
+            let store = if c % 2 == 0 { &b.store } else { &other };
+            let (other, late) = (&other, &late);
+            async move {
+                let mut outcomes = Vec::new();
+                for n in 0..EACH {
+                    if c == 0 && n == EACH / 2 {
+                        let added = other
+                            .add_destination(b.project, hook("late"), String::new())
+                            .await
+                            .expect("added");
+                        *late.lock().expect("late") = Some(added);
+                    }
+                    let e = b.tracked(event(&format!("u{c}"), "E", json!({ "n": n })));
+                    outcomes.push(store.track(e).await);
+                }
+                outcomes
+            }
+        });
+        let outcomes: Vec<_> = futures::future::join_all(clients)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        done.store(true, Ordering::SeqCst);
+        outcomes
+    };
+    // (position, user, n) of each item.
+    let shape = |items: Vec<OutboxItem>| -> Vec<(i64, String, i64)> {
+        items
+            .into_iter()
+            .map(|i| {
+                let row = i.event.expect("event row");
+                let data: Value = serde_json::from_str(&row.data).expect("data");
+                (
+                    i.pos,
+                    row.user_id.expect("user"),
+                    data["n"].as_i64().expect("n"),
+                )
+            })
+            .collect()
+    };
+    // Reads as a delivery loop does, from the last position it saw.
+    let read = async {
+        let mut seen = Vec::new();
+        let mut after = d.cursor;
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            let page = b.store.outbox(b.project, after, 37).await.expect("outbox");
+            if let Some(last) = page.last() {
+                after = last.pos;
+            }
+            let empty = page.is_empty();
+            seen.extend(shape(page));
+            if finished && empty {
+                return seen;
+            }
+            if empty {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let (outcomes, seen) = tokio::join!(write, read);
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(InsertOutcome::Inserted))));
+    let all = shape(b.items(d.cursor).await);
+    assert_eq!(all.len(), CLIENTS * EACH);
+    assert_eq!(seen, all);
+    // Each client's events in its order: positions follow commit order.
+    for c in 0..CLIENTS {
+        let ns: Vec<i64> = all
+            .iter()
+            .filter(|(_, u, _)| *u == format!("u{c}"))
+            .map(|(_, _, n)| *n)
+            .collect();
+        assert_eq!(ns, (0..EACH as i64).collect::<Vec<_>>(), "u{c}");
+    }
+    // The destination added meanwhile starts exactly between the first client's events
+    // before it and after it, and gets the same items as the first from there on.
+    let late = late.lock().expect("late").clone().expect("added");
+    let after_late = shape(b.items(late.cursor).await);
+    let first: Vec<i64> = after_late
+        .iter()
+        .filter(|(_, u, _)| u == "u0")
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert_eq!(first, (EACH as i64 / 2..EACH as i64).collect::<Vec<_>>());
+    assert_eq!(after_late[..], all[all.len() - after_late.len()..]);
+    other.shutdown().await.expect("shutdown");
+}
+
+async fn changes_committed_in_one_batch_keep_their_order_deletions_and_merges(b: &Backend) {
+    let d = b.add("hook").await;
+    b.change(ProfileOp::Track, json!({"id": "blocker"}))
+        .await
+        .expect("blocker");
+    // PostgreSQL: both writers of the node are kept busy on changes of a user locked beside
+    // the store, so everything queued meanwhile commits in one batch. (SQLite's one writer
+    // takes the queue in order whatever its batches.)
+    let mut held = None;
+    let mut blocked = Vec::new();
+    if let Some(db) = &b.pg {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; SELECT 1 FROM users WHERE user_key = 'blocker' FOR UPDATE")
+            .await
+            .expect("row lock");
+        for n in 0..2 {
+            let request = b.request(
+                ProfileOp::Edit,
+                json!({"id": "blocker", "changes": { "n": n }}),
+            );
+            blocked.push(b.store.change_profile(request));
+            // Taken by a writer, which now waits for the lock.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        held = Some((client, connection));
+    }
+    // Queued at once, in this order (each call queues its job before returning).
+    let changes = [
+        (ProfileOp::Track, json!({"id": "u", "data": {"a": 1}})),
+        (ProfileOp::Tags, json!({"id": "u", "add": ["t"]})),
+        (ProfileOp::Delete, json!({"id": "u"})),
+        (ProfileOp::Track, json!({"id": "c", "data": {"x": 1}})),
+        (ProfileOp::Tags, json!({"id": "c", "add": ["from-c"]})),
+        (ProfileOp::Track, json!({"id": "b", "data": {"y": 1}})),
+        (ProfileOp::Reidentify, json!({"id": "c", "new_id": "b"})),
+    ];
+    let mut changed = Vec::new();
+    let mut tracked = Vec::new();
+    for (i, (op, body)) in changes.into_iter().enumerate() {
+        if i == 1 {
+            tracked.push(b.store.track(b.tracked(event("u", "Paid", json!({})))));
+        }
+        changed.push(b.store.change_profile(b.request(op, body)));
+    }
+    tracked.push(b.store.track(b.tracked(event("o", "Paid", json!({})))));
+    if let Some((client, connection)) = held {
+        client.batch_execute("COMMIT").await.expect("release");
+        drop(client);
+        let _ = connection.await;
+    }
+    for done in futures::future::join_all(blocked.into_iter().chain(changed)).await {
+        done.expect("changed");
+    }
+    for outcome in futures::future::join_all(tracked).await {
+        assert_eq!(outcome.expect("tracked"), InsertOutcome::Inserted);
+    }
+    let items = b.items(d.cursor).await;
+    // Without the blocker's own changes (PostgreSQL's commit before the batch).
+    let items: Vec<&OutboxItem> = items
+        .iter()
+        .filter(|i| {
+            !i.body
+                .as_deref()
+                .is_some_and(|b| b.contains(r#""blocker""#))
+        })
+        .collect();
+    let shape: Vec<(ItemKind, bool)> = items.iter().map(|i| (i.kind, i.is_live())).collect();
+    assert_eq!(
+        shape,
+        vec![
+            // u's event stays (without its row); its changes went with it but the deletion.
+            (ItemKind::Event, false),
+            (ItemKind::UserDelete, true),
+            // c's changes follow it into b.
+            (ItemKind::UserTrack, true),
+            (ItemKind::UserTags, true),
+            (ItemKind::UserTrack, true),
+            (ItemKind::UserReidentify, true),
+            (ItemKind::Event, true),
+        ]
+    );
+    let refs: Vec<i64> = items.iter().map(|i| i.user_ref).collect();
+    assert_eq!(refs[0], refs[1]);
+    assert!(refs[2..6].iter().all(|r| *r == refs[2]));
+    assert!(refs[0] != refs[2] && refs[6] != refs[0] && refs[6] != refs[2]);
+    assert_eq!(
+        items[2].body.as_deref(),
+        Some(r#"{"id":"c","data":{"x":1}}"#)
+    );
+    assert_eq!(
+        items[6].event.as_ref().expect("row").user_id.as_deref(),
+        Some("o")
+    );
+}
+
+async fn a_new_user_never_takes_a_deleted_ones_items(b: &Backend) {
+    let d = b.add("hook").await;
+    // The newest user, deleted: its id must not be given again.
+    b.change(ProfileOp::Track, json!({"id": "first"}))
+        .await
+        .expect("first");
+    b.change(ProfileOp::Delete, json!({"id": "first"}))
+        .await
+        .expect("deleted");
+    b.change(ProfileOp::Track, json!({"id": "second"}))
+        .await
+        .expect("second");
+    let items = b.items(d.cursor).await;
+    assert_eq!(items.len(), 2);
+    assert_ne!(items[0].user_ref, items[1].user_ref);
+    // Deleting the new user leaves the first one's deletion to deliver.
+    b.change(ProfileOp::Delete, json!({"id": "second"}))
+        .await
+        .expect("deleted");
+    let bodies: Vec<(ItemKind, Option<String>)> = b
+        .items(d.cursor)
+        .await
+        .into_iter()
+        .map(|i| (i.kind, i.body))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (ItemKind::UserDelete, Some(r#"{"id":"first"}"#.to_owned())),
+            (ItemKind::UserDelete, Some(r#"{"id":"second"}"#.to_owned())),
+        ]
+    );
+}
+
+/// PostgreSQL only (several nodes commit at once there): a destination added while a
+/// transaction that could not see it is in flight either waits for its commit or gets its
+/// items. The transaction is held mid-way by a row lock taken beside the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_destination_added_during_a_commit_misses_nothing() {
+    let Some(b) = Backend::postgres().await else {
+        return;
+    };
+    b.change(ProfileOp::Track, json!({"id": "u"}))
+        .await
+        .expect("u");
+    let url = b.pg.as_ref().expect("database").url.clone();
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    let holder = client.transaction().await.expect("begin");
+    holder
+        .execute("SELECT 1 FROM users WHERE user_key = 'u' FOR UPDATE", &[])
+        .await
+        .expect("row lock");
+    let edit = tokio::spawn({
+        let store = b.store.clone();
+        let request = b.request(ProfileOp::Edit, json!({"id": "u", "changes": {"a": 1}}));
+        async move { store.change_profile(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let add = tokio::spawn({
+        let (store, project) = (b.store.clone(), b.project);
+        async move {
+            store
+                .add_destination(project, hook("hook"), String::new())
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Added while the edit could not commit yet: the edit commits after it.
+    let added_first = add.is_finished();
+    holder.commit().await.expect("release");
+    edit.await.expect("edit task").expect("edited");
+    let d = add.await.expect("add task").expect("added");
+    let kinds: Vec<ItemKind> = b.items(d.cursor).await.iter().map(|i| i.kind).collect();
+    if added_first {
+        assert_eq!(kinds, vec![ItemKind::UserEdit]);
+    } else {
+        assert_eq!(kinds, vec![]);
+    }
+    // As built: adding waits for the project's transactions in flight.
+    assert!(!added_first, "the destination did not wait");
+    drop(client);
+    let _ = connection.await;
+    b.close().await;
 }
 
 /// A PostgreSQL database of one case's own on the server at `TRACKD_TEST_DATABASE_URL`.

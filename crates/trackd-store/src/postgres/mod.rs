@@ -6,6 +6,7 @@
 //! round trip succeeds again.
 
 mod live;
+mod outbox;
 mod profile;
 mod read;
 mod schema;
@@ -218,65 +219,95 @@ async fn bump_credentials_version(tx: &tokio_postgres::Transaction<'_>) -> Resul
     Ok(())
 }
 
-/// Placeholder while the PostgreSQL outbox is written.
-fn not_yet<'a, T: 'a>() -> StoreFuture<'a, T> {
-    Box::pin(async {
-        Err(StoreError::unavailable(Cause(
-            "delivery is not on PostgreSQL yet",
-        )))
-    })
-}
-
 impl Store for PostgresStore {
     fn destinations(
         &self,
-        _project: Option<ProjectId>,
-        _with_backlog: bool,
+        project: Option<ProjectId>,
+        with_backlog: bool,
     ) -> StoreFuture<'_, Vec<Destination>> {
-        not_yet()
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::destinations(&client, project, with_backlog)
+                .await
+                .map_err(unavailable)
+        })
     }
 
     fn add_destination(
         &self,
-        _project: ProjectId,
-        _spec: DestinationSpec,
-        _secret: String,
+        project: ProjectId,
+        spec: DestinationSpec,
+        secret: String,
     ) -> StoreFuture<'_, Destination> {
-        not_yet()
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            outbox::add_destination(&mut client, now, project, &spec, &secret).await
+        })
     }
 
     fn change_destination(
         &self,
-        _project: ProjectId,
-        _name: &str,
-        _change: DestinationChange,
+        project: ProjectId,
+        name: &str,
+        change: DestinationChange,
     ) -> StoreFuture<'_, ()> {
-        not_yet()
+        let name = name.to_owned();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            outbox::change_destination(&mut client, project, &name, &change).await
+        })
     }
 
     fn outbox(
         &self,
-        _project: ProjectId,
-        _after: i64,
-        _limit: usize,
+        project: ProjectId,
+        after: i64,
+        limit: usize,
     ) -> StoreFuture<'_, Vec<OutboxItem>> {
-        not_yet()
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::items(&client, project, after, limit)
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    fn redrive_items(&self, _destination: i64, _limit: usize) -> StoreFuture<'_, Vec<OutboxItem>> {
-        not_yet()
+    fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::redrive_items(&client, destination, limit)
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    fn report_delivery(&self, _report: DeliveryReport) -> StoreFuture<'_, bool> {
-        not_yet()
+    fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool> {
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            outbox::report(&mut client, &report, now)
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    fn lease(&self, _destination: i64, _node: &str, _ttl_ms: i64) -> StoreFuture<'_, bool> {
-        not_yet()
+    fn lease(&self, destination: i64, node: &str, ttl_ms: i64) -> StoreFuture<'_, bool> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::lease(&client, destination, &node, ttl_ms)
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    fn prune_outbox(&self, _keep_micros: i64) -> StoreFuture<'_, u64> {
-        not_yet()
+    fn prune_outbox(&self, keep_micros: i64) -> StoreFuture<'_, u64> {
+        let cutoff = self.clock.now().as_micros().saturating_sub(keep_micros);
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::prune(&client, cutoff).await.map_err(unavailable)
+        })
     }
 
     fn metrics(&self) -> StoreMetrics {

@@ -13,6 +13,8 @@ use tokio_postgres::{Error, Row, Transaction};
 use trackd_core::plan::{self, Found, Lookup, Plan, UserRow, USER_COLUMNS as COLUMNS};
 use trackd_core::{ProfileRequest, StoreError, UserRef};
 
+use super::outbox::{self, Pending};
+
 const INSERT: &str = "INSERT INTO users (project_id, user_key, user_id, email, phone_number, \
                       channels, properties, tags, subscribed, first_seen, last_seen, created_at, \
                       updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
@@ -152,12 +154,15 @@ async fn resolve(
     }
 }
 
-/// Applies one change. `Ok(Err(NotFound))` when it needs a user that does not exist (the
-/// batch goes on); `Err` only for a database failure (the batch rolls back).
+/// Applies one change. `Ok(Ok(Some(user)))` names the user it changed (`None`: nothing
+/// changed); `Ok(Err(NotFound))` when it needs a user that does not exist (the batch goes
+/// on); `Err` only for a database failure (the batch rolls back). A deletion or a merge
+/// also takes the user's outbox items with it, committed ones and the batch's `pending`.
 pub(super) async fn apply(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
-) -> Result<Result<(), StoreError>, Error> {
+    pending: &mut Pending,
+) -> Result<Result<Option<i64>, StoreError>, Error> {
     // An attempt yields only to a user another transaction committed after its lookup,
     // which the next attempt's lookup sees (read committed: each statement sees what was
     // committed before it; under repeatable read PostgreSQL fails the insert instead). Only
@@ -171,7 +176,7 @@ pub(super) async fn apply(
         } else {
             OnRace::Fail
         };
-        if let Some(result) = attempt(tx, request, on_race).await? {
+        if let Some(result) = attempt(tx, request, on_race, pending).await? {
             return Ok(result);
         }
     }
@@ -184,7 +189,8 @@ async fn attempt(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
     on_race: OnRace,
-) -> Result<Option<Result<(), StoreError>>, Error> {
+    pending: &mut Pending,
+) -> Result<Option<Result<Option<i64>, StoreError>>, Error> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {
@@ -195,18 +201,22 @@ async fn attempt(
             by_key(tx, project, &to).await?,
         ),
     };
-    let saved = match plan::plan(&request.change, now, found, &request.limits) {
-        Plan::Nothing => true,
+    let changed = match plan::plan(&request.change, now, found, &request.limits) {
+        Plan::Nothing => return Ok(Some(Ok(None))),
         Plan::NotFound => return Ok(Some(Err(StoreError::NotFound("user".into())))),
         Plan::Refused(e) => return Ok(Some(Err(StoreError::Invalid(e)))),
-        Plan::Save(mut row) => save(&mut row, tx, project, now, on_race).await?,
+        Plan::Save(mut row) => save(&mut row, tx, project, now, on_race)
+            .await?
+            .then_some(row.id),
         Plan::Delete(row) => {
-            delete(tx, project, &row).await?;
-            true
+            delete(tx, project, &row, pending).await?;
+            Some(row.id)
         }
         Plan::Rename { mut user, from_key } => {
             move_dedup(tx, project, &from_key, &user.user_key).await?;
-            save(&mut user, tx, project, now, on_race).await?
+            save(&mut user, tx, project, now, on_race)
+                .await?
+                .then_some(user.id)
         }
         Plan::Merge { from, mut into } => {
             tx.execute(
@@ -215,21 +225,29 @@ async fn attempt(
             )
             .await?;
             move_dedup(tx, project, &from.user_key, &into.user_key).await?;
+            outbox::merge_user(tx, pending, from.id, into.id).await?;
             tx.execute("DELETE FROM users WHERE id = $1", &[&from.id])
                 .await?;
-            save(&mut into, tx, project, now, on_race).await?
+            save(&mut into, tx, project, now, on_race)
+                .await?
+                .then_some(into.id)
         }
     };
     // Only an insert can yield, and every insert is the change's first write.
-    Ok(saved.then_some(Ok(())))
+    Ok(changed.map(|user| Ok(Some(user))))
 }
 
 /// Removes a user, its events and its dedup records. The records are the whole of dedup
 /// here: deleting them is what makes a resend of one of the user's events accepted again,
 /// as forgetting their keys in the index does in the SQLite store. They are found by the
 /// user's key (a scan of the window's records: deletions are rare, and an index on it would
-/// cost every event a second index entry).
-async fn delete(tx: &Transaction<'_>, project: i64, user: &UserRow) -> Result<(), Error> {
+/// cost every event a second index entry). Its undelivered profile changes go too.
+async fn delete(
+    tx: &Transaction<'_>,
+    project: i64,
+    user: &UserRow,
+    pending: &mut Pending,
+) -> Result<(), Error> {
     tx.execute("DELETE FROM events WHERE user_ref = $1", &[&user.id])
         .await?;
     tx.execute(
@@ -237,6 +255,7 @@ async fn delete(tx: &Transaction<'_>, project: i64, user: &UserRow) -> Result<()
         &[&project, &user.user_key],
     )
     .await?;
+    outbox::forget_user(tx, pending, user.id).await?;
     tx.execute("DELETE FROM users WHERE id = $1", &[&user.id])
         .await?;
     Ok(())

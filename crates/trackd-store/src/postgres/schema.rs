@@ -93,6 +93,58 @@ CREATE TABLE counters (
 -- first use, with `value` 0; every node reads the same one).
 ALTER TABLE meta ADD COLUMN bytes BYTEA;
 "#,
+    r#"
+-- Delivery (DESIGN §8), as on SQLite. A destination's cursor is the last outbox position
+-- its receiver acknowledged; `generation` changes on pause, resume and replay so a loop of
+-- an older one stops; the lease (database clock) says which node delivers it.
+CREATE TABLE destinations (
+    id          BIGSERIAL PRIMARY KEY,
+    project_id  BIGINT NOT NULL REFERENCES projects(id),
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    settings    TEXT NOT NULL,    -- JSON: url, batch, events, only, token, subject_prefix
+    secret      TEXT NOT NULL,    -- the webhook signing secret (whsec_), '' for other kinds
+    paused      TEXT,             -- why, when paused
+    cursor      BIGINT NOT NULL,
+    pending_to  BIGINT NOT NULL DEFAULT 0, -- the batch being sent ends here (0: none)
+    generation  BIGINT NOT NULL DEFAULT 0,
+    delivered   BIGINT NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    lease_owner TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0, -- database clock, microseconds
+    created_at  BIGINT NOT NULL,
+    UNIQUE (project_id, name)
+);
+
+-- Committed items of projects that have destinations, in commit order per project. An
+-- event's item points at its row (no copy of the data: deleting the user deletes what it
+-- would send); a profile change keeps its normalised body, deleted with the user.
+CREATE TABLE outbox (
+    project_id  BIGINT NOT NULL,
+    pos         BIGINT NOT NULL,  -- from outbox_pos, taken under the project's order lock
+    user_ref    BIGINT NOT NULL,  -- users.id: order is kept per user
+    kind        SMALLINT NOT NULL, -- delivery::ItemKind
+    event_id    BIGINT,
+    body        TEXT,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (project_id, pos)
+);
+CREATE INDEX outbox_changes_by_user ON outbox(user_ref) WHERE body IS NOT NULL;
+-- CACHE 1 (no values kept per session): a value taken later is always larger, which is
+-- what makes positions follow commit order per project.
+CREATE SEQUENCE outbox_pos CACHE 1;
+
+-- Items a receiver refused for good, until redriven.
+CREATE TABLE dead_letters (
+    destination_id BIGINT NOT NULL,
+    pos            BIGINT NOT NULL,
+    status         INTEGER NOT NULL,
+    response       TEXT NOT NULL,   -- the first KiB of the answer
+    failed_at      BIGINT NOT NULL,
+    redrive        BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (destination_id, pos)
+);
+"#,
 ];
 
 /// The advisory lock key migrations run under ("trackd" in ASCII).

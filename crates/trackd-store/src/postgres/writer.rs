@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, Mutex};
+use trackd_core::delivery::change_item;
 use trackd_core::read::Counter;
 use trackd_core::{Clock, EventRecord, InsertOutcome, StoreMetrics, TrackedEvent};
 
+use super::outbox::Pending;
 use super::profile;
 
 /// The most requests committed in one transaction.
@@ -134,11 +136,22 @@ impl Writers {
     }
 
     /// Writes one batch in one transaction, in arrival order: each run of consecutive
-    /// events with one dedup statement, profile changes one by one. Nothing is written
-    /// unless everything is.
+    /// events with one dedup statement, profile changes one by one, and last the outbox
+    /// items of what they stored (see `outbox.rs` for the locks that keep their positions
+    /// in commit order). Nothing is written unless everything is.
     async fn write(&self, batch: &[Job]) -> Result<Vec<Done>, WriteError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // Before any write: the projects whose items this batch may write.
+        let mut outbox = Pending::start(
+            &tx,
+            batch.iter().filter_map(|job| match job {
+                Job::Track { event, .. } => Some(event.project.get()),
+                Job::Profile { request, .. } => Some(request.project.get()),
+                _ => None,
+            }),
+        )
+        .await?;
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         let mut totals = Totals::default();
         let announce = now_ms() < self.live_wanted_until.load(Ordering::Relaxed);
@@ -155,13 +168,25 @@ impl Writers {
                         })
                         .collect();
                     i += run.len();
-                    let (outcomes, mut ids) = self.track(&tx, &run).await?;
-                    ids.reverse();
+                    let (outcomes, stored) = self.track(&tx, &run).await?;
+                    let mut stored = stored.into_iter();
                     for (event, outcome) in run.iter().zip(outcomes) {
+                        let id = match outcome {
+                            InsertOutcome::Inserted => stored.next(),
+                            InsertOutcome::Duplicate => None,
+                        };
+                        if let Some((id, user_ref)) = id {
+                            outbox.event(
+                                event.project,
+                                user_ref,
+                                id,
+                                event.received_at.as_micros(),
+                            );
+                        }
                         if announce {
                             let entry = live.entry(event.project.get()).or_default();
                             match outcome {
-                                InsertOutcome::Inserted => entry.0.extend(ids.pop()),
+                                InsertOutcome::Inserted => entry.0.extend(id.map(|(id, _)| id)),
                                 InsertOutcome::Duplicate => entry.1 += 1,
                             }
                         }
@@ -171,8 +196,22 @@ impl Writers {
                     continue;
                 }
                 Job::Profile { request, .. } => {
-                    done.push(Done::Other(profile::apply(&tx, request).await?));
+                    let result = profile::apply(&tx, request, &mut outbox).await?;
+                    if let Ok(Some(user_ref)) = result {
+                        if outbox.wanted(request.project) {
+                            let (kind, body) = change_item(&request.change);
+                            outbox.change(
+                                request.project,
+                                user_ref,
+                                kind,
+                                body,
+                                request.received_at.as_micros(),
+                            );
+                        }
+                    }
+                    done.push(Done::Other(result.map(|_| ())));
                 }
+                // History restored as it was: no items (it is not being received now).
                 Job::Restore { events, .. } => {
                     let records: Vec<&EventRecord> = events.iter().collect();
                     let keys = user_keys(&tx, &records).await?;
@@ -213,6 +252,8 @@ impl Writers {
             tx.execute(&add, &[&projects, &names, &values, &self.shard])
                 .await?;
         }
+        // Last: the order locks it takes are held until the commit.
+        outbox.write(&tx).await?;
         tx.commit().await?;
         // Announced after the commit, outside it: only committed events are announced, and
         // a commit never waits for the notification queue's lock. A failed announcement
@@ -231,12 +272,13 @@ impl Writers {
     }
 
     /// A run of events: the in-batch and cross-node dedup decisions, then the accepted
-    /// events with their users, and their dedup records pointed at their users.
+    /// events with their users, and their dedup records pointed at their users. Returns
+    /// each event's outcome and, in order, the accepted ones' (event id, user row id).
     async fn track(
         &self,
         tx: &Transaction<'_>,
         run: &[&TrackedEvent],
-    ) -> Result<(Vec<InsertOutcome>, Vec<i64>), WriteError> {
+    ) -> Result<(Vec<InsertOutcome>, Vec<(i64, i64)>), WriteError> {
         let mut outcomes = vec![InsertOutcome::Inserted; run.len()];
         let records: Vec<&EventRecord> = run.iter().map(|e| &e.record).collect();
         // The user each event is filed under (an email alone may name an id-keyed user):
@@ -433,12 +475,12 @@ async fn user_keys(
 
 /// The users of `events` (created or touched, one statement, in key order), each event
 /// filed under `keys[i]`, and the event rows (one statement, in order); returns the events'
-/// ids, in order.
+/// ids and their users' row ids, in order.
 async fn insert_events(
     tx: &Transaction<'_>,
     events: &[&EventRecord],
     keys: &[String],
-) -> Result<Vec<i64>, WriteError> {
+) -> Result<Vec<(i64, i64)>, WriteError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -561,7 +603,7 @@ async fn insert_events(
     // Ids come from the sequence in row order, so sorted they are the events' own order.
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
-    Ok(ids)
+    Ok(ids.into_iter().zip(user_refs).collect())
 }
 
 /// Why a batch did not commit.

@@ -45,6 +45,7 @@ impl OutboxState {
     }
 
     /// Appends an item (when its project has destinations).
+    #[allow(clippy::too_many_arguments)] // an item's columns, one argument each
     pub fn append(
         &mut self,
         tx: &Transaction<'_>,
@@ -93,9 +94,17 @@ fn last_pos(conn: &Connection) -> rusqlite::Result<i64> {
     })
 }
 
-/// A deleted user's undelivered profile changes go with it (its events' items point at
-/// events that are gone, and are skipped).
+/// A deleted user's undelivered profile changes go with it, and their dead letters (which
+/// could never be redriven nor cleared without their item); its events' items point at
+/// events that are gone, and are skipped.
 pub(crate) fn forget_user(tx: &Transaction<'_>, user_ref: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "DELETE FROM dead_letters WHERE EXISTS (\
+           SELECT 1 FROM outbox o JOIN destinations d ON d.project_id = o.project_id \
+           WHERE o.user_ref = ?1 AND o.body IS NOT NULL \
+             AND d.id = dead_letters.destination_id AND o.pos = dead_letters.pos)",
+    )?
+    .execute([user_ref])?;
     tx.prepare_cached("DELETE FROM outbox WHERE user_ref = ?1 AND body IS NOT NULL")?
         .execute([user_ref])?;
     Ok(())
@@ -399,9 +408,13 @@ pub(crate) fn report(tx: &Transaction<'_>, r: &DeliveryReport, now: i64) -> rusq
     for pos in &r.redriven {
         forget.execute([r.destination, *pos])?;
     }
+    // Only for an item still there: one deleted meanwhile (with its user) is not retried.
     let mut dead = tx.prepare_cached(
         "INSERT INTO dead_letters (destination_id, pos, status, response, failed_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (destination_id, pos) DO UPDATE \
+         SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (\
+           SELECT 1 FROM outbox o JOIN destinations d ON d.project_id = o.project_id \
+           WHERE d.id = ?1 AND o.pos = ?2) \
+         ON CONFLICT (destination_id, pos) DO UPDATE \
          SET status = excluded.status, response = excluded.response, \
              failed_at = excluded.failed_at, redrive = 0",
     )?;

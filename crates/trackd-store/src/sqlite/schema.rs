@@ -144,6 +144,43 @@ CREATE TABLE dead_letters (
     PRIMARY KEY (destination_id, pos)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- User ids are never reused, as event ids: the outbox names a user by its id, and a new
+-- user taking the id of a deleted one (the newest) would take its undelivered items with
+-- it (a later deletion or merge of the new user would drop or move the first one's
+-- `user.delete`). AUTOINCREMENT needs the table rebuilt; the counter starts past every id
+-- the outbox names.
+CREATE TABLE users_v4 (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id   INTEGER NOT NULL,
+    user_key     TEXT NOT NULL,
+    user_id      TEXT,
+    email        TEXT,
+    phone_number TEXT,
+    channels     TEXT NOT NULL DEFAULT '[]',
+    properties   TEXT NOT NULL DEFAULT '{}',
+    tags         TEXT NOT NULL DEFAULT '[]',
+    subscribed   INTEGER NOT NULL DEFAULT 1,
+    first_seen   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    UNIQUE (project_id, user_key)
+);
+INSERT INTO users_v4 (id, project_id, user_key, user_id, email, phone_number, channels,
+                      properties, tags, subscribed, first_seen, last_seen, created_at,
+                      updated_at)
+    SELECT id, project_id, user_key, user_id, email, phone_number, channels, properties, tags,
+           subscribed, first_seen, last_seen, created_at, updated_at FROM users;
+DROP TABLE users;
+ALTER TABLE users_v4 RENAME TO users;
+CREATE INDEX users_by_email ON users(project_id, email) WHERE email IS NOT NULL;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'users', coalesce((SELECT max(user_ref) FROM outbox), 0)
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users');
+UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(user_ref) FROM outbox), 0))
+    WHERE name = 'users';
+"#,
 ];
 
 /// Brings the database to the latest schema, each step in its own transaction. Safe to run
