@@ -1097,7 +1097,20 @@ async fn reports_move_the_cursor_only_for_the_current_generation_and_lease(b: &B
     );
     assert_eq!((done.backlog, done.oldest_undelivered), (0, None));
 
-    // A receiver's refusal pauses, and starts a new generation: the old one is refused.
+    // The cursor only moves forward in a report: a late one of a stopped loop is kept for
+    // its counts, never taken back.
+    assert!(
+        b.report(DeliveryReport {
+            cursor: Some(pos[0]),
+            delivered: 1,
+            ..report(&d, "a")
+        })
+        .await
+    );
+    let late = b.destination("hook").await;
+    assert_eq!((late.cursor, late.delivered), (pos[2], 3));
+
+    // A receiver's refusal pauses (the loop stops itself; the generation stays).
     assert!(
         b.report(DeliveryReport {
             pause: Some("vero answered 401".into()),
@@ -1108,9 +1121,8 @@ async fn reports_move_the_cursor_only_for_the_current_generation_and_lease(b: &B
     let paused = b.destination("hook").await;
     assert_eq!(
         (paused.paused.as_deref(), paused.generation, paused.state()),
-        (Some("vero answered 401"), 1, "paused")
+        (Some("vero answered 401"), 0, "paused")
     );
-    assert!(!b.report(report(&d, "a")).await);
     assert!(b.report(report(&paused, "a")).await);
 }
 
@@ -1135,19 +1147,21 @@ async fn operators_pause_resume_replay_and_redrive(b: &Backend) {
         .await
     );
 
+    // Pause and resume keep the generation: what a loop stopped by the pause had
+    // acknowledged is still recorded.
     b.operate("hook", DestinationChange::Pause).await;
     let paused = b.destination("hook").await;
     assert_eq!(
         (paused.paused.as_deref(), paused.generation, paused.state()),
-        (Some("paused by an operator"), 1, "paused")
+        (Some("paused by an operator"), 0, "paused")
     );
-    assert!(!b.report(report(&d, "a")).await);
+    assert!(b.report(report(&d, "a")).await);
 
     b.operate("hook", DestinationChange::Resume).await;
     let resumed = b.destination("hook").await;
     assert_eq!(
         (&resumed.paused, &resumed.last_error, resumed.generation),
-        (&None, &None, 2)
+        (&None, &None, 0)
     );
     assert_eq!((resumed.cursor, resumed.pending_to), (pos[3], pos[3]));
 
@@ -1162,7 +1176,7 @@ async fn operators_pause_resume_replay_and_redrive(b: &Backend) {
     let replayed = b.destination("hook").await;
     assert_eq!(
         (replayed.cursor, replayed.pending_to, replayed.generation),
-        (pos[1] - 1, 0, 3)
+        (pos[1] - 1, 0, 1)
     );
     assert_eq!(replayed.backlog, 3);
     assert_eq!(
@@ -1174,7 +1188,9 @@ async fn operators_pause_resume_replay_and_redrive(b: &Backend) {
         b.operate("hook", DestinationChange::Replay { since }).await;
     }
     let again = b.destination("hook").await;
-    assert_eq!((again.cursor, again.generation), (pos[1] - 1, 5));
+    assert_eq!((again.cursor, again.generation), (pos[1] - 1, 3));
+    // A report of the generation before the replay is refused.
+    assert!(!b.report(report(&d, "a")).await);
 
     // Redrive marks every dead letter; they come back with their rows, in order.
     assert_eq!(

@@ -111,8 +111,8 @@ async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
                 .get(0)
         })
     });
-    // Each migration applied once: the schema is at the last one (there are two).
-    assert_eq!(version, 2);
+    // Each migration applied once: the schema is at the last one (there are three).
+    assert_eq!(version, 3);
 }
 
 #[tokio::test]

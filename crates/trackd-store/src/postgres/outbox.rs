@@ -441,14 +441,10 @@ pub(super) async fn change_destination(
     };
     match change {
         DestinationChange::Pause => {
-            run("UPDATE destinations SET paused = 'paused by an operator', \
-                 generation = generation + 1 WHERE id = $1")
-            .await?;
+            run("UPDATE destinations SET paused = 'paused by an operator' WHERE id = $1").await?;
         }
         DestinationChange::Resume => {
-            run("UPDATE destinations SET paused = NULL, last_error = NULL, \
-                 generation = generation + 1 WHERE id = $1")
-            .await?;
+            run("UPDATE destinations SET paused = NULL, last_error = NULL WHERE id = $1").await?;
         }
         DestinationChange::Remove => {
             run("DELETE FROM dead_letters WHERE destination_id = $1").await?;
@@ -587,11 +583,10 @@ pub(super) async fn report(
         None => (false, None),
     };
     tx.execute(
-        "UPDATE destinations SET cursor = COALESCE($2::bigint, cursor), \
+        "UPDATE destinations SET cursor = GREATEST(cursor, COALESCE($2::bigint, cursor)), \
            pending_to = COALESCE($3::bigint, pending_to), delivered = delivered + $4, \
            last_error = CASE WHEN $5 THEN $6::text ELSE last_error END, \
-           paused = COALESCE($7::text, paused), \
-           generation = generation + CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END \
+           paused = COALESCE($7::text, paused) \
          WHERE id = $1",
         &[
             &r.destination,
