@@ -167,7 +167,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records what an attempt achieved (cursor, pending batch, counts, dead letters, the
     /// last error, a pause), in one transaction, only while the destination is still at the
-    /// report's generation and leased to its node; `false` (nothing written) otherwise. The
+    /// report's generation and leased to its node, and (for a report announcing a batch to
+    /// send, `pending_to` > 0) not paused; `false` (nothing written) otherwise. The
     /// cursor only moves forward here (`max`): a late report of a stopped loop never takes
     /// it back.
     fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool>;

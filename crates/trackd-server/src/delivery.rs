@@ -437,17 +437,18 @@ impl Loop {
                 continue;
             }
             // Tell the store what is acknowledged so far and which batch is going out, in
-            // one write: after a crash the same batch (same id) is sent again.
-            let delivered = std::mem::take(&mut self.delivered);
-            let upto = self.unreported.take();
-            if pending_to != last || upto.is_some() {
+            // one write: after a crash the same batch (same id) is sent again. The store
+            // refuses it once the destination is paused: nothing more goes out.
+            if pending_to != last || self.unreported.is_some() {
                 self.report(DeliveryReport {
-                    cursor: upto,
+                    cursor: self.unreported,
                     pending_to: Some(last),
-                    delivered,
+                    delivered: self.delivered,
                     ..Default::default()
                 })
                 .await?;
+                self.unreported = None;
+                self.delivered = 0;
                 pending_to = last;
             }
             let dead = match self.d.spec.kind {

@@ -1156,6 +1156,14 @@ async fn operators_pause_resume_replay_and_redrive(b: &Backend) {
         (Some("paused by an operator"), 0, "paused")
     );
     assert!(b.report(report(&d, "a")).await);
+    // But a loop may not announce another batch while paused.
+    assert!(
+        !b.report(DeliveryReport {
+            pending_to: Some(pos[3]),
+            ..report(&d, "a")
+        })
+        .await
+    );
 
     b.operate("hook", DestinationChange::Resume).await;
     let resumed = b.destination("hook").await;

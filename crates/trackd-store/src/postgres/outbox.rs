@@ -558,7 +558,8 @@ pub(super) async fn redrive_items(
 }
 
 /// Applies a delivery report in one transaction; `false` (nothing written) when the
-/// destination moved on (another generation, another lease holder, removed).
+/// destination moved on (another generation, another lease holder, removed), or when the
+/// report announces a batch to send (`pending_to` > 0) and the destination is paused.
 pub(super) async fn report(
     client: &mut Client,
     r: &DeliveryReport,
@@ -567,15 +568,21 @@ pub(super) async fn report(
     let tx = client.transaction().await?;
     let current = tx
         .query_opt(
-            "SELECT generation, lease_owner FROM destinations WHERE id = $1 FOR UPDATE",
+            "SELECT generation, lease_owner, paused IS NOT NULL FROM destinations \
+             WHERE id = $1 FOR UPDATE",
             &[&r.destination],
         )
         .await?;
-    let current: Option<(i64, Option<String>)> = match current {
-        Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
-        None => None,
+    let Some(row) = current else {
+        return Ok(false);
     };
-    if current != Some((r.generation, Some(r.node.clone()))) {
+    let (generation, owner, paused): (i64, Option<String>, bool) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let announces = r.pending_to.is_some_and(|p| p > 0);
+    if generation != r.generation
+        || owner.as_deref() != Some(r.node.as_str())
+        || (paused && announces)
+    {
         return Ok(false);
     }
     let (set_error, error) = match &r.last_error {

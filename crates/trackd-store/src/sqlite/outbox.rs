@@ -374,13 +374,25 @@ pub(crate) fn redrive_items(
 }
 
 /// Applies a delivery report in the writer's transaction; `false` when the destination
-/// moved on (another generation, another lease holder, removed).
+/// moved on (another generation, another lease holder, removed), or when the report
+/// announces a batch to send (`pending_to` > 0) and the destination is paused.
 pub(crate) fn report(tx: &Transaction<'_>, r: &DeliveryReport, now: i64) -> rusqlite::Result<bool> {
-    let current: Option<(i64, Option<String>)> = tx
-        .prepare_cached("SELECT generation, lease_owner FROM destinations WHERE id = ?1")?
-        .query_row([r.destination], |row| Ok((row.get(0)?, row.get(1)?)))
+    let current: Option<(i64, Option<String>, bool)> = tx
+        .prepare_cached(
+            "SELECT generation, lease_owner, paused IS NOT NULL FROM destinations WHERE id = ?1",
+        )?
+        .query_row([r.destination], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
-    if current != Some((r.generation, Some(r.node.clone()))) {
+    let Some((generation, owner, paused)) = current else {
+        return Ok(false);
+    };
+    let announces = r.pending_to.is_some_and(|p| p > 0);
+    if generation != r.generation
+        || owner.as_deref() != Some(r.node.as_str())
+        || (paused && announces)
+    {
         return Ok(false);
     }
     let (set_error, error) = match &r.last_error {
