@@ -286,6 +286,8 @@ struct Loop {
     nats: Option<async_nats::jetstream::Context>,
     /// When dead letters were last looked for.
     redrive_checked: tokio::time::Instant,
+    /// The failure of a Vero call last recorded while its batch was still going.
+    noted_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Loop {
@@ -299,6 +301,7 @@ impl Loop {
             failing: false,
             nats: None,
             redrive_checked: tokio::time::Instant::now() - REDRIVE_EVERY,
+            noted_error: std::sync::Mutex::new(None),
         };
         // The lease first: only one node delivers a destination.
         loop {
@@ -694,6 +697,8 @@ impl Loop {
             .into_iter()
             .filter_map(|u| by_user.remove(&u))
             .collect();
+        // Each batch records its first failure afresh (the last batch's end cleared it).
+        *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let this = &*self;
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut groups = groups.into_iter();
@@ -729,8 +734,7 @@ impl Loop {
             return Err(Stop::Cancelled);
         }
         if let Some(e) = error {
-            // Recorded once the batch is through (items of other users went on meanwhile);
-            // the next report clears it.
+            // Recorded when it happened too (`note_failure`); the next report clears it.
             self.failed(e).await?;
         }
         Ok(dead)
@@ -779,6 +783,7 @@ impl Loop {
                     Judged::Retry(error, asked) => {
                         self.shared.metrics.attempt(&self.d, "retry");
                         tracing::info!(destination = %self.d.spec.name, %error, "vero call failed");
+                        self.note_failure(&error).await?;
                         outcome.error = Some(error);
                         self.back_off(attempt, asked).await?;
                         attempt = attempt.saturating_add(1);
@@ -787,6 +792,41 @@ impl Loop {
             }
         }
         Ok(outcome)
+    }
+
+    /// Records a Vero call's failure at once, while the batch goes on: one user's call may
+    /// be retried for long, and until the batch is through nothing else would say that
+    /// the destination is failing. Once per distinct error.
+    async fn note_failure(&self, error: &str) -> Result<(), Stop> {
+        {
+            let noted = self.noted_error.lock().unwrap_or_else(|e| e.into_inner());
+            if noted.as_deref() == Some(error) {
+                return Ok(());
+            }
+        }
+        let report = DeliveryReport {
+            destination: self.d.id,
+            generation: self.d.generation,
+            node: self.shared.node.clone(),
+            last_error: Some(Some(error.to_owned())),
+            ..Default::default()
+        };
+        match self.shared.store.report_delivery(report).await {
+            Ok(true) => {
+                *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error.to_owned());
+                Ok(())
+            }
+            Ok(false) => {
+                self.stop.cancel();
+                Err(Stop::Cancelled)
+            }
+            // Recorded when the batch is through, if not before.
+            Err(e) => {
+                tracing::debug!(error = %e, "recording a failure failed");
+                Ok(())
+            }
+        }
     }
 
     /// Every item published to JetStream with its id as `Nats-Msg-Id`, then every PubAck
