@@ -711,7 +711,17 @@ impl Loop {
                 }
             }
             match running.next().await {
-                Some(outcome) => outcomes.push(outcome),
+                Some(outcome) => {
+                    // Vero refused the token: no new call starts, and the calls of other
+                    // users still going (a retry may wait for minutes) are dropped, so the
+                    // pause is recorded now. Nothing of this batch is acknowledged: it is
+                    // all sent again after a resume.
+                    let refused = matches!(&outcome, Ok(o) if o.pause.is_some());
+                    outcomes.push(outcome);
+                    if refused {
+                        break;
+                    }
+                }
                 None => break,
             }
         }
