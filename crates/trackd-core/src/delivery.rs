@@ -680,7 +680,10 @@ impl OutboxItem {
     }
 
     /// The Vero call this item came from: method, path under the base URL, JSON body.
-    pub fn vero_request(&self) -> (&'static str, &'static str, Vec<u8>) {
+    /// An event's `extras.check_id` is the item's id: Vero takes `check_id` in place of
+    /// empty `data` in its dedup key, so two events trackd accepted (told apart by their
+    /// own `check_id`, which is not kept) stay two at Vero, and a re-sent item stays one.
+    pub fn vero_request(&self, project: ProjectId) -> (&'static str, &'static str, Vec<u8>) {
         let (method, path) = self.kind.vero_call();
         let body = match (&self.event, &self.body) {
             (Some(e), _) => {
@@ -701,6 +704,7 @@ impl OutboxItem {
                     "created_at".into(),
                     Value::String(Timestamp::from_micros(e.created_at).to_rfc3339()),
                 );
+                extras.insert("check_id".into(), Value::String(self.id(project)));
                 serde_json::to_vec(&serde_json::json!({
                     "identity": identity,
                     "event_name": e.event_name,

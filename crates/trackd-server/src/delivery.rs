@@ -756,7 +756,7 @@ impl Loop {
         let token = self.d.spec.token.as_deref().unwrap_or_default();
         let base = self.d.spec.url.trim_end_matches('/');
         for item in items {
-            let (method, path, body) = item.vero_request();
+            let (method, path, body) = item.vero_request(self.d.project);
             let url = format!(
                 "{base}{path}?auth_token={}",
                 percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
