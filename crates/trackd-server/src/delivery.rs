@@ -848,9 +848,12 @@ impl Loop {
         loop {
             let published = self.publish(items, &prefix, &project).await;
             match published {
-                Ok(()) => {
+                Ok(dead) => {
                     self.shared.metrics.attempt(&self.d, "ok");
-                    return Ok(Vec::new());
+                    if !dead.is_empty() {
+                        self.shared.metrics.attempt(&self.d, "dead");
+                    }
+                    return Ok(dead);
                 }
                 Err(error) => {
                     self.shared.metrics.attempt(&self.d, "retry");
@@ -863,12 +866,14 @@ impl Loop {
         }
     }
 
+    /// Publishes the items and awaits their PubAcks; returns the items the server can never
+    /// take (larger than its `max_payload`), which go to the dead letters.
     async fn publish(
         &mut self,
         items: &[&OutboxItem],
         prefix: &str,
         project: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<(i64, u16, String)>, String> {
         let timeout = self.shared.config.timeout;
         if self.nats.is_none() {
             let connect = async_nats::ConnectOptions::new()
@@ -885,6 +890,7 @@ impl Loop {
             return Err("no NATS connection".into());
         };
         let mut acks = Vec::with_capacity(items.len());
+        let mut dead = Vec::new();
         for item in items {
             let kind = if item.kind == ItemKind::Event {
                 "event"
@@ -895,15 +901,26 @@ impl Loop {
             headers.insert("Nats-Msg-Id", item.id(self.d.project).as_str());
             let mut payload = Vec::with_capacity(512);
             item.write_json(self.d.project, &mut payload);
-            let ack = js
+            let published = js
                 .publish_with_headers(
                     format!("{prefix}.{project}.{kind}"),
                     headers,
                     payload.into(),
                 )
-                .await
-                .map_err(|e| format!("publishing to NATS failed: {e}"))?;
-            acks.push(ack);
+                .await;
+            match published {
+                Ok(ack) => acks.push(ack),
+                // Larger than the server takes: no retry will ever get it through. Refused
+                // for good, as a receiver's 413 would be; the rest goes on.
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                {
+                    let why = format!("NATS refused the message: {e}");
+                    dead.push((item.pos, 413, dead_letter_excerpt(why.as_bytes())));
+                }
+                Err(e) => return Err(format!("publishing to NATS failed: {e}")),
+            }
         }
         let all = futures_util::future::join_all(
             acks.into_iter().map(std::future::IntoFuture::into_future),
@@ -915,7 +932,7 @@ impl Loop {
         for ack in acked {
             ack.map_err(|e| format!("JetStream refused a message: {e}"))?;
         }
-        Ok(())
+        Ok(dead)
     }
 }
 
