@@ -21,6 +21,7 @@ mod live;
 mod operate;
 mod read;
 mod receiver;
+mod relay;
 mod track;
 mod transfer;
 mod users;

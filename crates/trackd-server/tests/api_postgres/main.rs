@@ -35,6 +35,8 @@ mod parity;
 mod read;
 #[path = "../api/receiver.rs"]
 mod receiver;
+#[path = "../api/relay.rs"]
+mod relay;
 #[path = "../api/track.rs"]
 mod track;
 #[path = "../api/users.rs"]
