@@ -638,7 +638,35 @@ pub struct OutboxItem {
     pub body: Option<String>,
 }
 
+/// What an event's outbox item keeps of its identity: the id and email it was tracked with
+/// (`{"id":..,"email":..}`, either may be missing), so it is delivered as committed even
+/// after a reidentify or a merge renamed its user.
+pub fn event_identity(identity: &crate::Identity) -> String {
+    let mut m = Map::new();
+    if let Some(id) = identity.id() {
+        m.insert("id".into(), Value::String(id.as_str().to_owned()));
+    }
+    if let Some(email) = identity.email() {
+        m.insert("email".into(), Value::String(email.as_str().to_owned()));
+    }
+    Value::Object(m).to_string()
+}
+
 impl OutboxItem {
+    /// The event as committed: its stored row, with the identity it was tracked with (when
+    /// the item kept it) in place of its user's current one.
+    pub fn committed_event(&self) -> Option<EventRow> {
+        let mut event = self.event.clone()?;
+        if let Some(Ok(Value::Object(identity))) =
+            self.body.as_deref().map(serde_json::from_str::<Value>)
+        {
+            let text = |k: &str| identity.get(k).and_then(Value::as_str).map(str::to_owned);
+            event.user_id = text("id");
+            event.email = text("email");
+        }
+        Some(event)
+    }
+
     /// The item's stable id: the same on every attempt, every node, after every crash.
     pub fn id(&self, project: ProjectId) -> String {
         format!("trk_{}_{}", project.get(), self.pos)
@@ -665,7 +693,7 @@ impl OutboxItem {
                 .as_bytes(),
         );
         out.push(b'"');
-        match (&self.event, &self.body) {
+        match (self.committed_event(), &self.body) {
             (Some(event), _) => {
                 out.extend_from_slice(b",\"event\":");
                 event.write_json(out);
@@ -685,7 +713,7 @@ impl OutboxItem {
     /// own `check_id`, which is not kept) stay two at Vero, and a re-sent item stays one.
     pub fn vero_request(&self, project: ProjectId) -> (&'static str, &'static str, Vec<u8>) {
         let (method, path) = self.kind.vero_call();
-        let body = match (&self.event, &self.body) {
+        let body = match (self.committed_event(), &self.body) {
             (Some(e), _) => {
                 let mut identity = Map::new();
                 if let Some(id) = &e.user_id {

@@ -73,8 +73,9 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats>;
 
     /// Stores exported events again as they were (new ids, no dedup records), in one
-    /// transaction.
-    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()>;
+    /// transaction; `deliver`: they are new to destinations (track bodies imported without
+    /// dedup), so their items go to the outbox; export lines restored are not.
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()>;
 
     /// Adds to the project's running totals (refused requests by reason).
     fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()>;

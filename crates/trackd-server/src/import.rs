@@ -82,7 +82,10 @@ pub async fn run(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
+    // Export lines restored as they were (not delivered), and track bodies imported without
+    // dedup (new events: delivered to the project's destinations).
     let mut restores: Vec<EventRecord> = Vec::new();
+    let mut fresh: Vec<EventRecord> = Vec::new();
     // One batch is written while the next is parsed.
     let mut writing: Option<trackd_core::StoreFuture<'_, ()>> = None;
     let mut tracks = FuturesOrdered::new();
@@ -159,7 +162,7 @@ pub async fn run(
             }
             Ok(ImportItem::Track(event)) if !dedup => {
                 restore_bytes += line.len();
-                restores.push(event.record);
+                fresh.push(event.record);
             }
             Ok(ImportItem::Track(event)) => {
                 tracks.push_back(store.track(*event));
@@ -185,13 +188,18 @@ pub async fn run(
                 }
             }
         }
-        if restores.len() >= RESTORE_BATCH || restore_bytes > MAX_BYTES_HELD / 4 {
+        if restores.len() + fresh.len() >= RESTORE_BATCH || restore_bytes > MAX_BYTES_HELD / 4 {
             restore_bytes = 0;
-            if let Some(previous) = writing.take() {
-                previous.await?;
+            for (batch, deliver) in [(&mut restores, false), (&mut fresh, true)] {
+                if batch.is_empty() {
+                    continue;
+                }
+                if let Some(previous) = writing.take() {
+                    previous.await?;
+                }
+                summary.imported += batch.len() as u64;
+                writing = Some(store.restore(std::mem::take(batch), deliver));
             }
-            summary.imported += restores.len() as u64;
-            writing = Some(store.restore(std::mem::take(&mut restores)));
         }
         progress(Progress::Read(read));
     }
@@ -201,9 +209,11 @@ pub async fn run(
     if let Some(previous) = writing.take() {
         previous.await?;
     }
-    if !restores.is_empty() {
-        summary.imported += restores.len() as u64;
-        store.restore(restores).await?;
+    for (batch, deliver) in [(restores, false), (fresh, true)] {
+        if !batch.is_empty() {
+            summary.imported += batch.len() as u64;
+            store.restore(batch, deliver).await?;
+        }
     }
     match stopped {
         Some(stopped) => Err(stopped),

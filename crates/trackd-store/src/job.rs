@@ -22,6 +22,8 @@ pub(crate) enum Job {
     /// Exported events to store again as they were.
     Restore {
         events: Vec<EventRecord>,
+        /// New to destinations (imported track bodies): their items go to the outbox.
+        deliver: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Additions to running totals: (project, counter, amount).

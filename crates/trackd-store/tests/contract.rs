@@ -565,7 +565,7 @@ async fn restore_keeps_events_as_they_were_without_dedup(b: &Backend) {
         panic!("restore")
     };
     b.store
-        .restore(vec![(*record).clone(), *record])
+        .restore(vec![(*record).clone(), *record], false)
         .await
         .expect("restored");
     let (rows, _) = b
@@ -893,7 +893,11 @@ async fn the_outbox_holds_what_commits_after_a_destination_in_order(b: &Backend)
     else {
         panic!("restore")
     };
-    b.store.restore(vec![*record]).await.expect("restored");
+    b.store
+        .restore(vec![(*record).clone()], false)
+        .await
+        .expect("restored");
+    let restored_record = *record;
 
     let items = b.items(d.cursor).await;
     let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
@@ -916,11 +920,12 @@ async fn the_outbox_holds_what_commits_after_a_destination_in_order(b: &Backend)
     assert_eq!(
         bodies,
         vec![
-            None,
+            // An event's item keeps the identity it was tracked with.
+            Some(r#"{"id":"u"}"#.to_owned()),
             Some(expected[0].1.clone()),
             Some(expected[1].1.clone()),
             Some(expected[2].1.clone()),
-            None
+            Some(r#"{"id":"u"}"#.to_owned()),
         ]
     );
     assert_eq!(
@@ -985,6 +990,20 @@ async fn the_outbox_holds_what_commits_after_a_destination_in_order(b: &Backend)
     let after = b.items(late.cursor).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].event.as_ref().expect("row").event_name, "After");
+
+    // Track bodies imported without dedup are new events: delivered.
+    b.store
+        .restore(vec![restored_record], true)
+        .await
+        .expect("restored");
+    let fresh = b.items(after[0].pos).await;
+    assert_eq!(
+        fresh
+            .iter()
+            .map(|i| (i.kind, i.committed_event().map(|e| e.event_name)))
+            .collect::<Vec<_>>(),
+        vec![(ItemKind::Event, Some("Old".to_owned()))]
+    );
 }
 
 async fn reports_move_the_cursor_only_for_the_current_generation_and_lease(b: &Backend) {
@@ -1302,17 +1321,13 @@ async fn deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them(b:
     b.change(ProfileOp::Delete, json!({"id": "u"}))
         .await
         .expect("deleted");
-    // The tags' dead letter went with the item; the event's stays with its (empty) item.
+    // Both dead letters went with their items (the event's and the tags').
     b.operate("hook", DestinationChange::Redrive).await;
     let left = b.destination("hook").await;
-    assert_eq!((left.dead_letters, left.redrive_pending), (1, 1));
-    let redrive = b.store.redrive_items(d.id, 10).await.expect("redrive");
+    assert_eq!((left.dead_letters, left.redrive_pending), (0, 0));
     assert_eq!(
-        redrive
-            .iter()
-            .map(|i| (i.pos, i.is_live()))
-            .collect::<Vec<_>>(),
-        vec![(before[1].pos, false)]
+        b.store.redrive_items(d.id, 10).await.expect("redrive"),
+        vec![]
     );
     // A refusal reported for an item deleted meanwhile leaves no dead letter behind.
     assert!(
@@ -1322,27 +1337,19 @@ async fn deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them(b:
         })
         .await
     );
-    assert_eq!(b.destination("hook").await.dead_letters, 1);
+    assert_eq!(b.destination("hook").await.dead_letters, 0);
     let items = b.items(d.cursor).await;
     let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
-    assert_eq!(
-        kinds,
-        vec![ItemKind::Event, ItemKind::Event, ItemKind::UserDelete]
-    );
-    // The user's event item stays, without its event: it is skipped.
-    assert_eq!(
-        (items[0].pos, items[0].user_ref, &items[0].event),
-        (before[1].pos, before[0].user_ref, &None)
-    );
-    assert!(!items[0].is_live());
-    assert_eq!(items[1], before[3]);
+    // The user's items are gone, the event item included (it held the user's identity).
+    assert_eq!(kinds, vec![ItemKind::Event, ItemKind::UserDelete]);
+    assert_eq!(items[0], before[3]);
     // The deletion itself is delivered.
-    assert_eq!(items[2].body.as_deref(), Some(r#"{"id":"u"}"#));
-    assert_eq!(items[2].user_ref, before[0].user_ref);
+    assert_eq!(items[1].body.as_deref(), Some(r#"{"id":"u"}"#));
+    assert_eq!(items[1].user_ref, before[0].user_ref);
 
-    // Merging c into b: c's undelivered changes follow it, its events' items keep their
-    // row's user (the event rows moved).
-    let start = items[2].pos;
+    // Merging c into b: c's undelivered items follow it (its events keep the identity they
+    // were tracked with).
+    let start = items[1].pos;
     b.change(ProfileOp::Track, json!({"id": "c", "data": {"x": 1}}))
         .await
         .expect("c");
@@ -1366,14 +1373,19 @@ async fn deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them(b:
         vec![
             (ItemKind::UserTrack, b_ref),
             (ItemKind::UserTags, b_ref),
-            (ItemKind::Event, c_ref),
+            (ItemKind::Event, b_ref),
             (ItemKind::UserTrack, b_ref),
             (ItemKind::UserReidentify, b_ref),
         ]
     );
+    assert_ne!(c_ref, b_ref);
     assert_eq!(
         items[2].event.as_ref().expect("row").user_id.as_deref(),
         Some("b")
+    );
+    assert_eq!(
+        items[2].committed_event().expect("row").user_id.as_deref(),
+        Some("c")
     );
     assert_eq!(items[4].body.as_deref(), Some(r#"{"id":"c","new_id":"b"}"#));
     // Deleting b now takes what came from both.
@@ -1386,10 +1398,7 @@ async fn deleting_a_user_takes_its_undelivered_changes_and_merging_moves_them(b:
         .iter()
         .map(|i| (i.kind, i.is_live()))
         .collect();
-    assert_eq!(
-        kinds,
-        vec![(ItemKind::Event, false), (ItemKind::UserDelete, true)]
-    );
+    assert_eq!(kinds, vec![(ItemKind::UserDelete, true)]);
 }
 
 async fn leases_go_to_one_node_until_they_expire(b: &Backend) {
@@ -1756,8 +1765,7 @@ async fn changes_committed_in_one_batch_keep_their_order_deletions_and_merges(b:
     assert_eq!(
         shape,
         vec![
-            // u's event stays (without its row); its changes went with it but the deletion.
-            (ItemKind::Event, false),
+            // u's items went with it (its event's too), but the deletion.
             (ItemKind::UserDelete, true),
             // c's changes follow it into b.
             (ItemKind::UserTrack, true),
@@ -1768,15 +1776,14 @@ async fn changes_committed_in_one_batch_keep_their_order_deletions_and_merges(b:
         ]
     );
     let refs: Vec<i64> = items.iter().map(|i| i.user_ref).collect();
-    assert_eq!(refs[0], refs[1]);
-    assert!(refs[2..6].iter().all(|r| *r == refs[2]));
-    assert!(refs[0] != refs[2] && refs[6] != refs[0] && refs[6] != refs[2]);
+    assert!(refs[1..5].iter().all(|r| *r == refs[1]));
+    assert!(refs[0] != refs[1] && refs[5] != refs[0] && refs[5] != refs[1]);
     assert_eq!(
-        items[2].body.as_deref(),
+        items[1].body.as_deref(),
         Some(r#"{"id":"c","data":{"x":1}}"#)
     );
     assert_eq!(
-        items[6].event.as_ref().expect("row").user_id.as_deref(),
+        items[5].event.as_ref().expect("row").user_id.as_deref(),
         Some("o")
     );
 }

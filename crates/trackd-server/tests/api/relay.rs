@@ -825,8 +825,6 @@ fn per_user(calls: &[(String, String, Value)]) -> BTreeMap<String, Vec<(String, 
 /// (an event keeps the id it was sent with even when its user was renamed since), and a
 /// deleted user's undelivered items are gone: only the delete goes out for them.
 #[tokio::test]
-#[ignore = "bug: an event's identity is read at delivery, so after a reidentify a waiting \
-            event goes out under the new id, before the reidentify"]
 async fn vero_relay_sends_a_backlog_in_order_per_user_as_the_calls_were_made() {
     crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
@@ -883,8 +881,6 @@ async fn vero_relay_sends_a_backlog_in_order_per_user_as_the_calls_were_made() {
 /// reidentify: sent under the new id, it would reach Vero before the rename and create
 /// that user there, so the rename (or merge) finds the new id taken.
 #[tokio::test]
-#[ignore = "bug: an event's identity is read at delivery, so after a reidentify a waiting \
-            event goes out under the new id, before the reidentify"]
 async fn vero_relay_sends_each_event_under_the_id_it_was_tracked_with() {
     crate::skip_without_postgres!();
     let app = TestApp::spawn().await;

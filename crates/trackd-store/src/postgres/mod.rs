@@ -379,8 +379,12 @@ impl Store for PostgresStore {
         })
     }
 
-    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()> {
-        self.submit(|reply| Job::Restore { events, reply })
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()> {
+        self.submit(|reply| Job::Restore {
+            events,
+            deliver,
+            reply,
+        })
     }
 
     fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()> {

@@ -117,14 +117,21 @@ impl Pending {
     }
 
     /// An accepted event (when its project has destinations).
-    pub fn event(&mut self, project: ProjectId, user_ref: i64, event_id: i64, received_at: i64) {
+    pub fn event(
+        &mut self,
+        project: ProjectId,
+        user_ref: i64,
+        event_id: i64,
+        identity: &trackd_core::Identity,
+        received_at: i64,
+    ) {
         if self.wanted(project) {
             self.items.push(Item {
                 project: project.get(),
                 user_ref,
                 kind: ItemKind::Event,
                 event_id: Some(event_id),
-                body: None,
+                body: Some(trackd_core::delivery::event_identity(identity)),
                 received_at,
             });
         }

@@ -145,10 +145,15 @@ impl Writers {
         // Before any write: the projects whose items this batch may write.
         let mut outbox = Pending::start(
             &tx,
-            batch.iter().filter_map(|job| match job {
-                Job::Track { event, .. } => Some(event.project.get()),
-                Job::Profile { request, .. } => Some(request.project.get()),
-                _ => None,
+            batch.iter().flat_map(|job| match job {
+                Job::Track { event, .. } => vec![event.project.get()],
+                Job::Profile { request, .. } => vec![request.project.get()],
+                Job::Restore {
+                    events,
+                    deliver: true,
+                    ..
+                } => events.iter().map(|e| e.project.get()).collect(),
+                _ => Vec::new(),
             }),
         )
         .await?;
@@ -180,6 +185,7 @@ impl Writers {
                                 event.project,
                                 user_ref,
                                 id,
+                                &event.identity,
                                 event.received_at.as_micros(),
                             );
                         }
@@ -212,10 +218,23 @@ impl Writers {
                     done.push(Done::Other(result.map(|_| ())));
                 }
                 // History restored as it was: no items (it is not being received now).
-                Job::Restore { events, .. } => {
+                Job::Restore {
+                    events, deliver, ..
+                } => {
                     let records: Vec<&EventRecord> = events.iter().collect();
                     let keys = user_keys(&tx, &records).await?;
-                    insert_events(&tx, &records, &keys).await?;
+                    let stored = insert_events(&tx, &records, &keys).await?;
+                    if *deliver {
+                        for (event, (id, user_ref)) in events.iter().zip(stored) {
+                            outbox.event(
+                                event.project,
+                                user_ref,
+                                id,
+                                &event.identity,
+                                event.received_at.as_micros(),
+                            );
+                        }
+                    }
                     done.push(Done::Other(Ok(())));
                 }
                 Job::Counters { counts, .. } => {

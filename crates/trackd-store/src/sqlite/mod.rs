@@ -381,8 +381,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn restore(&self, events: Vec<EventRecord>) -> StoreFuture<'_, ()> {
-        self.submit(|reply| Job::Restore { events, reply })
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()> {
+        self.submit(|reply| Job::Restore {
+            events,
+            deliver,
+            reply,
+        })
     }
 
     fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()> {
@@ -727,7 +731,7 @@ mod tests {
         let mut largest = 0;
         for batch in 0..40 {
             let events = (0..500).map(|i| event(batch * 500 + i)).collect();
-            store.restore(events).await.expect("restore");
+            store.restore(events, false).await.expect("restore");
             largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
         }
         let db = std::fs::metadata(dir.path().join(DB_FILE))

@@ -21,7 +21,7 @@ use super::dedup::{DedupIndex, Overlay};
 use super::outbox::{self, OutboxState};
 use super::profile;
 use crate::job::OutboxOp;
-use trackd_core::delivery::{change_item, ItemKind};
+use trackd_core::delivery::{change_item, event_identity, ItemKind};
 
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -371,15 +371,17 @@ fn write_batch(
                     &mut last_dedup_id,
                 )?;
                 if let Some((user_ref, id)) = id {
-                    items.append(
-                        &tx,
-                        event.project,
-                        ItemKind::Event,
-                        user_ref,
-                        Some(id),
-                        None,
-                        event.received_at.as_micros(),
-                    )?;
+                    if items.wanted(event.project) {
+                        items.append(
+                            &tx,
+                            event.project,
+                            ItemKind::Event,
+                            user_ref,
+                            Some(id),
+                            Some(&event_identity(&event.identity)),
+                            event.received_at.as_micros(),
+                        )?;
+                    }
                 }
                 let id = id.map(|(_, id)| id);
                 if watched {
@@ -416,9 +418,22 @@ fn write_batch(
                 }
                 done.push(Done::Other(result.map(|_| ())));
             }
-            Job::Restore { events, .. } => {
+            Job::Restore {
+                events, deliver, ..
+            } => {
                 for event in events {
-                    insert_event(&tx, event)?;
+                    let (user_ref, id) = insert_event(&tx, event)?;
+                    if *deliver && items.wanted(event.project) {
+                        items.append(
+                            &tx,
+                            event.project,
+                            ItemKind::Event,
+                            user_ref,
+                            Some(id),
+                            Some(&event_identity(&event.identity)),
+                            event.received_at.as_micros(),
+                        )?;
+                    }
                 }
                 done.push(Done::Other(Ok(())));
             }
