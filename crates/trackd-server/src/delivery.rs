@@ -12,7 +12,7 @@
 //! - Senders: [`Loop::webhook`] (signed batches), [`Loop::vero`] (one Vero call per item,
 //!   in order per user, 16 users at once), [`Loop::nats`] (JetStream, `Nats-Msg-Id`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +67,10 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 const READ_ITEMS: usize = 500;
 /// How often a loop looks for dead letters to redrive.
 const REDRIVE_EVERY: Duration = Duration::from_secs(1);
+/// Items a Vero relay reads ahead of its oldest unacknowledged one.
+const VERO_READ_AHEAD: usize = 5_000;
+/// How often a Vero relay records its progress while calls run.
+const VERO_REPORT_EVERY: Duration = Duration::from_millis(250);
 /// Users whose Vero calls are in flight at once.
 const VERO_USERS_IN_FLIGHT: usize = 16;
 
@@ -365,7 +369,7 @@ impl Loop {
         }
     }
 
-    async fn report(&mut self, mut r: DeliveryReport) -> Result<(), Stop> {
+    async fn report(&self, mut r: DeliveryReport) -> Result<(), Stop> {
         r.destination = self.d.id;
         r.generation = self.d.generation;
         r.node = self.shared.node.clone();
@@ -389,6 +393,9 @@ impl Loop {
     }
 
     async fn deliver(&mut self) -> Result<(), Stop> {
+        if self.d.spec.kind == DestinationKind::Vero {
+            return self.relay().await;
+        }
         let mut cursor = self.d.cursor;
         let mut pending_to = self.d.pending_to;
         loop {
@@ -456,7 +463,7 @@ impl Loop {
             }
             let dead = match self.d.spec.kind {
                 DestinationKind::Webhook => self.webhook(first_after, last, &wanted).await?,
-                DestinationKind::Vero => self.vero(&wanted).await?,
+                DestinationKind::Vero => self.vero_each(&wanted).await?,
                 DestinationKind::Nats => self.nats(&wanted).await?,
             };
             let n = wanted.len() as i64 - dead.len() as i64;
@@ -494,6 +501,190 @@ impl Loop {
         }
     }
 
+    /// The Vero relay: one call per item, in commit order per user, up to
+    /// [`VERO_USERS_IN_FLIGHT`] users at once, pipelined: each user's next call starts as
+    /// soon as its previous one is acknowledged, whatever the other users do, and items are
+    /// read ahead (up to [`VERO_READ_AHEAD`]) while calls run. A user whose calls keep
+    /// failing holds up only its own later items (and, past the read-ahead, the reading of
+    /// more). The cursor is the position before the oldest item not yet acknowledged.
+    async fn relay(&self) -> Result<(), Stop> {
+        let mut read = self.d.cursor;
+        // Dead letters being sent again (behind the cursor: not in `pending`).
+        let mut redriving: BTreeSet<i64> = BTreeSet::new();
+        let mut redriven: Vec<i64> = Vec::new();
+        let mut redrive_checked: Option<tokio::time::Instant> = None;
+        let mut reported = self.d.cursor;
+        // Read, not yet acknowledged (nor dead): their positions, and per user, in order.
+        let mut pending: BTreeSet<i64> = BTreeSet::new();
+        let mut queues: HashMap<i64, VecDeque<OutboxItem>> = HashMap::new();
+        // Users with an item ready and none in flight, in the order they became ready; and
+        // every user that is ready or has a call in flight (one call per user at a time).
+        let mut ready: VecDeque<i64> = VecDeque::new();
+        let mut scheduled: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut delivered = 0i64;
+        let mut dead: Vec<(i64, u16, String)> = Vec::new();
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            // Dead letters asked for again join their users' queues.
+            if redriving.is_empty() && redrive_checked.is_none_or(|t| t.elapsed() >= REDRIVE_EVERY)
+            {
+                redrive_checked = Some(tokio::time::Instant::now());
+                if let Ok(items) = self.shared.store.redrive_items(self.d.id, READ_ITEMS).await {
+                    for item in items {
+                        redriving.insert(item.pos);
+                        if !item.is_live() {
+                            redriven.push(item.pos);
+                            redriving.remove(&item.pos);
+                            continue;
+                        }
+                        if scheduled.insert(item.user_ref) {
+                            ready.push_back(item.user_ref);
+                        }
+                        queues.entry(item.user_ref).or_default().push_back(item);
+                    }
+                }
+            }
+            // Read ahead.
+            let mut read_any = false;
+            if pending.len() < VERO_READ_AHEAD {
+                match self
+                    .shared
+                    .store
+                    .outbox(self.d.project, read, READ_ITEMS)
+                    .await
+                {
+                    Ok(items) => {
+                        for item in items {
+                            read = item.pos;
+                            read_any = true;
+                            if !item.is_live() || !self.d.spec.wants(&item) {
+                                continue;
+                            }
+                            pending.insert(item.pos);
+                            if scheduled.insert(item.user_ref) {
+                                ready.push_back(item.user_ref);
+                            }
+                            queues.entry(item.user_ref).or_default().push_back(item);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the outbox failed, retrying"),
+                }
+            }
+            // Start calls: each ready user's next item.
+            while running.len() < VERO_USERS_IN_FLIGHT {
+                let Some(user) = ready.pop_front() else { break };
+                match queues.get_mut(&user).and_then(VecDeque::pop_front) {
+                    Some(item) => running.push(self.vero_call(item)),
+                    None => {
+                        scheduled.remove(&user);
+                    }
+                }
+            }
+            // Record progress: now and then while calls run, at once when idle.
+            let cursor = pending.first().map_or(read, |p| p - 1);
+            let moved =
+                cursor > reported || !dead.is_empty() || delivered > 0 || !redriven.is_empty();
+            if moved && (running.is_empty() || last_report.elapsed() >= VERO_REPORT_EVERY) {
+                let failing = std::mem::take(
+                    &mut *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                self.report(DeliveryReport {
+                    cursor: Some(cursor),
+                    // Announces more sending: refused once paused, which stops the loop.
+                    pending_to: Some(if running.is_empty() { 0 } else { read.max(1) }),
+                    delivered: std::mem::take(&mut delivered),
+                    dead: std::mem::take(&mut dead),
+                    redriven: std::mem::take(&mut redriven),
+                    last_error: if failing.is_some() && running.is_empty() {
+                        Some(None)
+                    } else {
+                        None
+                    },
+                    ..Default::default()
+                })
+                .await?;
+                if !running.is_empty() {
+                    *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = failing;
+                }
+                reported = cursor;
+                last_report = tokio::time::Instant::now();
+            }
+            if running.is_empty() {
+                if !read_any {
+                    self.sleep(self.shared.config.poll).await?;
+                }
+                continue;
+            }
+            // Wait for a call to end (or, with room to read ahead, a poll interval).
+            let can_read = pending.len() < VERO_READ_AHEAD;
+            let next = tokio::select! {
+                n = running.next() => n,
+                () = tokio::time::sleep(self.shared.config.poll), if can_read => None,
+                () = self.stop.cancelled() => return Err(Stop::Cancelled),
+            };
+            let Some(outcome) = next else { continue };
+            let (user, pos, outcome) = outcome?;
+            pending.remove(&pos);
+            let was_dead = redriving.remove(&pos);
+            match outcome {
+                CallOutcome::Ack => {
+                    delivered += 1;
+                    if was_dead {
+                        redriven.push(pos);
+                    }
+                }
+                CallOutcome::Dead(status, excerpt) => {
+                    if was_dead {
+                        redriven.push(pos);
+                    }
+                    dead.push((pos, status, excerpt));
+                }
+                CallOutcome::Pause(why) => {
+                    // No new call; the others still going are dropped. What was
+                    // acknowledged is recorded; the rest is sent again after a resume.
+                    drop(running);
+                    let cursor = pending.first().map_or(read, |p| p - 1).min(pos - 1);
+                    self.shared.metrics.attempt(&self.d, "paused");
+                    tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
+                    self.report(DeliveryReport {
+                        cursor: Some(cursor),
+                        delivered,
+                        dead,
+                        redriven,
+                        last_error: Some(Some(why.clone())),
+                        pause: Some(why),
+                        ..Default::default()
+                    })
+                    .await?;
+                    self.stop.cancel();
+                    return Err(Stop::Cancelled);
+                }
+            }
+            if queues.get(&user).is_some_and(|q| !q.is_empty()) {
+                ready.push_back(user);
+            } else {
+                queues.remove(&user);
+                scheduled.remove(&user);
+            }
+        }
+    }
+
+    /// One Vero call, retried until acknowledged or refused for good: `(user, position,
+    /// what became of it)`.
+    async fn vero_call(&self, item: OutboxItem) -> Result<(i64, i64, CallOutcome), Stop> {
+        let (user, pos) = (item.user_ref, item.pos);
+        let mut outcome = self.vero_user(vec![item]).await?;
+        let result = if let Some(why) = outcome.pause.take() {
+            CallOutcome::Pause(why)
+        } else if let Some((_, status, excerpt)) = outcome.dead.pop() {
+            CallOutcome::Dead(status, excerpt)
+        } else {
+            CallOutcome::Ack
+        };
+        Ok((user, pos, result))
+    }
+
     /// Sends the dead letters marked for redrive, if any (looked for every few seconds).
     async fn redrive(&mut self) -> Result<(), Stop> {
         if self.redrive_checked.elapsed() < REDRIVE_EVERY {
@@ -523,7 +714,7 @@ impl Loop {
                         // such), not one a receiver saw for another batch.
                         self.webhook(first, -last, &wanted).await?
                     }
-                    DestinationKind::Vero => self.vero(&wanted).await?,
+                    DestinationKind::Vero => self.vero_each(&wanted).await?,
                     DestinationKind::Nats => self.nats(&wanted).await?,
                 }
             };
@@ -682,70 +873,19 @@ impl Loop {
         Ok(())
     }
 
-    /// Each item as the Vero call it came from: in order per user, users in parallel.
-    async fn vero(&mut self, items: &[&OutboxItem]) -> Result<Vec<(i64, u16, String)>, Stop> {
-        let mut by_user: BTreeMap<i64, Vec<OutboxItem>> = BTreeMap::new();
-        let mut order: Vec<i64> = Vec::new();
-        for item in items {
-            let list = by_user.entry(item.user_ref).or_default();
-            if list.is_empty() {
-                order.push(item.user_ref);
-            }
-            list.push((*item).clone());
-        }
-        let groups: Vec<Vec<OutboxItem>> = order
-            .into_iter()
-            .filter_map(|u| by_user.remove(&u))
-            .collect();
-        // Each batch records its first failure afresh (the last batch's end cleared it).
-        *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let this = &*self;
-        let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut groups = groups.into_iter();
-        let mut outcomes: Vec<Result<UserOutcome, Stop>> = Vec::new();
-        loop {
-            while running.len() < VERO_USERS_IN_FLIGHT {
-                match groups.next() {
-                    Some(list) => running.push(this.vero_user(list)),
-                    None => break,
-                }
-            }
-            match running.next().await {
-                Some(outcome) => {
-                    // Vero refused the token: no new call starts, and the calls of other
-                    // users still going (a retry may wait for minutes) are dropped, so the
-                    // pause is recorded now. Nothing of this batch is acknowledged: it is
-                    // all sent again after a resume.
-                    let refused = matches!(&outcome, Ok(o) if o.pause.is_some());
-                    outcomes.push(outcome);
-                    if refused {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        drop(running);
+    /// Items one after another as Vero calls, for the batch paths (`Loop::relay` is how a
+    /// Vero destination is delivered; this keeps those paths whole).
+    async fn vero_each(&mut self, items: &[&OutboxItem]) -> Result<Vec<(i64, u16, String)>, Stop> {
         let mut dead = Vec::new();
-        let mut pause = None;
-        let mut error = None;
-        for outcome in outcomes {
-            let outcome = outcome?;
-            dead.extend(outcome.dead);
-            if outcome.pause.is_some() {
-                pause = outcome.pause;
+        for item in items {
+            match self.vero_call((*item).clone()).await?.2 {
+                CallOutcome::Ack => {}
+                CallOutcome::Dead(status, excerpt) => dead.push((item.pos, status, excerpt)),
+                CallOutcome::Pause(why) => {
+                    self.pause(why).await?;
+                    return Err(Stop::Cancelled);
+                }
             }
-            if outcome.error.is_some() {
-                error = outcome.error;
-            }
-        }
-        if let Some(why) = pause {
-            self.pause(why).await?;
-            return Err(Stop::Cancelled);
-        }
-        if let Some(e) = error {
-            // Recorded when it happened too (`note_failure`); the next report clears it.
-            self.failed(e).await?;
         }
         Ok(dead)
     }
@@ -934,6 +1074,13 @@ impl Loop {
         }
         Ok(dead)
     }
+}
+
+/// What became of one Vero call.
+enum CallOutcome {
+    Ack,
+    Dead(u16, String),
+    Pause(String),
 }
 
 /// What became of an attempt.

@@ -1126,8 +1126,6 @@ async fn vero_retries_keep_one_users_order_and_the_others_go_on() {
 /// only that user's later calls wait. The fake refuses `slow` until every other call
 /// arrived, so a relay that holds everyone behind one user never drains.
 #[tokio::test]
-#[ignore = "bug: one user's failing Vero call holds up every later item of every user \
-            (the relay waits for a whole read batch before reading the next)"]
 async fn vero_one_users_failing_calls_do_not_hold_up_other_users_later_calls() {
     crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
@@ -1887,4 +1885,57 @@ async fn nats_after_kill_9_holds_every_event_once() {
     assert!(resent > 0, "no item was re-sent after the kills: {kills:?}");
     counting.abort();
     drop(server);
+}
+
+/// A call Vero refuses for good (400) is a dead letter and the relay goes on; `redrive`
+/// sends it again, and once Vero takes it the dead letter is gone.
+#[tokio::test]
+async fn vero_dead_letters_are_redriven() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let fake = FakeVero::start().await;
+    // The first call with n = 0 is refused; everything else (and its redrive) is taken.
+    let refused = Arc::new(Mutex::new(false));
+    let once = refused.clone();
+    fake.answer_with(move |call, _| {
+        let mut done = once.lock().expect("lock");
+        if !*done && call.body["data"]["n"] == 0 {
+            *done = true;
+            return (400, r#"{"status":400,"message":"bad data"}"#.to_owned());
+        }
+        (200, SUCCESS.to_owned())
+    });
+    add_destination(
+        &app,
+        json!({"name": "vero", "kind": "vero", "url": fake.base, "token": "T"}),
+    )
+    .await;
+    for n in 0..3 {
+        app.track(&crate::helpers::event("ann", n))
+            .await
+            .assert_success(false);
+    }
+    let d = wait_for_destination(
+        &app,
+        "vero",
+        Duration::from_secs(15),
+        "a dead letter",
+        |d| d["backlog"] == 0 && d["dead_letters"] == 1,
+    )
+    .await;
+    assert_eq!(d["delivered"], 2, "{d}");
+    assert_eq!(fake.calls().len(), 3);
+    assert_eq!(
+        destination_action(&app, "vero", "redrive").await.status,
+        200
+    );
+    let d = wait_for_destination(&app, "vero", Duration::from_secs(15), "redriven", |d| {
+        d["dead_letters"] == 0
+    })
+    .await;
+    assert_eq!(d["delivered"], 3, "{d}");
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls[3].body, calls[0].body, "the same call again");
+    assert_eq!(calls[3].status, 200);
 }
