@@ -286,3 +286,162 @@ async fn signatures_verify_with_the_standard_webhooks_reference_library() {
     );
     assert!(records.len() >= 4, "batches of 10: {records:?}");
 }
+
+/// How often `needle` occurs in the database file and its WAL.
+fn occurrences(dir: &std::path::Path, needle: &[u8]) -> usize {
+    ["trackd.db", "trackd.db-wal"]
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+            bytes.windows(needle.len()).filter(|w| *w == needle).count()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_delivered() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
+    let key = server.printed("secret key:");
+    let token = server.printed("tracking token:");
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start(vec![]).await;
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations",
+        Some(json!({"name": "hook", "kind": "webhook", "url": receiver.url})),
+    )
+    .await;
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations/hook/pause",
+        None,
+    )
+    .await;
+    let call = |method: reqwest::Method, route: &'static str, body: Value| {
+        let request = client
+            .request(
+                method,
+                format!("{}/api/v2/{route}?auth_token={token}", server.addr),
+            )
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), 200, "{route}");
+        }
+    };
+    let (id, email) = ("gone-5e1d", "gone.5e1d@example.com");
+    let secrets: [&[u8]; 4] = [
+        email.as_bytes(),
+        b"Secret Name 5e1d",
+        b"event-marker-5e1d",
+        b"private note 5e1d",
+    ];
+    call(
+        reqwest::Method::POST,
+        "users/track",
+        json!({"id": id, "email": email, "data": {"name": "Secret Name 5e1d"}}),
+    )
+    .await;
+    for n in 0..50 {
+        call(
+            reqwest::Method::POST,
+            "events/track",
+            json!({"identity": {"id": id, "email": email}, "event_name": "e",
+                   "data": {"m": "event-marker-5e1d", "n": n}}),
+        )
+        .await;
+        call(
+            reqwest::Method::POST,
+            "events/track",
+            json!({"identity": {"id": format!("keeper-{}", n % 3)}, "event_name": "e",
+                   "data": {"n": n}}),
+        )
+        .await;
+    }
+    call(
+        reqwest::Method::PUT,
+        "users/edit",
+        json!({"id": id, "changes": {"note": "private note 5e1d"}}),
+    )
+    .await;
+    for secret in secrets {
+        assert!(occurrences(dir.path(), secret) > 0);
+    }
+    let listed = api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::GET,
+        "destinations/hook",
+        None,
+    )
+    .await;
+    assert_eq!(listed["backlog"], 102, "{listed}");
+    call(reqwest::Method::POST, "users/delete", json!({"id": id})).await;
+    // The user's items are gone from the outbox, and their bytes from the files.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for secret in secrets {
+        while occurrences(dir.path(), secret) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} is still in the files after the delete",
+                String::from_utf8_lossy(secret)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let listed = api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::GET,
+        "destinations/hook",
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed["backlog"], 51,
+        "the keepers' 50 events and the delete: {listed}"
+    );
+    // Delivered: the keepers' events and the delete, nothing of the user but its id.
+    api(
+        &client,
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "destinations/hook/resume",
+        None,
+    )
+    .await;
+    receiver
+        .wait_for(Duration::from_secs(30), "the delete", |log| {
+            log.iter()
+                .flat_map(|r| r.items())
+                .any(|i| i["type"] == "user.delete")
+        })
+        .await;
+    let items = receiver.acknowledged_items();
+    assert_eq!(items.len(), 51);
+    let delete = items
+        .iter()
+        .find(|i| i["type"] == "user.delete")
+        .expect("delete");
+    assert_eq!(delete["user"], json!({"id": id}));
+    let text = serde_json::to_string(&items).expect("json");
+    assert!(
+        !text.contains("5e1d\"") || text.matches("5e1d").count() == 1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("5e1d").count(),
+        1,
+        "only the delete names the user"
+    );
+}
