@@ -435,10 +435,6 @@ async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_del
         .expect("delete");
     assert_eq!(delete["user"], json!({"id": id}));
     let text = serde_json::to_string(&items).expect("json");
-    assert!(
-        !text.contains("5e1d\"") || text.matches("5e1d").count() == 1,
-        "{text}"
-    );
     assert_eq!(
         text.matches("5e1d").count(),
         1,
