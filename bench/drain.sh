@@ -41,6 +41,7 @@ case "$kind" in
     "$bin" destination add --data-dir "$data" --project bench --name sink --kind nats \
       --url "$nats_url" --subject-prefix "drain$$" >/dev/null
     delivered() { "$recv" nats-count "$nats_url" "$stream"; }
+    trap '"$recv" nats-delete "$nats_url" "$stream" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
     span() { echo 0; }
     ;;
   *) echo "kind: webhook or nats"; exit 2 ;;

@@ -6,6 +6,7 @@
 //!   arrival in microseconds since the epoch).
 //! - `bench_receiver nats-create URL STREAM SUBJECT`: (re)creates a JetStream stream.
 //! - `bench_receiver nats-count URL STREAM`: prints how many messages the stream holds.
+//! - `bench_receiver nats-delete URL STREAM`: deletes the stream.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -102,6 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .await?;
         }
+        ["nats-delete", url, stream] => {
+            let js = async_nats::jetstream::new(async_nats::connect(*url).await?);
+            js.delete_stream(*stream).await?;
+        }
         ["nats-count", url, stream] => {
             let js = async_nats::jetstream::new(async_nats::connect(*url).await?);
             let mut s = js.get_stream(*stream).await?;
@@ -110,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             eprintln!(
                 "usage: bench_receiver webhook ADDR | nats-create URL STREAM SUBJECT | \
-                 nats-count URL STREAM"
+                 nats-count URL STREAM | nats-delete URL STREAM"
             );
             std::process::exit(2);
         }
