@@ -498,6 +498,12 @@ impl Loop {
                 pending_to = 0;
             }
             cursor = last;
+            if items.len() < limit {
+                // A partial batch: the backlog is drained and items trickle in. Let a few
+                // more gather (a fraction of the idle poll), so batches stay large and
+                // the store records fewer, larger steps while ingest is busy.
+                self.sleep(self.shared.config.poll / 4).await?;
+            }
         }
     }
 
