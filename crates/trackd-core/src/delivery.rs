@@ -653,6 +653,20 @@ pub fn event_identity(identity: &crate::Identity) -> String {
 }
 
 impl OutboxItem {
+    /// About how many bytes the item holds (its event's data and names, its body): reads of
+    /// the outbox stop at [`crate::read::PAGE_BYTES`] of them, so a batch of large events
+    /// is never held whole (1,000 events of 1 MiB would be 1 GB).
+    pub fn bytes(&self) -> usize {
+        let event = self.event.as_ref().map_or(0, |e| {
+            e.data.len()
+                + e.event_name.len()
+                + e.event_key.len()
+                + e.user_id.as_ref().map_or(0, String::len)
+                + e.email.as_ref().map_or(0, String::len)
+        });
+        event + self.body.as_ref().map_or(0, String::len) + 64
+    }
+
     /// The event as committed: its stored row, with the identity it was tracked with (when
     /// the item kept it) in place of its user's current one.
     pub fn committed_event(&self) -> Option<EventRow> {

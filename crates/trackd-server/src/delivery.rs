@@ -69,6 +69,8 @@ const READ_ITEMS: usize = 500;
 const REDRIVE_EVERY: Duration = Duration::from_secs(1);
 /// Items a Vero relay reads ahead of its oldest unacknowledged one.
 const VERO_READ_AHEAD: usize = 5_000;
+/// Bytes of items a Vero relay holds read ahead (events may be up to the body limit each).
+const VERO_READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
 /// How often a Vero relay records its progress while calls run.
 const VERO_REPORT_EVERY: Duration = Duration::from_millis(250);
 /// Users whose Vero calls are in flight at once.
@@ -521,7 +523,8 @@ impl Loop {
         let mut redrive_checked: Option<tokio::time::Instant> = None;
         let mut reported = self.d.cursor;
         // Read, not yet acknowledged (nor dead): their positions, and per user, in order.
-        let mut pending: BTreeSet<i64> = BTreeSet::new();
+        let mut pending: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+        let mut pending_bytes = 0usize;
         let mut queues: HashMap<i64, VecDeque<OutboxItem>> = HashMap::new();
         // Users with an item ready and none in flight, in the order they became ready; and
         // every user that is ready or has a call in flight (one call per user at a time).
@@ -553,7 +556,7 @@ impl Loop {
             }
             // Read ahead.
             let mut read_any = false;
-            if pending.len() < VERO_READ_AHEAD {
+            if pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES {
                 match self
                     .shared
                     .store
@@ -567,7 +570,8 @@ impl Loop {
                             if !item.is_live() || !self.d.spec.wants(&item) {
                                 continue;
                             }
-                            pending.insert(item.pos);
+                            pending.insert(item.pos, item.bytes());
+                            pending_bytes += item.bytes();
                             if scheduled.insert(item.user_ref) {
                                 ready.push_back(item.user_ref);
                             }
@@ -588,7 +592,7 @@ impl Loop {
                 }
             }
             // Record progress: now and then while calls run, at once when idle.
-            let cursor = pending.first().map_or(read, |p| p - 1);
+            let cursor = pending.first_key_value().map_or(read, |(p, _)| p - 1);
             let moved =
                 cursor > reported || !dead.is_empty() || delivered > 0 || !redriven.is_empty();
             if moved && (running.is_empty() || last_report.elapsed() >= VERO_REPORT_EVERY) {
@@ -623,7 +627,7 @@ impl Loop {
                 continue;
             }
             // Wait for a call to end (or, with room to read ahead, a poll interval).
-            let can_read = pending.len() < VERO_READ_AHEAD;
+            let can_read = pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES;
             let next = tokio::select! {
                 n = running.next() => n,
                 () = tokio::time::sleep(self.shared.config.poll), if can_read => None,
@@ -631,7 +635,9 @@ impl Loop {
             };
             let Some(outcome) = next else { continue };
             let (user, pos, outcome) = outcome?;
-            pending.remove(&pos);
+            if let Some(bytes) = pending.remove(&pos) {
+                pending_bytes -= bytes;
+            }
             let was_dead = redriving.remove(&pos);
             match outcome {
                 CallOutcome::Ack => {
@@ -650,7 +656,10 @@ impl Loop {
                     // No new call; the others still going are dropped. What was
                     // acknowledged is recorded; the rest is sent again after a resume.
                     drop(running);
-                    let cursor = pending.first().map_or(read, |p| p - 1).min(pos - 1);
+                    let cursor = pending
+                        .first_key_value()
+                        .map_or(read, |(p, _)| p - 1)
+                        .min(pos - 1);
                     self.shared.metrics.attempt(&self.d, "paused");
                     tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
                     self.report(DeliveryReport {

@@ -301,6 +301,7 @@ store_contract!(
     a_reader_following_the_outbox_misses_nothing_while_two_nodes_write,
     changes_committed_in_one_batch_keep_their_order_deletions_and_merges,
     a_new_user_never_takes_a_deleted_ones_items,
+    outbox_reads_stop_at_a_byte_budget,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -1939,4 +1940,41 @@ async fn execute(url: &str, sql: &str) {
     client.batch_execute(sql).await.expect(sql);
     drop(client);
     let _ = task.await;
+}
+
+async fn outbox_reads_stop_at_a_byte_budget(b: &Backend) {
+    let d = b.add("hook").await;
+    let blob = "x".repeat(900_000);
+    for n in 0..10 {
+        b.track(event("u", "Big", json!({ "n": n, "blob": blob })))
+            .await;
+    }
+    // 10 items of about 0.9 MB: one read holds as many as fit about 4 MiB, not all ten.
+    let first = b
+        .store
+        .outbox(b.project, d.cursor, 1000)
+        .await
+        .expect("outbox");
+    assert_eq!(first.len(), 5, "{} items", first.len());
+    let bytes: usize = first.iter().map(OutboxItem::bytes).sum();
+    assert!(
+        bytes >= trackd_core::read::PAGE_BYTES && bytes < trackd_core::read::PAGE_BYTES + 1_000_000
+    );
+    // The next read goes on where it stopped; every item comes, once.
+    let rest = b
+        .store
+        .outbox(b.project, first[4].pos, 1000)
+        .await
+        .expect("outbox");
+    assert_eq!(rest.len(), 5);
+    let ns: Vec<i64> = first
+        .iter()
+        .chain(&rest)
+        .map(|i| {
+            let data: Value =
+                serde_json::from_str(&i.event.as_ref().expect("row").data).expect("json");
+            data["n"].as_i64().expect("n")
+        })
+        .collect();
+    assert_eq!(ns, (0..10).collect::<Vec<_>>());
 }

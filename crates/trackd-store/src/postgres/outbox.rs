@@ -515,10 +515,28 @@ fn item(r: &Row) -> Result<Option<OutboxItem>, Error> {
     }))
 }
 
-fn items_of(rows: &[Row]) -> Result<Vec<OutboxItem>, Error> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.extend(item(row)?);
+/// Runs a query of items and takes them in order until `limit` items or about
+/// [`trackd_core::read::PAGE_BYTES`] of them: the rows are streamed, and past the budget
+/// the rest is dropped as it arrives, never held.
+async fn items_of(
+    client: &Client,
+    stmt: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    limit: usize,
+) -> Result<Vec<OutboxItem>, Error> {
+    use futures_util::TryStreamExt;
+    let rows = client.query_raw(stmt, params.iter().copied()).await?;
+    futures_util::pin_mut!(rows);
+    let mut budget = trackd_core::read::PageBudget::new(limit);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        if budget.full() {
+            break;
+        }
+        if let Some(found) = item(&row)? {
+            budget.take(found.bytes());
+            out.push(found);
+        }
     }
     Ok(out)
 }
@@ -537,12 +555,8 @@ pub(super) async fn items(
              WHERE o.project_id = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3"
         ))
         .await?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    items_of(
-        &client
-            .query(&stmt, &[&project.get(), &after, &limit])
-            .await?,
-    )
+    let rows = i64::try_from(limit).unwrap_or(i64::MAX);
+    items_of(client, &stmt, &[&project.get(), &after, &rows], limit).await
 }
 
 /// Dead letters marked for redrive.
@@ -560,8 +574,8 @@ pub(super) async fn redrive_items(
              WHERE x.destination_id = $1 AND x.redrive ORDER BY x.pos LIMIT $2"
         ))
         .await?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    items_of(&client.query(&stmt, &[&destination, &limit]).await?)
+    let rows = i64::try_from(limit).unwrap_or(i64::MAX);
+    items_of(client, &stmt, &[&destination, &rows], limit).await
 }
 
 /// Applies a delivery report in one transaction; `false` (nothing written) when the

@@ -9,7 +9,7 @@ use trackd_core::delivery::{
     DeliveryReport, Destination, DestinationChange, DestinationSpec, ItemKind, OutboxItem,
     MAX_DESTINATIONS,
 };
-use trackd_core::read::EventRow;
+use trackd_core::read::{EventRow, PageBudget};
 use trackd_core::{FieldError, ProjectId, StoreError};
 
 use super::unavailable;
@@ -350,7 +350,8 @@ pub(crate) fn items(
          WHERE o.project_id = ?1 AND o.pos > ?2 ORDER BY o.pos LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![project.get(), after, limit as i64], item)?;
-    rows.filter_map(|r| r.transpose()).collect()
+    // Rows are stepped lazily: past the byte budget the rest is never read.
+    Ok(PageBudget::fill(limit, rows.filter_map(|r| r.transpose()), OutboxItem::bytes)?.0)
 }
 
 /// Dead letters marked for redrive.
@@ -367,10 +368,7 @@ pub(crate) fn redrive_items(
          WHERE x.destination_id = ?1 AND x.redrive = 1 ORDER BY x.pos LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![destination, limit as i64], item)?;
-    let found: Vec<OutboxItem> = rows
-        .filter_map(|r| r.transpose())
-        .collect::<Result<_, _>>()?;
-    Ok(found)
+    Ok(PageBudget::fill(limit, rows.filter_map(|r| r.transpose()), OutboxItem::bytes)?.0)
 }
 
 /// Applies a delivery report in the writer's transaction; `false` when the destination
