@@ -688,16 +688,7 @@ impl Loop {
     /// One Vero call, retried until acknowledged or refused for good: `(user, position,
     /// what became of it)`.
     async fn vero_call(&self, item: OutboxItem) -> Result<(i64, i64, CallOutcome), Stop> {
-        let (user, pos) = (item.user_ref, item.pos);
-        let mut outcome = self.vero_user(vec![item]).await?;
-        let result = if let Some(why) = outcome.pause.take() {
-            CallOutcome::Pause(why)
-        } else if let Some((_, status, excerpt)) = outcome.dead.pop() {
-            CallOutcome::Dead(status, excerpt)
-        } else {
-            CallOutcome::Ack
-        };
-        Ok((user, pos, result))
+        Ok((item.user_ref, item.pos, self.vero_item(&item).await?))
     }
 
     /// Sends the dead letters marked for redrive, if any (looked for every few seconds).
@@ -797,7 +788,7 @@ impl Loop {
                     .await?;
                 return Err(Stop::Cancelled);
             };
-            let sent = self
+            let request = self
                 .shared
                 .http
                 .post(&self.d.spec.url)
@@ -805,19 +796,10 @@ impl Loop {
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", signature)
-                .body(body.clone())
-                .send();
-            let answer = tokio::select! {
-                a = sent => a,
-                () = self.stop.cancelled() => return Err(Stop::Cancelled),
-            };
-            match self.judge(answer).await {
-                Judged::Ack => {
-                    self.shared.metrics.attempt(&self.d, "ok");
-                    return Ok(Vec::new());
-                }
+                .body(body.clone());
+            match self.attempt(request).await? {
+                Judged::Ack => return Ok(Vec::new()),
                 Judged::Dead(status, excerpt) => {
-                    self.shared.metrics.attempt(&self.d, "dead");
                     return Ok(items
                         .iter()
                         .map(|i| (i.pos, status, excerpt.clone()))
@@ -828,13 +810,30 @@ impl Loop {
                     return Err(Stop::Cancelled);
                 }
                 Judged::Retry(error, asked) => {
-                    self.shared.metrics.attempt(&self.d, "retry");
                     self.failed(error).await?;
                     self.back_off(attempt, asked).await?;
                     attempt = attempt.saturating_add(1);
                 }
             }
         }
+    }
+
+    /// Sends one request (or stops, when cancelled) and says what its answer means; counted
+    /// in the attempts metric by outcome (a pause is counted where it is recorded).
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Judged, Stop> {
+        let answer = tokio::select! {
+            a = request.send() => a,
+            () = self.stop.cancelled() => return Err(Stop::Cancelled),
+        };
+        let judged = self.judge(answer).await;
+        let outcome = match &judged {
+            Judged::Ack => "ok",
+            Judged::Dead(..) => "dead",
+            Judged::Retry(..) => "retry",
+            Judged::Pause(_) => return Ok(judged),
+        };
+        self.shared.metrics.attempt(&self.d, outcome);
+        Ok(judged)
     }
 
     /// Reads an answer (or its absence) into what to do next.
@@ -893,7 +892,7 @@ impl Loop {
     async fn vero_each(&mut self, items: &[&OutboxItem]) -> Result<Vec<(i64, u16, String)>, Stop> {
         let mut dead = Vec::new();
         for item in items {
-            match self.vero_call((*item).clone()).await?.2 {
+            match self.vero_item(item).await? {
                 CallOutcome::Ack => {}
                 CallOutcome::Dead(status, excerpt) => dead.push((item.pos, status, excerpt)),
                 CallOutcome::Pause(why) => {
@@ -905,58 +904,38 @@ impl Loop {
         Ok(dead)
     }
 
-    /// One user's items, in order, each retried until acknowledged or refused for good.
-    async fn vero_user(&self, items: Vec<OutboxItem>) -> Result<UserOutcome, Stop> {
-        let mut outcome = UserOutcome::default();
+    /// One item as the Vero call it came from, retried until acknowledged or refused for
+    /// good (or the token is refused).
+    async fn vero_item(&self, item: &OutboxItem) -> Result<CallOutcome, Stop> {
         let token = self.d.spec.token.as_deref().unwrap_or_default();
         let base = self.d.spec.url.trim_end_matches('/');
-        for item in items {
-            let (method, path, body) = item.vero_request(self.d.project);
-            let url = format!(
-                "{base}{path}?auth_token={}",
-                percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
-            );
-            let method =
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-            let mut attempt = 0u32;
-            loop {
-                let sent = self
-                    .shared
-                    .http
-                    .request(method.clone(), &url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-                    .send();
-                let answer = tokio::select! {
-                    a = sent => a,
-                    () = self.stop.cancelled() => return Err(Stop::Cancelled),
-                };
-                match self.judge(answer).await {
-                    Judged::Ack => {
-                        self.shared.metrics.attempt(&self.d, "ok");
-                        break;
-                    }
-                    Judged::Dead(status, excerpt) => {
-                        self.shared.metrics.attempt(&self.d, "dead");
-                        outcome.dead.push((item.pos, status, excerpt));
-                        break;
-                    }
-                    Judged::Pause(why) => {
-                        outcome.pause = Some(why);
-                        return Ok(outcome);
-                    }
-                    Judged::Retry(error, asked) => {
-                        self.shared.metrics.attempt(&self.d, "retry");
-                        tracing::info!(destination = %self.d.spec.name, %error, "vero call failed");
-                        self.note_failure(&error).await?;
-                        outcome.error = Some(error);
-                        self.back_off(attempt, asked).await?;
-                        attempt = attempt.saturating_add(1);
-                    }
+        let (method, path, body) = item.vero_request(self.d.project);
+        let url = format!(
+            "{base}{path}?auth_token={}",
+            percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut attempt = 0u32;
+        loop {
+            let request = self
+                .shared
+                .http
+                .request(method.clone(), &url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            match self.attempt(request).await? {
+                Judged::Ack => return Ok(CallOutcome::Ack),
+                Judged::Dead(status, excerpt) => return Ok(CallOutcome::Dead(status, excerpt)),
+                Judged::Pause(why) => return Ok(CallOutcome::Pause(why)),
+                Judged::Retry(error, asked) => {
+                    tracing::info!(destination = %self.d.spec.name, %error, "vero call failed");
+                    self.note_failure(&error).await?;
+                    self.back_off(attempt, asked).await?;
+                    attempt = attempt.saturating_add(1);
                 }
             }
         }
-        Ok(outcome)
     }
 
     /// Records a Vero call's failure at once, while the batch goes on: one user's call may
@@ -1104,13 +1083,6 @@ enum Judged {
     Retry(String, Option<Duration>),
     Dead(u16, String),
     Pause(String),
-}
-
-#[derive(Default)]
-struct UserOutcome {
-    dead: Vec<(i64, u16, String)>,
-    pause: Option<String>,
-    error: Option<String>,
 }
 
 /// Renews a loop's lease every third of its life; cancels the loop when it is lost.

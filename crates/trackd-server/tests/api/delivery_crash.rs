@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::erasure::occurrences;
 use crate::helpers::{required, skip_notice, ChildServer};
 use crate::receiver::Receiver;
 
@@ -285,17 +286,6 @@ async fn signatures_verify_with_the_standard_webhooks_reference_library() {
         "a signature did not verify: {records:?}"
     );
     assert!(records.len() >= 4, "batches of 10: {records:?}");
-}
-
-/// How often `needle` occurs in the database file and its WAL.
-fn occurrences(dir: &std::path::Path, needle: &[u8]) -> usize {
-    ["trackd.db", "trackd.db-wal"]
-        .iter()
-        .map(|name| {
-            let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
-            bytes.windows(needle.len()).filter(|w| *w == needle).count()
-        })
-        .sum()
 }
 
 #[tokio::test]

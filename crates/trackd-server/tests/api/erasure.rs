@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::helpers::ChildServer;
 
 /// How often `needle` occurs in the database file and its WAL.
-fn occurrences(dir: &Path, needle: &[u8]) -> usize {
+pub fn occurrences(dir: &Path, needle: &[u8]) -> usize {
     ["trackd.db", "trackd.db-wal"]
         .iter()
         .map(|name| {
