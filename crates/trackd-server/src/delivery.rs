@@ -581,6 +581,41 @@ impl Loop {
                     Err(e) => tracing::warn!(error = %e, "reading the outbox failed, retrying"),
                 }
             }
+            // Record progress: now and then while calls run, at once when idle; and before
+            // new calls start, announce them: the store refuses that once the destination
+            // is paused, which stops the loop before it sends anything more.
+            let cursor = pending.first_key_value().map_or(read, |(p, _)| p - 1);
+            let moved =
+                cursor > reported || !dead.is_empty() || delivered > 0 || !redriven.is_empty();
+            let starting = !ready.is_empty() && running.len() < VERO_USERS_IN_FLIGHT;
+            let announce = starting && (read_any || running.is_empty());
+            let busy = starting || !running.is_empty();
+            if announce
+                || (moved && (running.is_empty() || last_report.elapsed() >= VERO_REPORT_EVERY))
+            {
+                let failing = std::mem::take(
+                    &mut *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                self.report(DeliveryReport {
+                    cursor: Some(cursor),
+                    pending_to: Some(if busy { read.max(1) } else { 0 }),
+                    delivered: std::mem::take(&mut delivered),
+                    dead: std::mem::take(&mut dead),
+                    redriven: std::mem::take(&mut redriven),
+                    last_error: if failing.is_some() && !busy {
+                        Some(None)
+                    } else {
+                        None
+                    },
+                    ..Default::default()
+                })
+                .await?;
+                if busy {
+                    *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = failing;
+                }
+                reported = cursor;
+                last_report = tokio::time::Instant::now();
+            }
             // Start calls: each ready user's next item.
             while running.len() < VERO_USERS_IN_FLIGHT {
                 let Some(user) = ready.pop_front() else { break };
@@ -590,35 +625,6 @@ impl Loop {
                         scheduled.remove(&user);
                     }
                 }
-            }
-            // Record progress: now and then while calls run, at once when idle.
-            let cursor = pending.first_key_value().map_or(read, |(p, _)| p - 1);
-            let moved =
-                cursor > reported || !dead.is_empty() || delivered > 0 || !redriven.is_empty();
-            if moved && (running.is_empty() || last_report.elapsed() >= VERO_REPORT_EVERY) {
-                let failing = std::mem::take(
-                    &mut *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()),
-                );
-                self.report(DeliveryReport {
-                    cursor: Some(cursor),
-                    // Announces more sending: refused once paused, which stops the loop.
-                    pending_to: Some(if running.is_empty() { 0 } else { read.max(1) }),
-                    delivered: std::mem::take(&mut delivered),
-                    dead: std::mem::take(&mut dead),
-                    redriven: std::mem::take(&mut redriven),
-                    last_error: if failing.is_some() && running.is_empty() {
-                        Some(None)
-                    } else {
-                        None
-                    },
-                    ..Default::default()
-                })
-                .await?;
-                if !running.is_empty() {
-                    *self.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = failing;
-                }
-                reported = cursor;
-                last_report = tokio::time::Instant::now();
             }
             if running.is_empty() {
                 if !read_any {
