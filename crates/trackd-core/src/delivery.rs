@@ -197,17 +197,19 @@ impl DestinationSpec {
             DestinationKind::Webhook | DestinationKind::Vero => &["http://", "https://"],
             DestinationKind::Nats => &["nats://"],
         };
+        // Parsed as a URL with a host (and a port that exists): a URL that can never be
+        // sent to is refused now, not retried forever.
         let url_ok = self.url.len() <= 2048
-            && schemes.iter().any(|s| {
-                self.url
-                    .get(..s.len())
-                    .is_some_and(|p| p.eq_ignore_ascii_case(s))
-                    && self.url.len() > s.len()
-            })
             && !self
                 .url
                 .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            && url::Url::parse(&self.url).is_ok_and(|u| {
+                schemes
+                    .iter()
+                    .any(|s| s.trim_end_matches("://") == u.scheme())
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
         if !url_ok {
             return Err(FieldError::new(
                 "url",
@@ -844,7 +846,8 @@ pub fn dead_letter_excerpt(body: &[u8]) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    // No NUL: PostgreSQL's text refuses it (the dead letter would never be written).
+    text[..end].replace('\0', "\u{fffd}")
 }
 
 /// A new webhook signing secret: `whsec_` and 32 random bytes in base64 (Standard Webhooks).
@@ -917,6 +920,18 @@ mod tests {
                 "url",
             ),
             (json!({"name": "a", "kind": "webhook"}), "url"),
+            (
+                json!({"name": "a", "kind": "webhook", "url": "http://h:99999/"}),
+                "url",
+            ),
+            (
+                json!({"name": "a", "kind": "webhook", "url": "http://[::1"}),
+                "url",
+            ),
+            (
+                json!({"name": "a", "kind": "nats", "url": "nats://"}),
+                "url",
+            ),
             (
                 json!({"name": "a", "kind": "webhook", "url": "http://x", "batch": 0}),
                 "batch",
@@ -1011,6 +1026,11 @@ mod tests {
         assert_eq!(body, r#"{"id":"42","add":["vip"],"remove":[]}"#);
         assert_eq!(kind.vero_call(), ("PUT", "/users/tags/edit"));
         assert_eq!(ItemKind::from_code(kind.code()), Some(kind));
+    }
+
+    #[test]
+    fn dead_letter_excerpts_hold_no_nul() {
+        assert_eq!(dead_letter_excerpt(b"a\0b"), "a\u{fffd}b");
     }
 
     #[test]

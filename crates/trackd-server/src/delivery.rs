@@ -298,6 +298,13 @@ struct Loop {
 
 impl Loop {
     async fn start(shared: Arc<Shared>, d: Destination, stop: CancellationToken) {
+        let token = stop.clone();
+        Self::run(shared, d, stop).await;
+        // However the loop ended, the manager sees it as not running and starts another.
+        token.cancel();
+    }
+
+    async fn run(shared: Arc<Shared>, d: Destination, stop: CancellationToken) {
         let mut l = Loop {
             shared,
             d,
@@ -328,12 +335,17 @@ impl Loop {
         // Re-read at the lease: another node may have moved the cursor meanwhile.
         match l.shared.store.destinations(Some(l.d.project), false).await {
             Ok(all) => match all.into_iter().find(|x| x.id == l.d.id) {
-                Some(fresh) if fresh.generation == l.d.generation => l.d = fresh,
+                Some(fresh) if fresh.generation == l.d.generation && fresh.paused.is_none() => {
+                    l.d = fresh
+                }
                 _ => return,
             },
             Err(_) => return,
         }
         l.failing = l.d.last_error.is_some();
+        // An error recorded before this loop (another node's, an earlier run's) is cleared
+        // by this loop's first success.
+        *l.noted_error.lock().unwrap_or_else(|e| e.into_inner()) = l.d.last_error.clone();
         tracing::info!(destination = %l.d.spec.name, kind = l.d.spec.kind.as_str(), "delivering");
         tokio::spawn(keep_lease(l.shared.clone(), l.d.id, l.stop.clone()));
         let _ = l.deliver().await;
@@ -356,7 +368,12 @@ impl Loop {
             delivered: std::mem::take(&mut self.delivered),
             ..Default::default()
         };
-        let _ = tokio::time::timeout(STOP_WAIT, self.shared.store.report_delivery(report)).await;
+        let delivered = report.delivered;
+        if let Ok(Ok(true)) =
+            tokio::time::timeout(STOP_WAIT, self.shared.store.report_delivery(report)).await
+        {
+            self.count_delivered(delivered);
+        }
     }
 
     fn ttl_ms(&self) -> i64 {
@@ -380,7 +397,10 @@ impl Loop {
                 return Err(Stop::Cancelled);
             }
             match self.shared.store.report_delivery(r.clone()).await {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    self.count_delivered(r.delivered);
+                    return Ok(());
+                }
                 Ok(false) => {
                     // Another generation, or another node holds the lease.
                     self.stop.cancel();
@@ -391,6 +411,20 @@ impl Loop {
                     self.sleep(Duration::from_secs(1)).await?;
                 }
             }
+        }
+    }
+
+    /// Counts acknowledged items in the metrics, once they are recorded.
+    fn count_delivered(&self, n: i64) {
+        if n > 0 {
+            self.shared
+                .metrics
+                .delivered
+                .get_or_create(&DestinationLabels {
+                    project: self.d.project_name.clone(),
+                    destination: self.d.spec.name.clone(),
+                })
+                .inc_by(n as u64);
         }
     }
 
@@ -469,14 +503,6 @@ impl Loop {
                 DestinationKind::Nats => self.nats(&wanted).await?,
             };
             let n = wanted.len() as i64 - dead.len() as i64;
-            self.shared
-                .metrics
-                .delivered
-                .get_or_create(&DestinationLabels {
-                    project: self.d.project_name.clone(),
-                    destination: self.d.spec.name.clone(),
-                })
-                .inc_by(n as u64);
             if dead.is_empty() && !self.failing {
                 self.delivered += n;
                 self.unreported = Some(last);
@@ -501,9 +527,21 @@ impl Loop {
             }
             cursor = last;
             if items.len() < limit {
-                // A partial batch: the backlog is drained and items trickle in. Let a few
-                // more gather (a fraction of the idle poll), so batches stay large and
-                // the store records fewer, larger steps while ingest is busy.
+                // A partial batch: the backlog is drained and items trickle in. What was
+                // acknowledged is recorded now (a kill while waiting re-sends nothing that
+                // was not in flight); then a few more gather (a fraction of the idle poll),
+                // so batches stay large while ingest is busy.
+                if let Some(upto) = self.unreported.take() {
+                    let delivered = std::mem::take(&mut self.delivered);
+                    self.report(DeliveryReport {
+                        cursor: Some(upto),
+                        pending_to: Some(0),
+                        delivered,
+                        ..Default::default()
+                    })
+                    .await?;
+                    pending_to = 0;
+                }
                 self.sleep(self.shared.config.poll / 4).await?;
             }
         }
@@ -1091,24 +1129,33 @@ enum Judged {
     Pause(String),
 }
 
-/// Renews a loop's lease every third of its life; cancels the loop when it is lost.
+/// Renews a loop's lease every third of its life; cancels the loop when it is lost, or
+/// when it could not be renewed for a whole lease (the store unreachable: another node may
+/// hold it by now, and two nodes must not deliver one destination).
 async fn keep_lease(shared: Arc<Shared>, destination: i64, stop: CancellationToken) {
     let ttl = shared.config.lease_ttl;
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(10_000);
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(ttl / 3) => {}
             () = stop.cancelled() => return,
         }
         match shared.store.lease(destination, &shared.node, ttl_ms).await {
-            Ok(true) => {}
+            Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => {
                 tracing::warn!(destination, "lease lost to another node, stopping");
                 stop.cancel();
                 return;
             }
-            // The store is unreachable: the reports would fail too; keep trying.
-            Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "lease renewal failed");
+                if renewed.elapsed() >= ttl {
+                    tracing::warn!(destination, "lease not renewed in time, stopping");
+                    stop.cancel();
+                    return;
+                }
+            }
         }
     }
 }
@@ -1125,7 +1172,11 @@ fn describe(e: &reqwest::Error) -> String {
     } else if e.is_connect() {
         "the receiver refused the connection or could not be reached".into()
     } else {
-        format!("the request failed: {e}")
+        // Never the error's own text: it names the URL, which may hold a credential (a
+        // Vero token, a webhook URL's key).
+        let cause = std::error::Error::source(e)
+            .map_or_else(|| "no answer".to_owned(), ToString::to_string);
+        format!("the request failed: {cause}")
     }
 }
 

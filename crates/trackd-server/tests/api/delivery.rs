@@ -459,3 +459,41 @@ async fn a_deleted_users_undelivered_items_are_not_sent_and_the_delete_is() {
     assert_eq!(kinds.last(), Some(&"user.delete"));
     assert_eq!(items.last().expect("items")["user"], json!({"id": "gone"}));
 }
+
+#[tokio::test]
+async fn a_failure_is_described_without_the_receivers_url() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    // A receiver that reads the request and hangs up without an answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+        }
+    });
+    // The URL holds a credential, as webhook URLs (and Vero's) often do.
+    let url = format!("http://{addr}/hook?key=s3cr3t-in-url");
+    add_webhook(&app, "hook", &url, json!({})).await;
+    app.track(&event("u", 1)).await.assert_success(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let d = destination(&app, "hook").await;
+        if d["state"] == "retrying" {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "never retrying: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = d["last_error"].as_str().expect("an error");
+    assert!(error.starts_with("the request failed: "), "{error}");
+    assert!(
+        !error.contains("s3cr3t"),
+        "the URL's credential is shown: {error}"
+    );
+    assert!(!app.metrics().await.contains("s3cr3t"));
+}
