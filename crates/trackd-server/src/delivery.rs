@@ -554,14 +554,42 @@ impl Loop {
     /// failing holds up only its own later items (and, past the read-ahead, the reading of
     /// more). The cursor is the position before the oldest item not yet acknowledged.
     async fn relay(&self) -> Result<(), Stop> {
-        let mut read = self.d.cursor;
+        let mut p = Progress {
+            read: self.d.cursor,
+            ..Progress::default()
+        };
+        let result = self.relay_loop(&mut p).await;
+        // Stopped (a pause, a shutdown, the lease lost): what was acknowledged since the
+        // last report is recorded now, once, so it is not sent again.
+        let cursor = p.cursor();
+        if cursor > self.d.cursor || p.delivered > 0 || !p.dead.is_empty() || !p.redriven.is_empty()
+        {
+            let report = DeliveryReport {
+                destination: self.d.id,
+                generation: self.d.generation,
+                node: self.shared.node.clone(),
+                cursor: Some(cursor),
+                pending_to: Some(0),
+                delivered: p.delivered,
+                dead: std::mem::take(&mut p.dead),
+                redriven: std::mem::take(&mut p.redriven),
+                ..Default::default()
+            };
+            if let Ok(Ok(true)) =
+                tokio::time::timeout(STOP_WAIT, self.shared.store.report_delivery(report)).await
+            {
+                self.count_delivered(p.delivered);
+            }
+        }
+        result
+    }
+
+    async fn relay_loop(&self, p: &mut Progress) -> Result<(), Stop> {
         // Dead letters being sent again (behind the cursor: not in `pending`).
         let mut redriving: BTreeSet<i64> = BTreeSet::new();
-        let mut redriven: Vec<i64> = Vec::new();
         let mut redrive_checked: Option<tokio::time::Instant> = None;
         let mut reported = self.d.cursor;
-        // Read, not yet acknowledged (nor dead): their positions, and per user, in order.
-        let mut pending: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+        // Per user, in order, the items read and not yet sent.
         let mut pending_bytes = 0usize;
         let mut queues: HashMap<i64, VecDeque<OutboxItem>> = HashMap::new();
         // Users with an item ready and none in flight, in the order they became ready; and
@@ -569,8 +597,6 @@ impl Loop {
         let mut ready: VecDeque<i64> = VecDeque::new();
         let mut scheduled: std::collections::HashSet<i64> = std::collections::HashSet::new();
         let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut delivered = 0i64;
-        let mut dead: Vec<(i64, u16, String)> = Vec::new();
         let mut last_report = tokio::time::Instant::now();
         loop {
             // Dead letters asked for again join their users' queues.
@@ -581,7 +607,7 @@ impl Loop {
                     for item in items {
                         redriving.insert(item.pos);
                         if !item.is_live() {
-                            redriven.push(item.pos);
+                            p.redriven.push(item.pos);
                             redriving.remove(&item.pos);
                             continue;
                         }
@@ -594,21 +620,21 @@ impl Loop {
             }
             // Read ahead.
             let mut read_any = false;
-            if pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES {
+            if p.pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES {
                 match self
                     .shared
                     .store
-                    .outbox(self.d.project, read, READ_ITEMS)
+                    .outbox(self.d.project, p.read, READ_ITEMS)
                     .await
                 {
                     Ok(items) => {
                         for item in items {
-                            read = item.pos;
+                            p.read = item.pos;
                             read_any = true;
                             if !item.is_live() || !self.d.spec.wants(&item) {
                                 continue;
                             }
-                            pending.insert(item.pos, item.bytes());
+                            p.pending.insert(item.pos, item.bytes());
                             pending_bytes += item.bytes();
                             if scheduled.insert(item.user_ref) {
                                 ready.push_back(item.user_ref);
@@ -622,9 +648,11 @@ impl Loop {
             // Record progress: now and then while calls run, at once when idle; and before
             // new calls start, announce them: the store refuses that once the destination
             // is paused, which stops the loop before it sends anything more.
-            let cursor = pending.first_key_value().map_or(read, |(p, _)| p - 1);
-            let moved =
-                cursor > reported || !dead.is_empty() || delivered > 0 || !redriven.is_empty();
+            let cursor = p.cursor();
+            let moved = cursor > reported
+                || !p.dead.is_empty()
+                || p.delivered > 0
+                || !p.redriven.is_empty();
             let starting = !ready.is_empty() && running.len() < VERO_USERS_IN_FLIGHT;
             let announce = starting && (read_any || running.is_empty());
             let busy = starting || !running.is_empty();
@@ -636,10 +664,10 @@ impl Loop {
                 );
                 self.report(DeliveryReport {
                     cursor: Some(cursor),
-                    pending_to: Some(if busy { read.max(1) } else { 0 }),
-                    delivered: std::mem::take(&mut delivered),
-                    dead: std::mem::take(&mut dead),
-                    redriven: std::mem::take(&mut redriven),
+                    pending_to: Some(if busy { p.read.max(1) } else { 0 }),
+                    delivered: std::mem::take(&mut p.delivered),
+                    dead: std::mem::take(&mut p.dead),
+                    redriven: std::mem::take(&mut p.redriven),
                     last_error: if failing.is_some() && !busy {
                         Some(None)
                     } else {
@@ -671,7 +699,8 @@ impl Loop {
                 continue;
             }
             // Wait for a call to end (or, with room to read ahead, a poll interval).
-            let can_read = pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES;
+            let can_read =
+                p.pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES;
             let next = tokio::select! {
                 n = running.next() => n,
                 () = tokio::time::sleep(self.shared.config.poll), if can_read => None,
@@ -679,38 +708,37 @@ impl Loop {
             };
             let Some(outcome) = next else { continue };
             let (user, pos, outcome) = outcome?;
-            if let Some(bytes) = pending.remove(&pos) {
+            if let Some(bytes) = p.pending.remove(&pos) {
                 pending_bytes -= bytes;
             }
             let was_dead = redriving.remove(&pos);
             match outcome {
                 CallOutcome::Ack => {
-                    delivered += 1;
+                    p.delivered += 1;
                     if was_dead {
-                        redriven.push(pos);
+                        p.redriven.push(pos);
                     }
                 }
                 CallOutcome::Dead(status, excerpt) => {
                     if was_dead {
-                        redriven.push(pos);
+                        p.redriven.push(pos);
                     }
-                    dead.push((pos, status, excerpt));
+                    p.dead.push((pos, status, excerpt));
                 }
                 CallOutcome::Pause(why) => {
                     // No new call; the others still going are dropped. What was
                     // acknowledged is recorded; the rest is sent again after a resume.
                     drop(running);
-                    let cursor = pending
-                        .first_key_value()
-                        .map_or(read, |(p, _)| p - 1)
-                        .min(pos - 1);
+                    // The refused call is not acknowledged: it stays ahead of the cursor.
+                    p.pending.insert(pos, 0);
+                    let cursor = p.cursor();
                     self.shared.metrics.attempt(&self.d, "paused");
                     tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
                     self.report(DeliveryReport {
                         cursor: Some(cursor),
-                        delivered,
-                        dead,
-                        redriven,
+                        delivered: std::mem::take(&mut p.delivered),
+                        dead: std::mem::take(&mut p.dead),
+                        redriven: std::mem::take(&mut p.redriven),
                         last_error: Some(Some(why.clone())),
                         pause: Some(why),
                         ..Default::default()
@@ -1111,6 +1139,26 @@ impl Loop {
             ack.map_err(|e| format!("JetStream refused a message: {e}"))?;
         }
         Ok(dead)
+    }
+}
+
+/// Where a Vero relay stands: read up to `read`; `pending` read and not yet acknowledged
+/// (position → bytes); and what is acknowledged, dead or redriven since the last report.
+#[derive(Default)]
+struct Progress {
+    read: i64,
+    pending: std::collections::BTreeMap<i64, usize>,
+    delivered: i64,
+    dead: Vec<(i64, u16, String)>,
+    redriven: Vec<i64>,
+}
+
+impl Progress {
+    /// The position before the oldest item not yet acknowledged.
+    fn cursor(&self) -> i64 {
+        self.pending
+            .first_key_value()
+            .map_or(self.read, |(p, _)| p - 1)
     }
 }
 
