@@ -71,6 +71,9 @@ const REDRIVE_EVERY: Duration = Duration::from_secs(1);
 const VERO_READ_AHEAD: usize = 5_000;
 /// Bytes of items a Vero relay holds read ahead (events may be up to the body limit each).
 const VERO_READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
+/// An item read this long ago is checked again before it is sent (its user may have been
+/// deleted meanwhile).
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// How often a Vero relay records its progress while calls run.
 const VERO_REPORT_EVERY: Duration = Duration::from_millis(250);
 /// Users whose Vero calls are in flight at once.
@@ -591,7 +594,7 @@ impl Loop {
         let mut reported = self.d.cursor;
         // Per user, in order, the items read and not yet sent.
         let mut pending_bytes = 0usize;
-        let mut queues: HashMap<i64, VecDeque<OutboxItem>> = HashMap::new();
+        let mut queues: HashMap<i64, VecDeque<(tokio::time::Instant, OutboxItem)>> = HashMap::new();
         // Users with an item ready and none in flight, in the order they became ready; and
         // every user that is ready or has a call in flight (one call per user at a time).
         let mut ready: VecDeque<i64> = VecDeque::new();
@@ -614,7 +617,10 @@ impl Loop {
                         if scheduled.insert(item.user_ref) {
                             ready.push_back(item.user_ref);
                         }
-                        queues.entry(item.user_ref).or_default().push_back(item);
+                        queues
+                            .entry(item.user_ref)
+                            .or_default()
+                            .push_back((tokio::time::Instant::now(), item));
                     }
                 }
             }
@@ -639,7 +645,10 @@ impl Loop {
                             if scheduled.insert(item.user_ref) {
                                 ready.push_back(item.user_ref);
                             }
-                            queues.entry(item.user_ref).or_default().push_back(item);
+                            queues
+                                .entry(item.user_ref)
+                                .or_default()
+                                .push_back((tokio::time::Instant::now(), item));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading the outbox failed, retrying"),
@@ -686,7 +695,11 @@ impl Loop {
             while running.len() < VERO_USERS_IN_FLIGHT {
                 let Some(user) = ready.pop_front() else { break };
                 match queues.get_mut(&user).and_then(VecDeque::pop_front) {
-                    Some(item) => running.push(self.vero_call(item)),
+                    Some((read_at, item)) => {
+                        // Waited behind its user's earlier calls: it may be gone since.
+                        let stale = read_at.elapsed() >= RECHECK_AFTER;
+                        running.push(self.vero_call(item, stale));
+                    }
                     None => {
                         scheduled.remove(&user);
                     }
@@ -713,6 +726,11 @@ impl Loop {
             }
             let was_dead = redriving.remove(&pos);
             match outcome {
+                CallOutcome::Gone => {
+                    if was_dead {
+                        p.redriven.push(pos);
+                    }
+                }
                 CallOutcome::Ack => {
                     p.delivered += 1;
                     if was_dead {
@@ -759,8 +777,33 @@ impl Loop {
 
     /// One Vero call, retried until acknowledged or refused for good: `(user, position,
     /// what became of it)`.
-    async fn vero_call(&self, item: OutboxItem) -> Result<(i64, i64, CallOutcome), Stop> {
-        Ok((item.user_ref, item.pos, self.vero_item(&item).await?))
+    async fn vero_call(
+        &self,
+        item: OutboxItem,
+        stale: bool,
+    ) -> Result<(i64, i64, CallOutcome), Stop> {
+        let outcome = if stale && !self.still_there(&item).await {
+            CallOutcome::Gone
+        } else {
+            self.vero_item(&item).await?
+        };
+        Ok((item.user_ref, item.pos, outcome))
+    }
+
+    /// Whether an item read earlier is still in the outbox (its user not deleted since).
+    /// When the store cannot say, it is taken as there.
+    async fn still_there(&self, item: &OutboxItem) -> bool {
+        match self
+            .shared
+            .store
+            .outbox(self.d.project, item.pos - 1, 1)
+            .await
+        {
+            Ok(found) => found
+                .first()
+                .is_some_and(|f| f.pos == item.pos && f.is_live()),
+            Err(_) => true,
+        }
     }
 
     /// Sends the dead letters marked for redrive, if any (looked for every few seconds).
@@ -847,7 +890,8 @@ impl Loop {
         } else {
             batch_id(self.d.id, after, last)
         };
-        let body = bytes::Bytes::from(webhook_body(self.d.project, &self.d.project_name, items));
+        let mut current: Vec<OutboxItem> = items.iter().map(|i| (*i).clone()).collect();
+        let mut body = self.batch_body(&current);
         let mut attempt = 0u32;
         loop {
             // Wall-clock seconds, whatever clock stamps receive times: receivers check a
@@ -872,7 +916,7 @@ impl Loop {
             match self.attempt(request).await? {
                 Judged::Ack => return Ok(Vec::new()),
                 Judged::Dead(status, excerpt) => {
-                    return Ok(items
+                    return Ok(current
                         .iter()
                         .map(|i| (i.pos, status, excerpt.clone()))
                         .collect());
@@ -885,9 +929,41 @@ impl Loop {
                     self.failed(error).await?;
                     self.back_off(attempt, asked).await?;
                     attempt = attempt.saturating_add(1);
+                    // A user deleted while the batch waited takes its items out of it
+                    // (same range, same id): read the range again before the next attempt.
+                    if last > 0 {
+                        if let Ok(fresh) = self
+                            .shared
+                            .store
+                            .outbox(self.d.project, after, self.d.spec.batch as usize)
+                            .await
+                        {
+                            let fresh: Vec<OutboxItem> = fresh
+                                .into_iter()
+                                .filter(|i| i.pos <= last && i.is_live() && self.d.spec.wants(i))
+                                .collect();
+                            if fresh.is_empty() {
+                                return Ok(Vec::new());
+                            }
+                            if fresh
+                                .iter()
+                                .map(|i| i.pos)
+                                .ne(current.iter().map(|i| i.pos))
+                            {
+                                body = self.batch_body(&fresh);
+                                current = fresh;
+                            }
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// A webhook batch's body for `items`.
+    fn batch_body(&self, items: &[OutboxItem]) -> bytes::Bytes {
+        let refs: Vec<&OutboxItem> = items.iter().collect();
+        bytes::Bytes::from(webhook_body(self.d.project, &self.d.project_name, &refs))
     }
 
     /// Sends one request (or stops, when cancelled) and says what its answer means; counted
@@ -965,7 +1041,7 @@ impl Loop {
         let mut dead = Vec::new();
         for item in items {
             match self.vero_item(item).await? {
-                CallOutcome::Ack => {}
+                CallOutcome::Ack | CallOutcome::Gone => {}
                 CallOutcome::Dead(status, excerpt) => dead.push((item.pos, status, excerpt)),
                 CallOutcome::Pause(why) => {
                     self.pause(why).await?;
@@ -1005,6 +1081,9 @@ impl Loop {
                     self.note_failure(&error).await?;
                     self.back_off(attempt, asked).await?;
                     attempt = attempt.saturating_add(1);
+                    if !self.still_there(item).await {
+                        return Ok(CallOutcome::Gone);
+                    }
                 }
             }
         }
@@ -1165,6 +1244,8 @@ impl Progress {
 /// What became of one Vero call.
 enum CallOutcome {
     Ack,
+    /// Its user was deleted while it waited: nothing to send.
+    Gone,
     Dead(u16, String),
     Pause(String),
 }

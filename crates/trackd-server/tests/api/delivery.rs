@@ -497,3 +497,50 @@ async fn a_failure_is_described_without_the_receivers_url() {
     );
     assert!(!app.metrics().await.contains("s3cr3t"));
 }
+
+#[tokio::test]
+async fn a_user_deleted_while_its_batch_is_retried_is_not_sent_when_it_goes_through() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(vec![Reply::Status(503, "down"); 8]).await;
+    add_webhook(&app, "hook", &receiver.url, json!({})).await;
+    // One batch of all six events.
+    assert_eq!(act(&app, "hook", "pause").await.status, 200);
+    for n in 0..3 {
+        app.track(&json!({"identity": {"id": "gone"}, "event_name": "e",
+                          "data": {"marker": "deleted-while-retried-77", "n": n}}))
+            .await
+            .assert_success(false);
+        app.track(&event("stays", n)).await.assert_success(false);
+    }
+    assert_eq!(act(&app, "hook", "resume").await.status, 200);
+    receiver
+        .wait_for(Duration::from_secs(10), "a first refusal", |log| {
+            !log.is_empty()
+        })
+        .await;
+    assert_eq!(receiver.log()[0].items().len(), 6);
+    app.call("POST", "users/delete", &json!({"id": "gone"}))
+        .await
+        .assert_success(false);
+    let d = wait_drained(&app, "hook", 0).await;
+    assert_eq!(d["last_error"], Value::Null);
+    let log = receiver.log();
+    // The batch that was refused went through under its id, without the deleted user.
+    let sent = log.iter().find(|r| r.status == 200).expect("acknowledged");
+    assert_eq!(sent.id, log[0].id, "the same batch, the same id");
+    let text = String::from_utf8_lossy(&sent.raw);
+    assert!(!text.contains("deleted-while-retried-77"), "{text}");
+    assert_eq!(
+        receiver
+            .acknowledged_items()
+            .iter()
+            .filter(|i| i["type"] == "event")
+            .count(),
+        3
+    );
+    assert!(receiver
+        .acknowledged_items()
+        .iter()
+        .any(|i| i["type"] == "user.delete"));
+}
