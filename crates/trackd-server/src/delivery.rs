@@ -599,6 +599,8 @@ impl Loop {
         // every user that is ready or has a call in flight (one call per user at a time).
         let mut ready: VecDeque<i64> = VecDeque::new();
         let mut scheduled: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        // A reidentify or delete read and not yet done: nothing is read past it.
+        let mut barrier: Option<i64> = None;
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut last_report = tokio::time::Instant::now();
         loop {
@@ -624,9 +626,17 @@ impl Loop {
                     }
                 }
             }
-            // Read ahead.
+            // Read ahead; not past a barrier (a reidentify or a delete) until every item
+            // before it is done, and nothing past it until it is: it changes who the user is
+            // at Vero, which per-user order alone (users are rows here) cannot order.
             let mut read_any = false;
-            if p.pending.len() < VERO_READ_AHEAD && pending_bytes < VERO_READ_AHEAD_BYTES {
+            if barrier.is_none_or(|b| !p.pending.contains_key(&b)) {
+                barrier = None;
+            }
+            if barrier.is_none()
+                && p.pending.len() < VERO_READ_AHEAD
+                && pending_bytes < VERO_READ_AHEAD_BYTES
+            {
                 match self
                     .shared
                     .store
@@ -635,10 +645,22 @@ impl Loop {
                 {
                     Ok(items) => {
                         for item in items {
+                            let wanted = item.is_live() && self.d.spec.wants(&item);
+                            let barrier_kind = matches!(
+                                item.kind,
+                                ItemKind::UserReidentify | ItemKind::UserDelete
+                            );
+                            if wanted && barrier_kind && !p.pending.is_empty() {
+                                // Read again once what is before it is done.
+                                break;
+                            }
                             p.read = item.pos;
                             read_any = true;
-                            if !item.is_live() || !self.d.spec.wants(&item) {
+                            if !wanted {
                                 continue;
+                            }
+                            if barrier_kind {
+                                barrier = Some(item.pos);
                             }
                             p.pending.insert(item.pos, item.bytes());
                             pending_bytes += item.bytes();
@@ -649,6 +671,9 @@ impl Loop {
                                 .entry(item.user_ref)
                                 .or_default()
                                 .push_back((tokio::time::Instant::now(), item));
+                            if barrier.is_some() {
+                                break;
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading the outbox failed, retrying"),

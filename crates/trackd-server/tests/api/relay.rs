@@ -1939,3 +1939,75 @@ async fn vero_dead_letters_are_redriven() {
     assert_eq!(calls[3].body, calls[0].body, "the same call again");
     assert_eq!(calls[3].status, 200);
 }
+
+/// A visitor's event is still being retried when the visitor signs in and its anonymous id
+/// is merged into a known user: the merge waits for the event, so Vero sees the event under
+/// the anonymous id first, then the reidentify, then what came after it.
+#[tokio::test]
+async fn vero_reidentify_waits_for_the_calls_before_it() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let fake = FakeVero::start().await;
+    // The anonymous event is refused (503) three times before Vero takes it.
+    fake.answer_with(|call, before| {
+        let anon = call.route == "/events/track" && call.body["identity"]["id"] == "anon-1";
+        let refused = before
+            .iter()
+            .filter(|c| c.route == "/events/track" && c.body["identity"]["id"] == "anon-1")
+            .count();
+        if anon && refused < 3 {
+            return (503, r#"{"status":503,"message":"busy"}"#.to_owned());
+        }
+        (200, SUCCESS.to_owned())
+    });
+    app.call(
+        "POST",
+        "users/track",
+        &json!({"id": "42", "data": {"plan": "pro"}}),
+    )
+    .await
+    .assert_success(false);
+    add_destination(
+        &app,
+        json!({"name": "vero", "kind": "vero", "url": fake.base, "token": "T"}),
+    )
+    .await;
+    app.track(&json!({"identity": {"id": "anon-1"}, "event_name": "Viewed", "data": {}}))
+        .await
+        .assert_success(false);
+    // The event is read and being retried when the merge commits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.calls().is_empty() {
+        assert!(Instant::now() < deadline, "the event was never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.call(
+        "PUT",
+        "users/reidentify",
+        &json!({"id": "anon-1", "new_id": "42"}),
+    )
+    .await
+    .assert_success(false);
+    app.track(&json!({"identity": {"id": "42"}, "event_name": "Paid", "data": {}}))
+        .await
+        .assert_success(false);
+    wait_for_destination(&app, "vero", Duration::from_secs(30), "drained", |d| {
+        d["backlog"] == 0 && d["state"] == "running"
+    })
+    .await;
+    let acknowledged: Vec<(String, Value)> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 200)
+        .map(|c| (c.route, c.body))
+        .collect();
+    let routes: Vec<&str> = acknowledged.iter().map(|(r, _)| r.as_str()).collect();
+    // Paid, tracked after the merge, goes after it.
+    assert_eq!(
+        routes,
+        vec!["/events/track", "/users/reidentify", "/events/track"],
+        "{acknowledged:?}"
+    );
+    assert_eq!(acknowledged[0].1["identity"]["id"], "anon-1");
+    assert_eq!(acknowledged[2].1["event_name"], "Paid");
+}
