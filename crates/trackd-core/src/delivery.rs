@@ -622,6 +622,17 @@ pub fn change_item(change: &ProfileChange) -> (ItemKind, String) {
     (kind, Value::Object(body).to_string())
 }
 
+/// A deletion as delivered: `{"id": ..}`, the user it deleted as stored (its id, else its
+/// key), whichever way the request named it: Vero's `users/delete` takes the id. Nothing
+/// else of the user (no email): the deletion is kept until delivered.
+pub fn delete_body(user: &crate::plan::UserRow) -> String {
+    let id = user
+        .user_id
+        .clone()
+        .unwrap_or_else(|| user.user_key.clone());
+    serde_json::json!({ "id": id }).to_string()
+}
+
 /// One committed item of a project's outbox, as a delivery loop reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxItem {

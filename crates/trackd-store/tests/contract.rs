@@ -302,6 +302,7 @@ store_contract!(
     changes_committed_in_one_batch_keep_their_order_deletions_and_merges,
     a_new_user_never_takes_a_deleted_ones_items,
     outbox_reads_stop_at_a_byte_budget,
+    a_delete_names_the_user_it_deleted,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -1976,4 +1977,23 @@ async fn outbox_reads_stop_at_a_byte_budget(b: &Backend) {
         })
         .collect();
     assert_eq!(ns, (0..10).collect::<Vec<_>>());
+}
+
+async fn a_delete_names_the_user_it_deleted(b: &Backend) {
+    let d = b.add("hook").await;
+    b.change(
+        ProfileOp::Track,
+        json!({"id": "d1", "email": "d1@example.com"}),
+    )
+    .await
+    .expect("d1");
+    // Named by email, delivered as the user it deleted: its id (what Vero deletes by), and
+    // nothing else of it.
+    b.change(ProfileOp::Delete, json!({"email": "d1@example.com"}))
+        .await
+        .expect("deleted");
+    let items = b.items(d.cursor).await;
+    assert_eq!(items.len(), 1, "the user's own items went with it");
+    assert_eq!(items[0].kind, ItemKind::UserDelete);
+    assert_eq!(items[0].body.as_deref(), Some(r#"{"id":"d1"}"#));
 }

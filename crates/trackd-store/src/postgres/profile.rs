@@ -162,7 +162,7 @@ pub(super) async fn apply(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
     pending: &mut Pending,
-) -> Result<Result<Option<i64>, StoreError>, Error> {
+) -> Result<Result<Option<(i64, Option<String>)>, StoreError>, Error> {
     // An attempt yields only to a user another transaction committed after its lookup,
     // which the next attempt's lookup sees (read committed: each statement sees what was
     // committed before it; under repeatable read PostgreSQL fails the insert instead). Only
@@ -190,7 +190,7 @@ async fn attempt(
     request: &ProfileRequest,
     on_race: OnRace,
     pending: &mut Pending,
-) -> Result<Option<Result<Option<i64>, StoreError>>, Error> {
+) -> Result<Option<Result<Option<(i64, Option<String>)>, StoreError>>, Error> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {
@@ -207,16 +207,16 @@ async fn attempt(
         Plan::Refused(e) => return Ok(Some(Err(StoreError::Invalid(e)))),
         Plan::Save(mut row) => save(&mut row, tx, project, now, on_race)
             .await?
-            .then_some(row.id),
+            .then_some((row.id, None)),
         Plan::Delete(row) => {
             delete(tx, project, &row, pending).await?;
-            Some(row.id)
+            Some((row.id, Some(trackd_core::delivery::delete_body(&row))))
         }
         Plan::Rename { mut user, from_key } => {
             move_dedup(tx, project, &from_key, &user.user_key).await?;
             save(&mut user, tx, project, now, on_race)
                 .await?
-                .then_some(user.id)
+                .then_some((user.id, None))
         }
         Plan::Merge { from, mut into } => {
             tx.execute(
@@ -230,7 +230,7 @@ async fn attempt(
                 .await?;
             save(&mut into, tx, project, now, on_race)
                 .await?
-                .then_some(into.id)
+                .then_some((into.id, None))
         }
     };
     // Only an insert can yield, and every insert is the change's first write.

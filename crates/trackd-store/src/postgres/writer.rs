@@ -203,9 +203,11 @@ impl Writers {
                 }
                 Job::Profile { request, .. } => {
                     let result = profile::apply(&tx, request, &mut outbox).await?;
-                    if let Ok(Some(user_ref)) = result {
+                    if let Ok(Some((user_ref, deleted))) = &result {
+                        let user_ref = *user_ref;
                         if outbox.wanted(request.project) {
                             let (kind, body) = change_item(&request.change);
+                            let body = deleted.clone().unwrap_or(body);
                             outbox.change(
                                 request.project,
                                 user_ref,

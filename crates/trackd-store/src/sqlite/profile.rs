@@ -101,7 +101,7 @@ pub(crate) fn apply(
     request: &ProfileRequest,
     index: &DedupIndex,
     overlay: &mut Overlay,
-) -> rusqlite::Result<Result<Option<i64>, StoreError>> {
+) -> rusqlite::Result<Result<Option<(i64, Option<String>)>, StoreError>> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {
@@ -115,12 +115,12 @@ pub(crate) fn apply(
         Plan::Nothing => None,
         Plan::NotFound => return Ok(Err(StoreError::NotFound("user".into()))),
         Plan::Refused(e) => return Ok(Err(StoreError::Invalid(e))),
-        Plan::Save(mut row) => Some(save(&mut row, tx, project, now)?),
+        Plan::Save(mut row) => Some((save(&mut row, tx, project, now)?, None)),
         // Dedup records point at the row, so they follow a rename by themselves.
-        Plan::Rename { mut user, .. } => Some(save(&mut user, tx, project, now)?),
+        Plan::Rename { mut user, .. } => Some((save(&mut user, tx, project, now)?, None)),
         Plan::Delete(row) => {
             delete(tx, row.id, index, overlay)?;
-            Some(row.id)
+            Some((row.id, Some(trackd_core::delivery::delete_body(&row))))
         }
         Plan::Merge { from, mut into } => {
             for table in ["events", "dedup"] {
@@ -132,7 +132,7 @@ pub(crate) fn apply(
             super::outbox::merge_user(tx, from.id, into.id)?;
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                 .execute([from.id])?;
-            Some(save(&mut into, tx, project, now)?)
+            Some((save(&mut into, tx, project, now)?, None))
         }
     };
     Ok(Ok(changed))

@@ -402,9 +402,11 @@ fn write_batch(
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
                 erased |= result.is_ok()
                     && matches!(request.change, trackd_core::ProfileChange::Delete { .. });
-                if let Ok(Some(user_ref)) = result {
+                if let Ok(Some((user_ref, deleted))) = &result {
+                    let user_ref = *user_ref;
                     if items.wanted(request.project) {
                         let (kind, body) = change_item(&request.change);
+                        let body = deleted.clone().unwrap_or(body);
                         items.append(
                             &tx,
                             request.project,
