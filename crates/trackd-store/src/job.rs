@@ -9,6 +9,10 @@ use trackd_core::{
     EventRecord, InsertOutcome, ProfileRequest, ProjectId, StoreError, TrackedEvent,
 };
 
+/// What a profile change changed: the user's row id and, for a deletion, the body its
+/// outbox item carries (the user it deleted); `None` when nothing changed.
+pub(crate) type Changed = Option<(i64, Option<String>)>;
+
 /// A queued write.
 pub(crate) enum Job {
     Track {

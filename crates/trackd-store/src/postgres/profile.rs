@@ -162,7 +162,7 @@ pub(super) async fn apply(
     tx: &Transaction<'_>,
     request: &ProfileRequest,
     pending: &mut Pending,
-) -> Result<Result<Option<(i64, Option<String>)>, StoreError>, Error> {
+) -> Result<Result<crate::job::Changed, StoreError>, Error> {
     // An attempt yields only to a user another transaction committed after its lookup,
     // which the next attempt's lookup sees (read committed: each statement sees what was
     // committed before it; under repeatable read PostgreSQL fails the insert instead). Only
@@ -190,7 +190,7 @@ async fn attempt(
     request: &ProfileRequest,
     on_race: OnRace,
     pending: &mut Pending,
-) -> Result<Option<Result<Option<(i64, Option<String>)>, StoreError>>, Error> {
+) -> Result<Option<Result<crate::job::Changed, StoreError>>, Error> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {

@@ -101,7 +101,7 @@ pub(crate) fn apply(
     request: &ProfileRequest,
     index: &DedupIndex,
     overlay: &mut Overlay,
-) -> rusqlite::Result<Result<Option<(i64, Option<String>)>, StoreError>> {
+) -> rusqlite::Result<Result<crate::job::Changed, StoreError>> {
     let project = request.project.get();
     let now = request.received_at.as_micros();
     let found = match plan::lookup(&request.change) {
