@@ -791,10 +791,12 @@ pub fn webhook_body(project: ProjectId, project_name: &str, items: &[&OutboxItem
     out
 }
 
-/// A batch's stable id (Standard Webhooks' `webhook-id`): the destination and the range of
-/// outbox positions it covers, so a retry, or a resend after a restart, carries the same.
-pub fn batch_id(destination: i64, first: i64, last: i64) -> String {
-    format!("msg_{destination}_{first}_{last}")
+/// A batch's stable id (Standard Webhooks' `webhook-id`): the destination, its generation
+/// and the range of outbox positions the batch covers, so a retry, or a resend after a
+/// restart, carries the same id, while a replay (a new generation) is a message of its own
+/// that receivers deduplicating on the id do not drop.
+pub fn batch_id(destination: i64, generation: i64, after: i64, last: i64) -> String {
+    format!("msg_{destination}_{generation}_{after}_{last}")
 }
 
 /// What an answer (or its absence) means for delivery.

@@ -911,9 +911,12 @@ impl Loop {
         items: &[&OutboxItem],
     ) -> Result<Vec<(i64, u16, String)>, Stop> {
         let id = if last < 0 {
-            format!("{}_redrive", batch_id(self.d.id, after, -last))
+            format!(
+                "{}_redrive",
+                batch_id(self.d.id, self.d.generation, after, -last)
+            )
         } else {
-            batch_id(self.d.id, after, last)
+            batch_id(self.d.id, self.d.generation, after, last)
         };
         let mut current: Vec<OutboxItem> = items.iter().map(|i| (*i).clone()).collect();
         let mut body = self.batch_body(&current);

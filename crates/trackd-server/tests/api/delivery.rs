@@ -313,6 +313,10 @@ async fn filters_pause_resume_and_replay() {
         })
         .await;
     assert_eq!(receiver.acknowledged_items()[2..], first[..]);
+    // A replay is a message of its own: receivers deduplicating on webhook-id keep it.
+    let log = receiver.log();
+    let ids: HashSet<&str> = log.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), log.len(), "{ids:?}");
 }
 
 #[tokio::test]
