@@ -417,6 +417,24 @@ impl Loop {
         }
     }
 
+    /// Records what was acknowledged and not yet written (and that no batch is going out);
+    /// `true` when there was something to record.
+    async fn record_acknowledged(&mut self) -> Result<bool, Stop> {
+        let Some(upto) = self.unreported else {
+            return Ok(false);
+        };
+        self.report(DeliveryReport {
+            cursor: Some(upto),
+            pending_to: Some(0),
+            delivered: self.delivered,
+            ..Default::default()
+        })
+        .await?;
+        self.unreported = None;
+        self.delivered = 0;
+        Ok(true)
+    }
+
     /// Counts acknowledged items in the metrics, once they are recorded.
     fn count_delivered(&self, n: i64) {
         if n > 0 {
@@ -461,15 +479,7 @@ impl Loop {
                 items.retain(|i| i.pos <= pending_to);
             }
             let Some(last) = items.last().map(|i| i.pos) else {
-                if let Some(upto) = self.unreported.take() {
-                    let delivered = std::mem::take(&mut self.delivered);
-                    self.report(DeliveryReport {
-                        cursor: Some(upto),
-                        pending_to: Some(0),
-                        delivered,
-                        ..Default::default()
-                    })
-                    .await?;
+                if self.record_acknowledged().await? {
                     pending_to = 0;
                 }
                 self.sleep(self.shared.config.poll).await?;
@@ -534,15 +544,7 @@ impl Loop {
                 // acknowledged is recorded now (a kill while waiting re-sends nothing that
                 // was not in flight); then a few more gather (a fraction of the idle poll),
                 // so batches stay large while ingest is busy.
-                if let Some(upto) = self.unreported.take() {
-                    let delivered = std::mem::take(&mut self.delivered);
-                    self.report(DeliveryReport {
-                        cursor: Some(upto),
-                        pending_to: Some(0),
-                        delivered,
-                        ..Default::default()
-                    })
-                    .await?;
+                if self.record_acknowledged().await? {
                     pending_to = 0;
                 }
                 self.sleep(self.shared.config.poll / 4).await?;

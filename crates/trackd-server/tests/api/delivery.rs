@@ -70,6 +70,19 @@ pub async fn wait_drained(app: &TestApp, name: &str, dead: i64) -> Value {
     }
 }
 
+/// Waits until the destination says it is retrying; returns it.
+async fn wait_retrying(app: &TestApp, name: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = destination(app, name).await;
+        if d["state"] == "retrying" {
+            return d;
+        }
+        assert!(std::time::Instant::now() < deadline, "never retrying: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Checks every request's Standard Webhooks signature with the destination's secret.
 fn assert_signed(receiver: &Receiver, secret: &str) {
     for r in receiver.log() {
@@ -236,15 +249,7 @@ async fn an_unreachable_receiver_never_slows_ingest_and_gets_everything_when_it_
         app.track(&event("u", n)).await.assert_success(false);
     }
     // Retrying, saying why, with the backlog waiting.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let d = loop {
-        let d = destination(&app, "hook").await;
-        if d["state"] == "retrying" {
-            break d;
-        }
-        assert!(std::time::Instant::now() < deadline, "never retrying: {d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let d = wait_retrying(&app, "hook").await;
     assert_eq!(
         d["last_error"],
         "the receiver refused the connection or could not be reached"
@@ -484,15 +489,7 @@ async fn a_failure_is_described_without_the_receivers_url() {
     let url = format!("http://{addr}/hook?key=s3cr3t-in-url");
     add_webhook(&app, "hook", &url, json!({})).await;
     app.track(&event("u", 1)).await.assert_success(false);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let d = loop {
-        let d = destination(&app, "hook").await;
-        if d["state"] == "retrying" {
-            break d;
-        }
-        assert!(std::time::Instant::now() < deadline, "never retrying: {d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let d = wait_retrying(&app, "hook").await;
     let error = d["last_error"].as_str().expect("an error");
     assert!(error.starts_with("the request failed: "), "{error}");
     assert!(
