@@ -849,6 +849,24 @@ impl Loop {
                 Ok(items) if !items.is_empty() => items,
                 _ => return Ok(()),
             };
+            // Dead letters go out without a batch announcement: ask the store first whether
+            // the destination was paused meanwhile.
+            let paused = match self
+                .shared
+                .store
+                .destinations(Some(self.d.project), false)
+                .await
+            {
+                Ok(all) => all
+                    .iter()
+                    .find(|d| d.id == self.d.id)
+                    .is_none_or(|d| d.paused.is_some()),
+                Err(_) => true,
+            };
+            if paused {
+                self.stop.cancel();
+                return Err(Stop::Cancelled);
+            }
             let positions: Vec<i64> = items.iter().map(|i| i.pos).collect();
             let wanted: Vec<&OutboxItem> = items.iter().filter(|i| i.is_live()).collect();
             let first = positions[0] - 1;
