@@ -245,66 +245,57 @@ const READ_ROUTES: [(&str, &str, ReadRoute); 7] = [
     ("/api/v2/events/live", "GET", ReadRoute::Live),
 ];
 
-/// The destination routes (secret key): path, method, what answers.
-pub(crate) const DESTINATION_ROUTES: [(&str, &str, destinations::Action); 8] = [
-    ("/api/v2/destinations", "GET", destinations::Action::List),
-    ("/api/v2/destinations", "POST", destinations::Action::Create),
-    (
-        "/api/v2/destinations/{name}",
-        "GET",
-        destinations::Action::Show,
-    ),
-    (
-        "/api/v2/destinations/{name}",
-        "DELETE",
-        destinations::Action::Remove,
-    ),
-    (
-        "/api/v2/destinations/{name}/pause",
-        "POST",
-        destinations::Action::Pause,
-    ),
-    (
-        "/api/v2/destinations/{name}/resume",
-        "POST",
-        destinations::Action::Resume,
-    ),
-    (
-        "/api/v2/destinations/{name}/replay",
-        "POST",
-        destinations::Action::Replay,
-    ),
-    (
-        "/api/v2/destinations/{name}/redrive",
-        "POST",
-        destinations::Action::Redrive,
-    ),
-];
+/// The destination routes (secret key): path, its methods (the `Allow` header of a 405),
+/// and what answers each method.
+type DestinationRoute = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, destinations::Action)],
+);
+pub(crate) const DESTINATION_ROUTES: [DestinationRoute; 6] = {
+    use destinations::Action::*;
+    [
+        (
+            "/api/v2/destinations",
+            "GET, POST",
+            &[("GET", List), ("POST", Create)],
+        ),
+        (
+            "/api/v2/destinations/{name}",
+            "GET, DELETE",
+            &[("GET", Show), ("DELETE", Remove)],
+        ),
+        (
+            "/api/v2/destinations/{name}/pause",
+            "POST",
+            &[("POST", Pause)],
+        ),
+        (
+            "/api/v2/destinations/{name}/resume",
+            "POST",
+            &[("POST", Resume)],
+        ),
+        (
+            "/api/v2/destinations/{name}/replay",
+            "POST",
+            &[("POST", Replay)],
+        ),
+        (
+            "/api/v2/destinations/{name}/redrive",
+            "POST",
+            &[("POST", Redrive)],
+        ),
+    ]
+};
 
 /// The destination routes, one method router per path.
 fn destination_routes() -> Router<AppState> {
     let mut router = Router::new();
-    let mut paths: Vec<&str> = DESTINATION_ROUTES.iter().map(|(p, _, _)| *p).collect();
-    paths.dedup();
-    for path in paths {
-        let methods: Vec<(&str, destinations::Action)> = DESTINATION_ROUTES
-            .iter()
-            .filter(|(p, _, _)| *p == path)
-            .map(|(_, m, a)| (*m, *a))
-            .collect();
-        let allow: &'static str = match methods.len() {
-            1 => methods[0].0,
-            _ if methods.iter().any(|(m, _)| *m == "DELETE") => "GET, DELETE",
-            _ => "GET, POST",
-        };
+    for (path, allow, methods) in DESTINATION_ROUTES {
         let mut method_router: MethodRouter<AppState> = MethodRouter::new();
-        for (method, action) in methods {
-            let filter = MethodFilter::try_from(
-                Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
-            )
-            .unwrap_or(MethodFilter::GET);
+        for &(method, action) in methods {
             method_router = method_router.on(
-                filter,
+                method_filter(method),
                 move |State(state): State<AppState>,
                       ConnectInfo(peer): ConnectInfo<SocketAddr>,
                       path: Result<
@@ -323,12 +314,17 @@ fn destination_routes() -> Router<AppState> {
     router
 }
 
-fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
-    let filter = allow
+/// The methods of an `Allow` list (`"GET, POST"`) as a filter.
+fn method_filter(allow: &str) -> MethodFilter {
+    allow
         .split(", ")
         .filter_map(|m| MethodFilter::try_from(Method::from_bytes(m.as_bytes()).ok()?).ok())
         .reduce(MethodFilter::or)
-        .unwrap_or(MethodFilter::POST);
+        .unwrap_or(MethodFilter::POST)
+}
+
+fn method_router(allow: &'static str, handler: Handler) -> MethodRouter<AppState> {
+    let filter = method_filter(allow);
     let router = match handler {
         Handler::Track => on(filter, track::track),
         Handler::Heartbeat => on(filter, track::heartbeat),

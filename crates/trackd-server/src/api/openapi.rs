@@ -48,9 +48,12 @@ pub fn build() -> Value {
         let item = json!({ method.to_lowercase(): read_operation(route) });
         paths.insert(path.to_owned(), item);
     }
-    for (path, method, action) in DESTINATION_ROUTES {
-        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
-        entry[method.to_lowercase()] = destination_operation(action);
+    for (path, _, methods) in DESTINATION_ROUTES {
+        let mut item = Map::new();
+        for &(method, action) in methods {
+            item.insert(method.to_lowercase(), destination_operation(action));
+        }
+        paths.insert(path.to_owned(), Value::Object(item));
     }
     for (path, summary) in [
         ("/healthz", "The process is up"),

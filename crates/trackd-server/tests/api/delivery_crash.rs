@@ -13,26 +13,45 @@ use crate::receiver::Receiver;
 
 const FAST_RETRIES: [(&str, &str); 1] = [("TRACKD_DELIVERY_RETRY_BASE_MS", "100")];
 
-/// Calls the destinations API of a child server.
-async fn api(
-    client: &reqwest::Client,
-    server: &ChildServer,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut request = client
-        .request(method, format!("{}/api/v2/{path}", server.addr))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
+/// The read API of a child server, with its secret key.
+struct Api<'a> {
+    client: reqwest::Client,
+    server: &'a ChildServer,
+    key: String,
+}
+
+impl<'a> Api<'a> {
+    fn of(server: &'a ChildServer) -> Api<'a> {
+        Api {
+            client: reqwest::Client::new(),
+            server,
+            key: server.printed("secret key:"),
+        }
     }
-    let response = request.send().await.expect("sent");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    assert!(status.is_success(), "{path}: {status} {text}");
-    serde_json::from_str(&text).expect("json")
+
+    /// `method /api/v2/{path}`, which must succeed; its JSON answer.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .client
+            .request(method, format!("{}/api/v2/{path}", self.server.addr))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> Value {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).await
+    }
 }
 
 /// Imports `n` track bodies for `users` users in one request.
@@ -69,35 +88,16 @@ async fn kill_9_in_the_middle_of_a_backlog_loses_nothing_and_resends_only_what_w
     let mut server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
     let key = server.printed("secret key:");
     let client = reqwest::Client::new();
+    let api = Api::of(&server);
     let receiver = Receiver::start(vec![]).await;
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
+    api.post(
         "destinations",
         Some(json!({"name": "hook", "kind": "webhook", "url": receiver.url, "batch": BATCH})),
     )
     .await;
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "destinations/hook/pause",
-        None,
-    )
-    .await;
+    api.post("destinations/hook/pause", None).await;
     import(&client, &server, &key, EVENTS, 50).await;
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "destinations/hook/resume",
-        None,
-    )
-    .await;
+    api.post("destinations/hook/resume", None).await;
     // Kill it once a part of the backlog went out.
     receiver
         .wait_for(Duration::from_secs(60), "a tenth of the backlog", |log| {
@@ -214,24 +214,21 @@ async fn signatures_verify_with_the_standard_webhooks_reference_library() {
     }
     let dir = tempfile::tempdir().expect("dir");
     let server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
-    let key = server.printed("secret key:");
     let token = server.printed("tracking token:");
     let client = reqwest::Client::new();
+    let api = Api::of(&server);
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = reserved.local_addr().expect("addr").port();
     drop(reserved);
-    let created = api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "destinations",
-        Some(
-            json!({"name": "py", "kind": "webhook", "url": format!("http://127.0.0.1:{port}/"),
+    let created = api
+        .post(
+            "destinations",
+            Some(
+                json!({"name": "py", "kind": "webhook", "url": format!("http://127.0.0.1:{port}/"),
                     "batch": 10}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     let secret = created["secret"].as_str().expect("secret").to_owned();
     let log = dir.path().join("verified.ndjson");
     let script = dir.path().join("receiver.py");
@@ -292,28 +289,16 @@ async fn signatures_verify_with_the_standard_webhooks_reference_library() {
 async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_delivered() {
     let dir = tempfile::tempdir().expect("dir");
     let server = ChildServer::spawn(dir.path(), &FAST_RETRIES);
-    let key = server.printed("secret key:");
     let token = server.printed("tracking token:");
     let client = reqwest::Client::new();
+    let api = Api::of(&server);
     let receiver = Receiver::start(vec![]).await;
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
+    api.post(
         "destinations",
         Some(json!({"name": "hook", "kind": "webhook", "url": receiver.url})),
     )
     .await;
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "destinations/hook/pause",
-        None,
-    )
-    .await;
+    api.post("destinations/hook/pause", None).await;
     let call = |method: reqwest::Method, route: &'static str, body: Value| {
         let request = client
             .request(
@@ -364,15 +349,7 @@ async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_del
     for secret in secrets {
         assert!(occurrences(dir.path(), secret) > 0);
     }
-    let listed = api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::GET,
-        "destinations/hook",
-        None,
-    )
-    .await;
+    let listed = api.get("destinations/hook").await;
     assert_eq!(listed["backlog"], 102, "{listed}");
     call(reqwest::Method::POST, "users/delete", json!({"id": id})).await;
     // The user's items are gone from the outbox, and their bytes from the files.
@@ -387,29 +364,13 @@ async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_del
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let listed = api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::GET,
-        "destinations/hook",
-        None,
-    )
-    .await;
+    let listed = api.get("destinations/hook").await;
     assert_eq!(
         listed["backlog"], 51,
         "the keepers' 50 events and the delete: {listed}"
     );
     // Delivered: the keepers' events and the delete, nothing of the user but its id.
-    api(
-        &client,
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "destinations/hook/resume",
-        None,
-    )
-    .await;
+    api.post("destinations/hook/resume", None).await;
     receiver
         .wait_for(Duration::from_secs(30), "the delete", |log| {
             log.iter()

@@ -28,9 +28,9 @@ use trackd_core::delivery::{
     MAX_DESTINATIONS,
 };
 use trackd_core::error::Cause;
-use trackd_core::read::EventRow;
 use trackd_core::{FieldError, ProjectId, StoreError};
 
+use super::read::EVENT_COLUMNS;
 use super::unavailable;
 
 /// Advisory lock namespace of a project's writer transactions (shared) and of adding a
@@ -483,35 +483,25 @@ pub(super) async fn change_destination(
     tx.commit().await.map_err(unavailable)
 }
 
-const ITEM_COLUMNS: &str = "o.pos, o.kind, o.user_ref, o.received_at, o.body, \
-    e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, e.source, e.created_at, \
-    e.received_at";
+/// An item's own columns, after the event's (`read::EVENT_COLUMNS`, from a LEFT JOIN: all
+/// NULL when the event is gone).
+const ITEM_COLUMNS: &str = "o.pos, o.kind, o.user_ref, o.received_at, o.body";
 
 fn item(r: &Row) -> Result<Option<OutboxItem>, Error> {
-    let Some(kind) = ItemKind::from_code(i64::from(r.try_get::<_, i16>(1)?)) else {
+    let Some(kind) = ItemKind::from_code(i64::from(r.try_get::<_, i16>(10)?)) else {
         return Ok(None);
     };
-    let event = match r.try_get::<_, Option<i64>>(5)? {
-        Some(id) => Some(EventRow {
-            id,
-            user_id: r.try_get(6)?,
-            email: r.try_get(7)?,
-            event_name: r.try_get(8)?,
-            event_key: r.try_get(9)?,
-            data: r.try_get(10)?,
-            source: r.try_get(11)?,
-            created_at: r.try_get(12)?,
-            received_at: r.try_get(13)?,
-        }),
+    let event = match r.try_get::<_, Option<i64>>(0)? {
+        Some(_) => Some(super::read::event_row(r)?),
         None => None,
     };
     Ok(Some(OutboxItem {
-        pos: r.try_get(0)?,
+        pos: r.try_get(9)?,
         kind,
-        user_ref: r.try_get(2)?,
-        received_at: r.try_get(3)?,
+        user_ref: r.try_get(11)?,
+        received_at: r.try_get(12)?,
         event,
-        body: r.try_get(4)?,
+        body: r.try_get(13)?,
     }))
 }
 
@@ -550,7 +540,7 @@ pub(super) async fn items(
 ) -> Result<Vec<OutboxItem>, Error> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM outbox o \
+            "SELECT {EVENT_COLUMNS}, {ITEM_COLUMNS} FROM outbox o \
              LEFT JOIN events e ON e.id = o.event_id LEFT JOIN users u ON u.id = e.user_ref \
              WHERE o.project_id = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3"
         ))
@@ -567,7 +557,7 @@ pub(super) async fn redrive_items(
 ) -> Result<Vec<OutboxItem>, Error> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM dead_letters x \
+            "SELECT {EVENT_COLUMNS}, {ITEM_COLUMNS} FROM dead_letters x \
              JOIN destinations d ON d.id = x.destination_id \
              JOIN outbox o ON o.project_id = d.project_id AND o.pos = x.pos \
              LEFT JOIN events e ON e.id = o.event_id LEFT JOIN users u ON u.id = e.user_ref \

@@ -9,9 +9,10 @@ use trackd_core::delivery::{
     DeliveryReport, Destination, DestinationChange, DestinationSpec, ItemKind, OutboxItem,
     MAX_DESTINATIONS,
 };
-use trackd_core::read::{EventRow, PageBudget};
+use trackd_core::read::PageBudget;
 use trackd_core::{FieldError, ProjectId, StoreError};
 
+use super::read::EVENT_COLUMNS;
 use super::unavailable;
 
 /// What the writer needs to append items: which projects have destinations (only their
@@ -305,35 +306,25 @@ pub(crate) fn change_destination(
     tx.commit().map_err(unavailable)
 }
 
-const ITEM_COLUMNS: &str = "o.pos, o.kind, o.user_ref, o.received_at, o.body, \
-    e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, e.source, e.created_at, \
-    e.received_at";
+/// An item's own columns, after the event's (`read::EVENT_COLUMNS`, from a LEFT JOIN: all
+/// NULL when the event is gone).
+const ITEM_COLUMNS: &str = "o.pos, o.kind, o.user_ref, o.received_at, o.body";
 
 fn item(r: &Row<'_>) -> rusqlite::Result<Option<OutboxItem>> {
-    let Some(kind) = ItemKind::from_code(r.get(1)?) else {
+    let Some(kind) = ItemKind::from_code(r.get(10)?) else {
         return Ok(None);
     };
-    let event = match r.get::<_, Option<i64>>(5)? {
-        Some(id) => Some(EventRow {
-            id,
-            user_id: r.get(6)?,
-            email: r.get(7)?,
-            event_name: r.get(8)?,
-            event_key: r.get(9)?,
-            data: r.get(10)?,
-            source: r.get(11)?,
-            created_at: r.get(12)?,
-            received_at: r.get(13)?,
-        }),
+    let event = match r.get::<_, Option<i64>>(0)? {
+        Some(_) => Some(super::read::event_row(r)?),
         None => None,
     };
     Ok(Some(OutboxItem {
-        pos: r.get(0)?,
+        pos: r.get(9)?,
         kind,
-        user_ref: r.get(2)?,
-        received_at: r.get(3)?,
+        user_ref: r.get(11)?,
+        received_at: r.get(12)?,
         event,
-        body: r.get(4)?,
+        body: r.get(13)?,
     }))
 }
 
@@ -345,7 +336,7 @@ pub(crate) fn items(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxItem>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ITEM_COLUMNS} FROM outbox o \
+        "SELECT {EVENT_COLUMNS}, {ITEM_COLUMNS} FROM outbox o \
          LEFT JOIN events e ON e.id = o.event_id LEFT JOIN users u ON u.id = e.user_ref \
          WHERE o.project_id = ?1 AND o.pos > ?2 ORDER BY o.pos LIMIT ?3"
     ))?;
@@ -361,7 +352,7 @@ pub(crate) fn redrive_items(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxItem>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ITEM_COLUMNS} FROM dead_letters x \
+        "SELECT {EVENT_COLUMNS}, {ITEM_COLUMNS} FROM dead_letters x \
          JOIN destinations d ON d.id = x.destination_id \
          JOIN outbox o ON o.project_id = d.project_id AND o.pos = x.pos \
          LEFT JOIN events e ON e.id = o.event_id LEFT JOIN users u ON u.id = e.user_ref \

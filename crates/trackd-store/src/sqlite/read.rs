@@ -8,10 +8,11 @@ use trackd_core::read::{
 };
 use trackd_core::{EventPage, ExportChunk, ProjectId};
 
-const EVENT_COLUMNS: &str = "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
+pub(super) const EVENT_COLUMNS: &str =
+    "e.id, u.user_id, u.email, e.event_name, e.event_key, e.data, \
                              e.source, e.created_at, e.received_at";
 
-fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+pub(super) fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
         id: r.get(0)?,
         user_id: r.get(1)?,
