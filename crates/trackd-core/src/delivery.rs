@@ -22,6 +22,9 @@ pub const MAX_BATCH: u32 = 1000;
 pub const MAX_DESTINATIONS: usize = 32;
 /// The most event keys one filter may list.
 pub const MAX_FILTER_KEYS: usize = 100;
+/// A destination's backlog is counted up to this many items (a count is a scan of them,
+/// and it runs every few seconds): past it, it shows as this.
+pub const BACKLOG_COUNTED: i64 = 1_000_000;
 /// How much of a refusing receiver's answer a dead letter keeps.
 pub const DEAD_LETTER_BODY_BYTES: usize = 1024;
 
@@ -384,9 +387,10 @@ pub struct Destination {
     pub dead_letters: i64,
     /// Dead letters asked to be sent again.
     pub redrive_pending: i64,
-    /// Items after the cursor.
+    /// Items after the cursor, counted up to [`BACKLOG_COUNTED`].
     pub backlog: i64,
-    /// Receive time (µs) of the oldest item after the cursor.
+    /// Receive time (µs) of the first item after the cursor (receive times follow
+    /// positions, but for the few moments a request waits for the writer).
     pub oldest_undelivered: Option<i64>,
 }
 

@@ -334,13 +334,22 @@ pub(super) async fn destinations(
     if with_backlog {
         let count = client
             .prepare_cached(
-                "SELECT count(*), min(received_at) FROM outbox \
-                 WHERE project_id = $1 AND pos > $2",
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox \
+                         WHERE project_id = $1 AND pos > $2 LIMIT $3) AS b), \
+                        (SELECT received_at FROM outbox WHERE project_id = $1 AND pos > $2 \
+                         ORDER BY pos LIMIT 1)",
             )
             .await?;
         for d in &mut out {
             let row = client
-                .query_one(&count, &[&d.project.get(), &d.cursor])
+                .query_one(
+                    &count,
+                    &[
+                        &d.project.get(),
+                        &d.cursor,
+                        &trackd_core::delivery::BACKLOG_COUNTED,
+                    ],
+                )
                 .await?;
             d.backlog = row.try_get(0)?;
             d.oldest_undelivered = row.try_get(1)?;

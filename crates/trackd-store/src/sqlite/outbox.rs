@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use trackd_core::delivery::{
     DeliveryReport, Destination, DestinationChange, DestinationSpec, ItemKind, OutboxItem,
-    MAX_DESTINATIONS,
+    BACKLOG_COUNTED, MAX_DESTINATIONS,
 };
 use trackd_core::read::PageBudget;
 use trackd_core::{FieldError, ProjectId, StoreError};
@@ -167,12 +167,17 @@ pub(crate) fn destinations(
         .filter_map(|d| d.transpose())
         .collect::<Result<_, _>>()?;
     if with_backlog {
+        // Bounded: a count up to BACKLOG_COUNTED, and the first item's receive time (an
+        // index seek), however large a backlog grows.
         let mut count = conn.prepare_cached(
-            "SELECT count(*), min(received_at) FROM outbox WHERE project_id = ?1 AND pos > ?2",
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox \
+                     WHERE project_id = ?1 AND pos > ?2 LIMIT ?3)), \
+                    (SELECT received_at FROM outbox WHERE project_id = ?1 AND pos > ?2 \
+                     ORDER BY pos LIMIT 1)",
         )?;
         for d in &mut out {
             (d.backlog, d.oldest_undelivered) = count
-                .query_row(params![d.project.get(), d.cursor], |r| {
+                .query_row(params![d.project.get(), d.cursor, BACKLOG_COUNTED], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
         }
