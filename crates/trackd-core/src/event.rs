@@ -17,20 +17,24 @@ pub struct EventName(String);
 impl EventName {
     /// Reads the `event_name` field.
     pub fn parse(value: Option<&Value>) -> Result<Self, FieldError> {
-        const FIELD: &str = "event_name";
+        Self::parse_field(value, "event_name")
+    }
+
+    /// Reads an event name from the field `field`.
+    pub fn parse_field(value: Option<&Value>, field: &str) -> Result<Self, FieldError> {
         match value {
-            None | Some(Value::Null) => Err(FieldError::new(FIELD, "is required")),
-            Some(Value::String(s)) if s.is_empty() => Err(FieldError::new(FIELD, "is empty")),
+            None | Some(Value::Null) => Err(FieldError::new(field, "is required")),
+            Some(Value::String(s)) if s.is_empty() => Err(FieldError::new(field, "is empty")),
             Some(Value::String(s)) => {
                 if s.len() > MAX_IDENTITY_CHARS && s.chars().count() > MAX_IDENTITY_CHARS {
                     return Err(FieldError::new(
-                        FIELD,
+                        field,
                         format!("longer than {MAX_IDENTITY_CHARS} characters"),
                     ));
                 }
                 Ok(EventName(s.clone()))
             }
-            Some(_) => Err(FieldError::new(FIELD, "must be a string")),
+            Some(_) => Err(FieldError::new(field, "must be a string")),
         }
     }
 

@@ -130,6 +130,11 @@ impl Identity {
         Ok(Identity { id, email })
     }
 
+    /// An identity of the given parts; `None` when neither is given.
+    pub fn new(id: Option<UserId>, email: Option<Email>) -> Option<Self> {
+        (id.is_some() || email.is_some()).then_some(Identity { id, email })
+    }
+
     /// The id, if one was given.
     pub fn id(&self) -> Option<&UserId> {
         self.id.as_ref()

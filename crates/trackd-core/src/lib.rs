@@ -28,6 +28,7 @@ pub mod project;
 #[cfg(any(test, feature = "testing"))]
 pub mod properties;
 pub mod read;
+pub mod segment;
 pub mod store;
 pub mod time;
 pub mod users;

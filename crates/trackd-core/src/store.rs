@@ -23,6 +23,12 @@ pub enum InsertOutcome {
     Duplicate,
 }
 
+/// What became of one Segment call ([`Store::ingest`]): stored, a duplicate of a messageId
+/// received within the window (nothing written), or refused alone
+/// ([`StoreError::NotFound`]: the change needs a user there is none of;
+/// [`StoreError::Invalid`]: a profile bound) while the others commit.
+pub type MessageOutcome = Result<InsertOutcome, StoreError>;
+
 /// A future returned by a [`Store`] method.
 pub type StoreFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -47,6 +53,15 @@ pub trait Store: Send + Sync + 'static {
     /// profile change for one user never race. [`StoreError::NotFound`] when the change
     /// needs an existing user and there is none.
     fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()>;
+
+    /// Stores Segment calls (DESIGN §9) in one transaction, in order: each call's messageId
+    /// (when it has one) is recorded in that transaction only if the call is stored, and a
+    /// call whose messageId was received within the message-id window (by this node or
+    /// any other, before a restart or not, earlier in the same list or not) is a
+    /// duplicate. Events skip Vero's content dedup. Answers every call's outcome, in order,
+    /// after the commit.
+    fn ingest(&self, messages: Vec<crate::segment::Message>)
+        -> StoreFuture<'_, Vec<MessageOutcome>>;
 
     /// The profile of the user whose key is `key`.
     fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>>;

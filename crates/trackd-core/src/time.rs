@@ -127,7 +127,8 @@ pub fn parse_unix_seconds(text: &str) -> Option<Timestamp> {
     in_range(secs.checked_mul(1_000_000)?.checked_add(frac_micros)?)
 }
 
-fn in_range(micros: i64) -> Option<Timestamp> {
+/// `micros` as a time, when it falls in years 1 to 9999.
+pub(crate) fn in_range(micros: i64) -> Option<Timestamp> {
     (MIN_MICROS..=MAX_MICROS)
         .contains(&micros)
         .then_some(Timestamp(micros))

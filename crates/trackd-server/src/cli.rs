@@ -237,6 +237,17 @@ pub struct ServeArgs {
     /// Dedup window in seconds (0 turns dedup off).
     #[arg(long, env = "TRACKD_DEDUP_WINDOW", default_value_t = 180)]
     dedup_window: u64,
+    /// Seconds a Segment call's messageId is remembered: the same messageId again within
+    /// it is answered 200 and not stored again (0 turns this off).
+    #[arg(long, env = "TRACKD_MESSAGE_ID_WINDOW", default_value_t = 86_400)]
+    message_id_window: u64,
+    /// Largest `/v1/batch` (and `/v1/import`) body in bytes, before and after
+    /// decompression.
+    #[arg(long, env = "TRACKD_MAX_BATCH_BYTES", default_value_t = 500_000)]
+    max_batch_bytes: usize,
+    /// Most calls in one `/v1/batch` (past it: 413).
+    #[arg(long, env = "TRACKD_MAX_BATCH_ITEMS", default_value_t = 2_500)]
+    max_batch_items: usize,
     /// Requests that may wait for the writer before new ones get 503.
     #[arg(long, env = "TRACKD_WRITE_QUEUE", default_value_t = 50_000)]
     write_queue: usize,
@@ -416,12 +427,14 @@ impl From<trackd_core::FieldError> for CliError {
 async fn open_store(
     args: &StoreArgs,
     dedup_window: Duration,
+    message_id_window: Duration,
     queue: usize,
 ) -> Result<DynStore, CliError> {
     if let Some(url) = &args.database_url {
         let store = PostgresStore::open(PgConfig {
             url: url.clone(),
             dedup_window,
+            message_id_window,
             queue_capacity: queue,
             clock: Arc::new(SystemClock),
             dedup_clock: None,
@@ -434,6 +447,7 @@ async fn open_store(
         wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
         data_dir: args.data_dir.clone(),
         dedup_window,
+        message_id_window,
         queue_capacity: queue,
         clock: Arc::new(SystemClock),
     })?;
@@ -441,7 +455,9 @@ async fn open_store(
 }
 
 pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
-    open_store(args, Duration::from_secs(180), 16).await
+    // The CLI takes no Segment calls: a zero window leaves the server's messageIds (and
+    // their epochs) alone.
+    open_store(args, Duration::from_secs(180), Duration::ZERO, 16).await
 }
 
 /// Runs a parsed command.
@@ -711,6 +727,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let store = open_store(
         &args.store,
         Duration::from_secs(args.dedup_window),
+        Duration::from_secs(args.message_id_window),
         args.write_queue,
     )
     .await?;
@@ -752,6 +769,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
             properties_bytes: args.max_profile_bytes,
         },
         export_timeout: Duration::from_secs(args.export_timeout),
+        max_batch_bytes: args.max_batch_bytes,
+        max_batch_items: args.max_batch_items,
     };
     let mut app = App::build(listener, store, Arc::new(SystemClock), limits)
         .await?
@@ -768,7 +787,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         app = app.with_metrics_listener(metrics_listener);
     }
     tracing::info!(addr = %app.local_addr()?, store = %args.store.describe(),
-        dedup_window_secs = args.dedup_window, "trackd listening");
+        dedup_window_secs = args.dedup_window,
+        message_id_window_secs = args.message_id_window, "trackd listening");
     app.run(shutdown_signal()).await?;
     tracing::info!("trackd stopped");
     Ok(())

@@ -5,6 +5,8 @@
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
 use trackd_core::read::Counter;
+use trackd_core::segment::Message;
+use trackd_core::store::MessageOutcome;
 use trackd_core::{
     EventRecord, InsertOutcome, ProfileRequest, ProjectId, StoreError, TrackedEvent,
 };
@@ -22,6 +24,11 @@ pub(crate) enum Job {
     Profile {
         request: Box<ProfileRequest>,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Segment calls, committed together: each is idempotent by its messageId.
+    Messages {
+        messages: Vec<Message>,
+        reply: oneshot::Sender<Result<Vec<MessageOutcome>, StoreError>>,
     },
     /// Exported events to store again as they were.
     Restore {
@@ -66,6 +73,8 @@ pub(crate) enum Done {
     Other(Result<(), StoreError>),
     /// A delivery write: its count.
     Count(u64),
+    /// Segment calls: each one's outcome.
+    Messages(Vec<MessageOutcome>),
     /// Nothing to answer (a shutdown marker).
     Nothing,
 }
@@ -108,6 +117,9 @@ impl Job {
             (Job::Outbox { reply, .. }, Done::Count(n)) => {
                 let _ = reply.send(Ok(n));
             }
+            (Job::Messages { reply, .. }, Done::Messages(outcomes)) => {
+                let _ = reply.send(Ok(outcomes));
+            }
             // A mismatch cannot happen (each writer pushes one `Done` per job, in order);
             // were it to, the job is failed rather than left hanging.
             (job, _) => job.fail(),
@@ -128,6 +140,9 @@ impl Job {
                 let _ = reply.send(Err(failed()));
             }
             Job::Outbox { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Messages { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Shutdown => {}

@@ -42,6 +42,7 @@ impl Backend {
             SqliteStore::open(SqliteConfig {
                 data_dir: dir.path().to_owned(),
                 dedup_window: Duration::from_secs(WINDOW_SECS),
+                message_id_window: Duration::from_secs(86_400),
                 queue_capacity: 1000,
                 clock: clock.clone(),
                 wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
@@ -67,6 +68,7 @@ impl Backend {
             PostgresStore::open(PgConfig {
                 url: db.url.clone(),
                 dedup_window: Duration::from_secs(WINDOW_SECS),
+                message_id_window: Duration::from_secs(86_400),
                 queue_capacity: 1000,
                 clock: clock.clone(),
                 dedup_clock: Some(clock.clone()),
@@ -92,6 +94,7 @@ impl Backend {
                 PostgresStore::open(PgConfig {
                     url: db.url.clone(),
                     dedup_window: Duration::from_secs(WINDOW_SECS),
+                message_id_window: Duration::from_secs(86_400),
                     queue_capacity: 1000,
                     clock: self.clock.clone(),
                     dedup_clock: Some(self.clock.clone()),
@@ -106,6 +109,7 @@ impl Backend {
             SqliteStore::open(SqliteConfig {
                 data_dir: dir.path().to_owned(),
                 dedup_window: Duration::from_secs(WINDOW_SECS),
+                message_id_window: Duration::from_secs(86_400),
                 queue_capacity: 1000,
                 clock: self.clock.clone(),
                 wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,

@@ -300,6 +300,22 @@ pub async fn decode(headers: &HeaderMap, bytes: Vec<u8>) -> Result<Map<String, V
         .map_err(|_| ApiError::bad_request("body", "could not be decoded"))?
 }
 
+/// Decodes a body that must be a JSON object (the `/v1` routes: Segment's API is JSON
+/// only), whatever its content type says; large ones on the blocking pool.
+pub async fn decode_json(bytes: Vec<u8>) -> Result<Map<String, Value>, ApiError> {
+    let small = bytes.len() <= BLOCKING_BYTES;
+    let parse = move || {
+        json::parse_object(&bytes, "", trackd_core::MAX_JSON_DEPTH)
+            .map_err(|e| ApiError::BadRequest(FieldError::from(e)))
+    };
+    if small {
+        return parse();
+    }
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|_| ApiError::bad_request("body", "could not be decoded"))?
+}
+
 /// [`decode`] on the current thread.
 async fn decode_now(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the fallbacks that keep every answer JSON.
 //!
 //! - [`track`]: the Vero routes: `events/track`, `users/*`, `heartbeat`.
+//! - [`segment`]: the Segment-compatible routes, `/v1/*`.
 //! - [`read`]: the read API: profiles, events, export, statistics.
 //! - [`body`]: body limits, gzip, JSON and form decoding.
 //! - [`auth`]: credential locations and the credential cache.
@@ -18,6 +19,7 @@ pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod read;
+pub mod segment;
 pub mod track;
 pub mod ui;
 
@@ -68,6 +70,10 @@ pub struct Limits {
     pub profile: trackd_core::users::ProfileLimits,
     /// How long an export waits for its client to take more before it ends.
     pub export_timeout: std::time::Duration,
+    /// Largest `/v1/batch` body, before and after decompression.
+    pub max_batch_bytes: usize,
+    /// Most calls in one `/v1/batch`.
+    pub max_batch_items: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +90,8 @@ impl Default for Limits {
             token_rate: 0,
             profile: trackd_core::users::ProfileLimits::default(),
             export_timeout: std::time::Duration::from_secs(30),
+            max_batch_bytes: 500_000,
+            max_batch_items: 2_500,
         }
     }
 }
@@ -222,6 +230,62 @@ const VERO_ROUTES: [(&str, &str, Handler); 9] = [
     ("heartbeat", "GET", Handler::Heartbeat),
 ];
 
+/// What answers a Segment-compatible route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentRoute {
+    /// One call of this kind.
+    Call(trackd_core::segment::Call),
+    /// A batch of calls.
+    Batch,
+    /// analytics.js's own usage metrics: no write key, nothing to store.
+    Metrics,
+}
+
+/// The Segment-compatible routes (`POST` only): Segment's paths, and the one-letter ones
+/// analytics.js 2.0 posts to (`/v1/t` for a track, `/v1/b` for a batch, `/v1/m` for its
+/// metrics).
+pub(crate) const SEGMENT_ROUTES: [(&str, SegmentRoute); 16] = {
+    use trackd_core::segment::Call::*;
+    use SegmentRoute::*;
+    [
+        ("/v1/track", Call(Track)),
+        ("/v1/identify", Call(Identify)),
+        ("/v1/page", Call(Page)),
+        ("/v1/screen", Call(Screen)),
+        ("/v1/group", Call(Group)),
+        ("/v1/alias", Call(Alias)),
+        ("/v1/batch", Batch),
+        ("/v1/import", Batch),
+        ("/v1/t", Call(Track)),
+        ("/v1/i", Call(Identify)),
+        ("/v1/p", Call(Page)),
+        ("/v1/s", Call(Screen)),
+        ("/v1/g", Call(Group)),
+        ("/v1/a", Call(Alias)),
+        ("/v1/b", Batch),
+        ("/v1/m", Metrics),
+    ]
+};
+
+/// The `/v1` routes.
+fn segment_routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for (path, route) in SEGMENT_ROUTES {
+        let method_router = match route {
+            SegmentRoute::Call(call) => post(
+                move |State(state): State<AppState>,
+                      ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                      headers: HeaderMap,
+                      body: Body| { segment::single(call, state, peer, headers, body) },
+            ),
+            SegmentRoute::Batch => post(segment::batch),
+            SegmentRoute::Metrics => post(segment::metrics),
+        };
+        router = router.route(path, with_allow(method_router, "POST"));
+    }
+    router
+}
+
 /// What answers a read route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadRoute {
@@ -359,12 +423,16 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             vero = vero.route(&path, method_router.clone());
         }
     }
-    // The JavaScript SDK calls these routes from browsers with a JSON body: every origin,
-    // no credentials (the token is in the URL or body, never a cookie).
+    // The JavaScript SDKs (Vero's, analytics.js) call these routes from browsers with a
+    // JSON body: every origin, no credentials (the key is in the URL, body or an
+    // Authorization header, never a cookie).
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
+        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION])
+        // Browsers keep an answered preflight this long (Chromium caps it at 2 hours)
+        // instead of asking again before every call.
+        .max_age(std::time::Duration::from_secs(7200));
     // The read API: exact paths (no `.json` or trailing-slash variants), no CORS.
     let mut reads = Router::new();
     for (path, allow, route) in READ_ROUTES {
@@ -390,6 +458,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/ui/", with_allow(get(ui::page), "GET"))
         .route("/ui/{file}", with_allow(get(ui::asset), "GET"));
     let mut router = vero
+        .merge(segment_routes())
         .layer(cors)
         .merge(reads)
         .merge(probes)

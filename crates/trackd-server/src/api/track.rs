@@ -122,7 +122,7 @@ pub async fn profile(
 
 /// Waits for a write to commit, at most the request timeout. Past it the client gets 503 +
 /// `Retry-After`: the write may still commit, and a retried event is then a duplicate.
-async fn committed<T>(
+pub(super) async fn committed<T>(
     state: &AppState,
     write: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {

@@ -27,6 +27,7 @@ pub const START: Timestamp = Timestamp::from_micros(1_795_694_400_000_000);
 #[derive(Clone)]
 pub struct TestConfig {
     pub dedup_window: Duration,
+    pub message_id_window: Duration,
     pub limits: Limits,
     pub queue_capacity: usize,
     /// Where the data directory is made (a tmpfs); the system's temp dir when `None`.
@@ -41,6 +42,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         TestConfig {
             dedup_window: Duration::from_secs(180),
+            message_id_window: Duration::from_secs(86_400),
             limits: Limits::default(),
             queue_capacity: 50_000,
             parent_dir: None,
@@ -291,6 +293,7 @@ async fn open_store(
             PostgresStore::open(PgConfig {
                 url: pg.url.clone(),
                 dedup_window: config.dedup_window,
+                message_id_window: config.message_id_window,
                 queue_capacity: config.queue_capacity,
                 clock: clock.clone(),
                 dedup_clock: Some(clock),
@@ -305,6 +308,7 @@ async fn open_store(
             wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
             data_dir: dir.to_path_buf(),
             dedup_window: config.dedup_window,
+            message_id_window: config.message_id_window,
             queue_capacity: config.queue_capacity,
             clock,
         })

@@ -22,6 +22,8 @@ enum Expect {
     Ok,
     /// This status with `{"status": status, "message": message}`.
     Err(u16, String),
+    /// 200 with exactly this JSON body, and nothing stored (a batch of refused calls).
+    Refused(Value),
 }
 
 fn err(status: u16, message: impl Into<String>) -> Expect {
@@ -1012,6 +1014,306 @@ fn read_cases(secret: &str, token: &str) -> Vec<Case> {
     cases
 }
 
+/// The `/v1/batch` bounds of this suite.
+const MAX_BATCH_BODY: usize = 6144;
+const MAX_BATCH_ITEMS: usize = 5;
+
+/// The Segment routes, each with a call it accepts for user `id`.
+const SEGMENT_ROUTES: [(&str, fn(&str) -> Value); 8] = [
+    ("track", |id| json!({"userId": id, "event": "e"})),
+    ("identify", |id| json!({"userId": id, "traits": {"plan": "x"}})),
+    ("page", |id| json!({"userId": id, "name": "Home"})),
+    ("screen", |id| json!({"userId": id, "name": "Home"})),
+    ("group", |id| json!({"userId": id, "groupId": "g"})),
+    ("alias", |id| json!({"previousId": id, "userId": format!("{id}-new")})),
+    ("batch", |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]})),
+    ("import", |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]})),
+];
+
+/// The `/v1` routes: malformed bodies, sizes, encodings, write keys, methods, and every
+/// field of every call, single and in a batch.
+fn segment_cases(
+    token: &str,
+    secret: &str,
+    fresh_id: &mut dyn FnMut() -> String,
+) -> Vec<Case> {
+    use base64::Engine;
+    let basic = |key: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+        )
+    };
+    let auth = basic(token);
+    let mut cases = Vec::new();
+    for (route, valid) in SEGMENT_ROUTES {
+        let limit = if matches!(route, "batch" | "import") {
+            MAX_BATCH_BODY
+        } else {
+            MAX_BODY
+        };
+        let case = |name: &str, body: Vec<u8>, expect: Expect| Case {
+            name: format!("/v1/{route} {name}"),
+            method: "POST",
+            path: format!("/v1/{route}"),
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("authorization", auth.clone()),
+            ],
+            body,
+            expect,
+        };
+        let ok = valid(&fresh_id());
+        cases.extend([
+            case("valid", valid(&fresh_id()).to_string().into_bytes(), Expect::Ok),
+            case("empty body", vec![], err(400, "body: empty, expected a JSON object")),
+            case(
+                "truncated",
+                b"{\"userId\":".to_vec(),
+                err(400, "body: invalid JSON: unexpected end of input at byte 10"),
+            ),
+            case("array at the top", b"[]".to_vec(), err(400, "body: must be a JSON object")),
+            case(
+                "invalid UTF-8",
+                b"{\"userId\":\"\xff\"}".to_vec(),
+                err(400, "body: invalid UTF-8 at byte 11"),
+            ),
+            case(
+                "lone surrogate",
+                br#"{"userId":"\ud800"}"#.to_vec(),
+                err(400, "userId: contains a lone surrogate"),
+            ),
+            case(
+                "NUL",
+                br#"{"userId":"a\u0000"}"#.to_vec(),
+                err(400, "userId: contains a NUL character (\\u0000)"),
+            ),
+            case(
+                "duplicate key",
+                br#"{"userId":"a","userId":"b"}"#.to_vec(),
+                err(400, "userId: duplicate key"),
+            ),
+            case("nested 64 levels", nested(&valid(&fresh_id()), 63), Expect::Ok),
+            case(
+                "nested 65 levels",
+                nested(&ok, 64),
+                err(400, format!("pad{}: nested deeper than 64 levels", "[0]".repeat(63))),
+            ),
+            case("body at the limit", padded(&valid(&fresh_id()), limit), Expect::Ok),
+            case(
+                "body one byte over the limit",
+                padded(&ok, limit + 1),
+                err(413, format!("body: larger than {limit} bytes")),
+            ),
+        ]);
+        let mut gz = case(
+            "gzip inflating one byte over the limit",
+            gzip(&padded(&ok, limit + 1)),
+            err(413, format!("body: larger than {limit} bytes after decompression")),
+        );
+        gz.headers.push(("content-encoding", "gzip".into()));
+        cases.push(gz);
+        let mut gz = case("gzip", gzip(&valid(&fresh_id()).to_string().into_bytes()), Expect::Ok);
+        gz.headers.push(("content-encoding", "gzip".into()));
+        cases.push(gz);
+        let mut br = case(
+            "content-encoding br",
+            ok.to_string().into_bytes(),
+            err(415, "content-encoding: 'br' is not supported, use gzip or none"),
+        );
+        br.headers.push(("content-encoding", "br".into()));
+        cases.push(br);
+        // Write keys.
+        let keyed = |name: &str, authorization: Option<String>, body: Value, expect: Expect| {
+            let mut c = case(name, body.to_string().into_bytes(), expect);
+            c.headers.retain(|(h, _)| *h != "authorization");
+            if let Some(a) = authorization {
+                c.headers.push(("authorization", a));
+            }
+            c
+        };
+        let with_key = |key: Value| {
+            let mut body = ok.clone();
+            body["writeKey"] = key;
+            body
+        };
+        cases.extend([
+            keyed(
+                "no write key",
+                None,
+                ok.clone(),
+                err(
+                    401,
+                    "writeKey: missing (send it as the HTTP Basic user name with an empty \
+                     password, or as writeKey in the body)",
+                ),
+            ),
+            keyed(
+                "unknown write key",
+                Some(basic("wk_unknown")),
+                ok.clone(),
+                err(401, "authorization: unknown credential"),
+            ),
+            keyed(
+                "unknown write key in the body",
+                None,
+                with_key(json!("wk_unknown")),
+                err(401, "writeKey: unknown credential"),
+            ),
+            keyed(
+                "secret key as the write key",
+                Some(basic(secret)),
+                ok.clone(),
+                err(403, "authorization: a secret key is not accepted here, use a tracking token"),
+            ),
+            keyed(
+                "secret key in the body",
+                None,
+                with_key(json!(secret)),
+                err(403, "writeKey: a secret key is not accepted here, use a tracking token"),
+            ),
+            keyed(
+                "write key not a string",
+                None,
+                with_key(json!(["k"])),
+                err(400, "writeKey: must be a string"),
+            ),
+            keyed(
+                "basic auth not base64",
+                Some("Basic %%%".into()),
+                ok.clone(),
+                err(401, "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)"),
+            ),
+            keyed(
+                "digest auth",
+                Some("Digest abc".into()),
+                ok.clone(),
+                err(401, "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)"),
+            ),
+        ]);
+        for method in ["GET", "PUT", "DELETE"] {
+            cases.push(Case {
+                method,
+                ..case(
+                    &format!("method {method}"),
+                    ok.to_string().into_bytes(),
+                    err(405, format!("/v1/{route}: method not allowed, use POST")),
+                )
+            });
+        }
+    }
+    // Field cases: each once as a single call and once inside a batch.
+    let id = fresh_id();
+    let fields: Vec<(&str, Value, &str, String)> = vec![
+        ("track", json!({"event": "e"}), "userId", "userId or anonymousId is required".into()),
+        ("track", json!({"userId": "", "anonymousId": null, "event": "e"}), "userId", "userId or anonymousId is required".into()),
+        ("track", json!({"userId": {}, "event": "e"}), "userId", "must be a string or an integer".into()),
+        ("track", json!({"userId": 1.5, "event": "e"}), "userId", "must be a string or an integer".into()),
+        ("track", json!({"userId": "u".repeat(255), "event": "e"}), "userId", "longer than 254 characters".into()),
+        ("track", json!({"anonymousId": [], "event": "e"}), "anonymousId", "must be a string or an integer".into()),
+        ("track", json!({"userId": id}), "event", "is required".into()),
+        ("track", json!({"userId": id, "event": ""}), "event", "is empty".into()),
+        ("track", json!({"userId": id, "event": 5}), "event", "must be a string".into()),
+        ("track", json!({"userId": id, "event": "e".repeat(255)}), "event", "longer than 254 characters".into()),
+        ("track", json!({"userId": id, "event": "e", "properties": []}), "properties", "must be an object".into()),
+        ("track", json!({"userId": id, "event": "e", "context": "web"}), "context", "must be an object".into()),
+        ("track", json!({"userId": id, "event": "e", "context": {"traits": 1}}), "context.traits", "must be an object".into()),
+        ("track", json!({"userId": id, "event": "e", "context": {"traits": {"email": "x"}}}), "context.traits.email", "not a valid email address".into()),
+        ("track", json!({"userId": id, "event": "e", "messageId": 7}), "messageId", "must be a string".into()),
+        ("track", json!({"userId": id, "event": "e", "messageId": "m".repeat(101)}), "messageId", "longer than 100 characters".into()),
+        ("track", json!({"userId": id, "event": "e", "timestamp": "today"}), "timestamp", "not an ISO 8601 time between years 1 and 9999".into()),
+        ("track", json!({"userId": id, "event": "e", "timestamp": 1700000000}), "timestamp", "must be an ISO 8601 string".into()),
+        ("track", json!({"userId": id, "event": "e", "sentAt": "10000-01-01T00:00:00Z"}), "sentAt", "not an ISO 8601 time between years 1 and 9999".into()),
+        ("track", json!({"userId": id, "event": "e", "originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}), "originalTimestamp", "corrected by sentAt, falls outside years 1 to 9999".into()),
+        ("identify", json!({"userId": id, "traits": "pro"}), "traits", "must be an object".into()),
+        ("identify", json!({"userId": id, "traits": {"email": "no"}}), "traits.email", "not a valid email address".into()),
+        ("identify", json!({"userId": id, "traits": {"phone": {}}}), "traits.phone", "must be a string or a number".into()),
+        ("page", json!({"userId": id, "name": ["a"]}), "name", "must be a string".into()),
+        ("page", json!({"userId": id, "name": "n".repeat(250)}), "name", "longer than 254 characters".into()),
+        ("screen", json!({"userId": id, "category": 1}), "category", "must be a string".into()),
+        ("group", json!({"userId": id}), "groupId", "is required".into()),
+        ("group", json!({"userId": id, "groupId": ""}), "groupId", "is empty".into()),
+        ("group", json!({"userId": id, "groupId": true}), "groupId", "must be a string or a number".into()),
+        ("group", json!({"userId": id, "groupId": "g", "traits": 1}), "traits", "must be an object".into()),
+        ("alias", json!({"userId": id}), "previousId", "is required".into()),
+        ("alias", json!({"previousId": id}), "userId", "is required".into()),
+        ("alias", json!({"previousId": {}, "userId": id}), "previousId", "must be a string or an integer".into()),
+    ];
+    for (call, body, field, problem) in fields {
+        cases.push(Case {
+            name: format!("/v1/{call} {field} {body}"),
+            method: "POST",
+            path: format!("/v1/{call}"),
+            headers: vec![("authorization", auth.clone())],
+            body: body.to_string().into_bytes(),
+            expect: err(400, format!("{field}: {problem}")),
+        });
+        let mut item = body.clone();
+        item["type"] = json!(call);
+        cases.push(Case {
+            name: format!("/v1/batch {call} {field} {body}"),
+            method: "POST",
+            path: "/v1/batch".into(),
+            headers: vec![("authorization", auth.clone())],
+            body: json!({"batch": [item]}).to_string().into_bytes(),
+            expect: Expect::Refused(json!({"success": true, "rejected": [
+                {"index": 0, "message": format!("batch[0].{field}: {problem}")}
+            ]})),
+        });
+    }
+    // Unknown users where the call needs one: 404 alone, listed in a batch.
+    for (call, body, field) in [
+        ("group", json!({"userId": "nobody-here", "groupId": "g"}), "userId"),
+        ("alias", json!({"previousId": "nobody-here", "userId": "x"}), "previousId"),
+    ] {
+        cases.push(Case {
+            name: format!("/v1/{call} unknown user"),
+            method: "POST",
+            path: format!("/v1/{call}"),
+            headers: vec![("authorization", auth.clone())],
+            body: body.to_string().into_bytes(),
+            expect: err(404, format!("{field}: no such user")),
+        });
+        let mut item = body;
+        item["type"] = json!(call);
+        cases.push(Case {
+            name: format!("/v1/batch {call} unknown user"),
+            method: "POST",
+            path: "/v1/batch".into(),
+            headers: vec![("authorization", auth.clone())],
+            body: json!({"batch": [item]}).to_string().into_bytes(),
+            expect: Expect::Refused(json!({"success": true, "rejected": [
+                {"index": 0, "message": format!("batch[0].{field}: no such user")}
+            ]})),
+        });
+    }
+    // What makes a batch no batch at all, and the bound on its calls.
+    let call = json!({"type": "track", "userId": id, "event": "e"});
+    for (name, body, expect) in [
+        ("no batch", json!({"calls": []}), err(400, "batch: is required (an array of calls)")),
+        ("batch null", json!({"batch": null}), err(400, "batch: is required (an array of calls)")),
+        ("batch an object", json!({"batch": {}}), err(400, "batch: must be an array of calls")),
+        ("batch a string", json!({"batch": "[]"}), err(400, "batch: must be an array of calls")),
+        ("sentAt invalid", json!({"batch": [call], "sentAt": "now"}), err(400, "sentAt: not an ISO 8601 time between years 1 and 9999")),
+        ("context not an object", json!({"batch": [call], "context": []}), err(400, "context: must be an object")),
+        ("calls past the bound", json!({"batch": vec![call.clone(); MAX_BATCH_ITEMS + 1]}), err(413, format!("batch: {} calls, more than a batch may hold ({MAX_BATCH_ITEMS})", MAX_BATCH_ITEMS + 1))),
+        ("an item not an object", json!({"batch": [1]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0]: must be an object"}]}))),
+        ("an item without a type", json!({"batch": [{"userId": id, "event": "e"}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: is required"}]}))),
+        ("an item of an unknown type", json!({"batch": [{"type": "Track", "userId": id, "event": "e"}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be one of track, identify, page, screen, group, alias"}]}))),
+        ("an item's type not a string", json!({"batch": [{"type": 1}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be a string"}]}))),
+    ] {
+        cases.push(Case {
+            name: format!("/v1/batch {name}"),
+            method: "POST",
+            path: "/v1/batch".into(),
+            headers: vec![("authorization", auth.clone())],
+            body: body.to_string().into_bytes(),
+            expect,
+        });
+    }
+    cases
+}
+
 /// Sends a case and says what was wrong with the answer, if anything.
 async fn check(app: &TestApp, case: &Case) -> Option<String> {
     let counts = || (app.count("events"), app.count("users"));
@@ -1033,6 +1335,19 @@ async fn check(app: &TestApp, case: &Case) -> Option<String> {
             "expected 200, got {} {}",
             answer.status, answer.body
         )),
+        Expect::Refused(expected) => {
+            let got: Option<Value> = serde_json::from_str(&answer.body).ok();
+            if answer.status != 200 || got.as_ref() != Some(expected) {
+                Some(format!(
+                    "expected 200 {expected}, got {} {}",
+                    answer.status, answer.body
+                ))
+            } else if counts() != before {
+                Some(format!("stored something: {before:?} -> {:?}", counts()))
+            } else {
+                None
+            }
+        }
         Expect::Err(status, message) => {
             let expected = json!({"status": status, "message": message});
             let got: Option<Value> = serde_json::from_str(&answer.body).ok();
@@ -1068,6 +1383,8 @@ async fn hostile_inputs_get_exact_refusals_store_nothing_and_leave_the_server_up
     let app = TestApp::spawn_with(TestConfig {
         limits: Limits {
             max_body_bytes: MAX_BODY,
+            max_batch_bytes: MAX_BATCH_BODY,
+            max_batch_items: MAX_BATCH_ITEMS,
             failed_auth_per_ip: 0,
             ..Limits::default()
         },
@@ -1089,6 +1406,7 @@ async fn hostile_inputs_get_exact_refusals_store_nothing_and_leave_the_server_up
     cases.extend(field_cases(&app.token, &mut fresh_id));
     cases.extend(request_cases(&app.token));
     cases.extend(read_cases(&app.secret, &app.token));
+    cases.extend(segment_cases(&app.token, &app.secret, &mut fresh_id));
     // Every id a case may act on exists first (edit, delete and the like need the user).
     for id in &ids {
         app.call("POST", "users/track", &json!({"id": id}))

@@ -37,6 +37,8 @@ mod read;
 mod receiver;
 #[path = "../api/relay.rs"]
 mod relay;
+#[path = "../api/segment.rs"]
+mod segment;
 #[path = "../api/track.rs"]
 mod track;
 #[path = "../api/users.rs"]

@@ -68,6 +68,66 @@ async fn identical_events_sent_to_two_nodes_at_once_are_stored_once() {
     assert_eq!(stored(&db), 100);
 }
 
+/// A Segment call with messageId `m-{n}`, to `/v1/track` (`batch`: in a `/v1/batch`).
+async fn send_v1(
+    client: &reqwest::Client,
+    node: &ChildServer,
+    token: &str,
+    n: u64,
+    batch: bool,
+) -> (u16, bool) {
+    let call = json!({"type": "track", "userId": "shared-user", "event": "clicked",
+                      "messageId": format!("m-{n}")});
+    let (route, body) = if batch {
+        ("batch", json!({"batch": [call]}))
+    } else {
+        ("track", call)
+    };
+    let answer = client
+        .post(format!("{}/v1/{route}", node.addr))
+        .basic_auth(token, Some(""))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let duplicate = answer.headers().contains_key("trackd-duplicate");
+    assert_eq!(
+        answer.text().await.expect("body"),
+        r#"{"success":true}"#,
+        "call {n}"
+    );
+    (200, duplicate)
+}
+
+#[tokio::test]
+async fn one_message_id_sent_to_two_nodes_at_once_is_stored_once() {
+    crate::skip_without_postgres!();
+    let (db, a, b, token) = two_nodes(&[]).await;
+    let client = reqwest::Client::new();
+    for n in 0..100 {
+        // Each call twice to each node, single and batched, all four at once.
+        let answers = tokio::join!(
+            send_v1(&client, &a, &token, n, false),
+            send_v1(&client, &b, &token, n, true),
+            send_v1(&client, &a, &token, n, true),
+            send_v1(&client, &b, &token, n, false),
+        );
+        // Single calls say whether they were duplicates; batches do not: count the rows.
+        let singles_stored = [answers.0, answers.3].iter().filter(|(_, d)| !d).count();
+        assert!(singles_stored <= 1, "call {n}: {answers:?}");
+        assert_eq!(stored(&db), n as i64 + 1, "call {n}: {answers:?}");
+    }
+    let ids: i64 = db.with_client(|c| {
+        Box::pin(async move {
+            c.query_one("SELECT count(*) FROM message_ids", &[])
+                .await
+                .expect("count")
+                .get(0)
+        })
+    });
+    assert_eq!(ids, 100);
+}
+
 #[tokio::test]
 async fn a_duplicate_on_another_node_is_judged_by_the_window_in_real_time() {
     crate::skip_without_postgres!();
@@ -93,6 +153,7 @@ async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
         trackd_store::PostgresStore::open(trackd_store::PgConfig {
             url: db.url.clone(),
             dedup_window: Duration::from_secs(180),
+            message_id_window: Duration::from_secs(86_400),
             queue_capacity: 16,
             clock: clock.clone(),
             dedup_clock: None,
@@ -111,8 +172,8 @@ async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
                 .get(0)
         })
     });
-    // Each migration applied once: the schema is at the last one (there are three).
-    assert_eq!(version, 3);
+    // Each migration applied once: the schema is at the last one (there are four).
+    assert_eq!(version, 4);
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ pub struct PgConfig {
     pub url: String,
     /// The dedup window; zero turns dedup off.
     pub dedup_window: Duration,
+    /// The Segment messageId window; zero turns messageId idempotency off.
+    pub message_id_window: Duration,
     /// How many writes may wait for this node's writers before new ones are refused.
     pub queue_capacity: usize,
     /// Creation times of projects and credentials.
@@ -133,6 +135,8 @@ impl PostgresStore {
             pool: write_pool,
             jobs: tokio::sync::Mutex::new(rx),
             window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+            message_window_micros: i64::try_from(config.message_id_window.as_micros())
+                .unwrap_or(i64::MAX),
             dedup_clock: config.dedup_clock,
             shard: random_shard(),
             ready: ready.clone(),
@@ -323,6 +327,13 @@ impl Store for PostgresStore {
             event: Box::new(event),
             reply,
         })
+    }
+
+    fn ingest(
+        &self,
+        messages: Vec<trackd_core::segment::Message>,
+    ) -> StoreFuture<'_, Vec<trackd_core::store::MessageOutcome>> {
+        self.submit(|reply| Job::Messages { messages, reply })
     }
 
     fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {

@@ -145,6 +145,17 @@ CREATE TABLE dead_letters (
     PRIMARY KEY (destination_id, pos)
 );
 "#,
+    r#"
+-- Segment messageIds received within the window (DESIGN §9): an upsert in the transaction
+-- of what they protect replaces a row only when it is older than the window, so nodes
+-- racing on one messageId serialise on its row and exactly one stores the call. `key` is
+-- a hash of project and messageId, never the id.
+CREATE TABLE message_ids (
+    key         BYTEA PRIMARY KEY,
+    received_at BIGINT NOT NULL
+);
+CREATE INDEX message_ids_by_time ON message_ids(received_at);
+"#,
 ];
 
 /// The advisory lock key migrations run under ("trackd" in ASCII).

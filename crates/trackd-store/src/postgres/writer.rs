@@ -19,6 +19,8 @@ use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, Mutex};
 use trackd_core::delivery::change_item;
 use trackd_core::read::Counter;
+use trackd_core::segment::{Message, Write};
+use trackd_core::store::MessageOutcome;
 use trackd_core::{Clock, EventRecord, InsertOutcome, StoreMetrics, TrackedEvent};
 
 use super::outbox::Pending;
@@ -35,6 +37,8 @@ pub(crate) struct Writers {
     pub jobs: Mutex<mpsc::Receiver<Job>>,
     /// Dedup window in microseconds; 0 turns dedup off.
     pub window_micros: i64,
+    /// Segment messageId window in microseconds; 0 turns messageId idempotency off.
+    pub message_window_micros: i64,
     /// Dedup receive times from this clock instead of the database's (tests only).
     pub dedup_clock: Option<Arc<dyn Clock>>,
     /// This node's counter shard.
@@ -148,6 +152,9 @@ impl Writers {
             batch.iter().flat_map(|job| match job {
                 Job::Track { event, .. } => vec![event.project.get()],
                 Job::Profile { request, .. } => vec![request.project.get()],
+                Job::Messages { messages, .. } => {
+                    messages.iter().map(|m| m.project().get()).collect()
+                }
                 Job::Restore {
                     events,
                     deliver: true,
@@ -203,21 +210,26 @@ impl Writers {
                 }
                 Job::Profile { request, .. } => {
                     let result = profile::apply(&tx, request, &mut outbox).await?;
-                    if let Ok(Some((user_ref, deleted))) = &result {
-                        let user_ref = *user_ref;
-                        if outbox.wanted(request.project) {
-                            let (kind, body) = change_item(&request.change);
-                            let body = deleted.clone().unwrap_or(body);
-                            outbox.change(
-                                request.project,
-                                user_ref,
-                                kind,
-                                body,
-                                request.received_at.as_micros(),
-                            );
+                    profile_item(&mut outbox, request, &result);
+                    done.push(Done::Other(result.map(|_| ())));
+                }
+                Job::Messages { messages, .. } => {
+                    let (outcomes, stored) = self
+                        .messages(&tx, messages, &mut outbox, &mut totals)
+                        .await?;
+                    if announce {
+                        for (message, outcome) in messages.iter().zip(&outcomes) {
+                            if let (Write::Event(e), Ok(InsertOutcome::Duplicate)) =
+                                (&message.write, outcome)
+                            {
+                                live.entry(e.project.get()).or_default().1 += 1;
+                            }
+                        }
+                        for (project, id) in stored {
+                            live.entry(project).or_default().0.push(id);
                         }
                     }
-                    done.push(Done::Other(result.map(|_| ())));
+                    done.push(Done::Messages(outcomes));
                 }
                 // History restored as it was: no items (it is not being received now).
                 Job::Restore {
@@ -367,6 +379,135 @@ impl Writers {
         Ok((outcomes, ids))
     }
 
+    /// Segment calls, in order: the messageId decisions (one upsert for the job's ids,
+    /// serialising nodes racing on one id), then each call not a duplicate: runs of events
+    /// stored together (no content dedup), profile changes one by one. A call refused alone
+    /// (no such user, a bound) gives its messageId back, so a corrected retry is stored.
+    async fn messages(
+        &self,
+        tx: &Transaction<'_>,
+        messages: &[Message],
+        outbox: &mut Pending,
+        totals: &mut Totals,
+    ) -> Result<(Vec<MessageOutcome>, Vec<(i64, i64)>), WriteError> {
+        let window = self.message_window_micros;
+        let mut stored_events = Vec::new();
+        // The first call of each messageId in the job stands for it.
+        let mut admitted: HashSet<[u8; 16]> = HashSet::new();
+        if window > 0 {
+            let mut keys: Vec<Vec<u8>> = messages
+                .iter()
+                .filter_map(|m| m.key.map(|k| k.as_bytes().to_vec()))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if !keys.is_empty() {
+                let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
+                let statement = tx
+                    .prepare_cached(
+                        "INSERT INTO message_ids (key, received_at)                          SELECT k, COALESCE($2::bigint,                             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)                          FROM unnest($1::bytea[]) AS x(k) ORDER BY k                          ON CONFLICT (key) DO UPDATE SET received_at = EXCLUDED.received_at                            WHERE message_ids.received_at <= EXCLUDED.received_at - $3                          RETURNING key",
+                    )
+                    .await?;
+                for row in tx.query(&statement, &[&keys, &now, &window]).await? {
+                    if let Ok(key) = <[u8; 16]>::try_from(row.get::<_, Vec<u8>>(0).as_slice()) {
+                        admitted.insert(key);
+                    }
+                }
+            }
+        }
+        // Per admitted key: whether a call holding it was stored (later calls with it are
+        // then duplicates) or every one so far was refused (the next one is tried).
+        let mut stored_key: HashMap<[u8; 16], bool> = HashMap::new();
+        let mut outcomes: Vec<Option<MessageOutcome>> = messages.iter().map(|_| None).collect();
+        let mut i = 0;
+        while i < messages.len() {
+            let wanted = |m: &Message| -> bool {
+                match m.key.filter(|_| window > 0) {
+                    None => true,
+                    Some(k) => {
+                        admitted.contains(k.as_bytes())
+                            && !stored_key.get(k.as_bytes()).copied().unwrap_or(false)
+                    }
+                }
+            };
+            match &messages[i].write {
+                Write::Event(_) => {
+                    // A run of consecutive events, each not a duplicate of an earlier one.
+                    let mut run: Vec<(usize, &EventRecord)> = Vec::new();
+                    let mut in_run: HashSet<[u8; 16]> = HashSet::new();
+                    while i < messages.len() {
+                        let Write::Event(e) = &messages[i].write else {
+                            break;
+                        };
+                        let fresh = wanted(&messages[i])
+                            && messages[i]
+                                .key
+                                .filter(|_| window > 0)
+                                .is_none_or(|k| in_run.insert(*k.as_bytes()));
+                        if fresh {
+                            run.push((i, e));
+                        } else {
+                            outcomes[i] = Some(Ok(InsertOutcome::Duplicate));
+                            totals.add(e.project, Counter::Duplicates, 1);
+                        }
+                        i += 1;
+                    }
+                    let records: Vec<&EventRecord> = run.iter().map(|(_, e)| *e).collect();
+                    let keys = user_keys(tx, &records).await?;
+                    let stored = insert_events(tx, &records, &keys).await?;
+                    for (&(j, e), (id, user_ref)) in run.iter().zip(stored) {
+                        outbox.event(
+                            e.project,
+                            user_ref,
+                            id,
+                            &e.identity,
+                            e.received_at.as_micros(),
+                        );
+                        stored_events.push((e.project.get(), id));
+                        totals.add(e.project, Counter::Accepted, 1);
+                        if let Some(k) = messages[j].key {
+                            stored_key.insert(*k.as_bytes(), true);
+                        }
+                        outcomes[j] = Some(Ok(InsertOutcome::Inserted));
+                    }
+                }
+                Write::Profile(request) => {
+                    if wanted(&messages[i]) {
+                        let result = profile::apply(tx, request, outbox).await?;
+                        profile_item(outbox, request, &result);
+                        if let Some(k) = messages[i].key {
+                            let ok = result.is_ok();
+                            let entry = stored_key.entry(*k.as_bytes()).or_insert(false);
+                            *entry |= ok;
+                        }
+                        outcomes[i] = Some(result.map(|_| InsertOutcome::Inserted));
+                    } else {
+                        outcomes[i] = Some(Ok(InsertOutcome::Duplicate));
+                    }
+                    i += 1;
+                }
+            }
+        }
+        // Admitted ids no call of which was stored: given back.
+        let refused: Vec<Vec<u8>> = admitted
+            .iter()
+            .filter(|k| !stored_key.get(*k).copied().unwrap_or(false))
+            .map(|k| k.to_vec())
+            .collect();
+        if !refused.is_empty() {
+            tx.execute(
+                "DELETE FROM message_ids WHERE key = ANY($1::bytea[])",
+                &[&refused],
+            )
+            .await?;
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Ok(InsertOutcome::Duplicate)))
+            .collect();
+        Ok((outcomes, stored_events))
+    }
+
     /// While writes fail: every second, a round trip through a pooled connection; ready
     /// again when it succeeds (a commit succeeding also makes it ready).
     pub async fn probe(self: Arc<Self>) {
@@ -405,6 +546,7 @@ impl Writers {
         loop {
             tick.tick().await;
             if self.window_micros == 0 {
+                self.purge_messages().await;
                 continue;
             }
             let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
@@ -423,6 +565,60 @@ impl Writers {
                 Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
                 Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
             }
+            self.purge_messages().await;
+        }
+    }
+}
+
+impl Writers {
+    /// Deletes messageId records past the window (and the slack), a chunk at a time.
+    async fn purge_messages(&self) {
+        const SLACK_MICROS: i64 = 120_000_000;
+        const CHUNK: i64 = 20_000;
+        if self.message_window_micros == 0 {
+            return;
+        }
+        let now: Option<i64> = self.dedup_clock.as_ref().map(|c| c.now().as_micros());
+        let purged = async {
+            let client = self.pool.get().await?;
+            let mut total = 0;
+            loop {
+                let n = client
+                    .execute(
+                        "DELETE FROM message_ids WHERE key IN (SELECT key FROM message_ids                            WHERE received_at < COALESCE($1::bigint,                              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) - $2                            LIMIT $3)",
+                        &[&now, &(self.message_window_micros + SLACK_MICROS), &CHUNK],
+                    )
+                    .await?;
+                total += n;
+                if n < CHUNK as u64 {
+                    return Ok::<_, WriteError>(total);
+                }
+            }
+        };
+        match purged.await {
+            Ok(n) => tracing::debug!(deleted = n, "expired messageId records purged"),
+            Err(e) => tracing::warn!(error = %e, "messageId purge failed, retrying later"),
+        }
+    }
+}
+
+/// A profile change's outbox item, when it changed something.
+fn profile_item(
+    outbox: &mut Pending,
+    request: &trackd_core::ProfileRequest,
+    result: &Result<crate::job::Changed, trackd_core::StoreError>,
+) {
+    if let Ok(Some((user_ref, deleted))) = result {
+        if outbox.wanted(request.project) {
+            let (kind, body) = change_item(&request.change);
+            let body = deleted.clone().unwrap_or(body);
+            outbox.change(
+                request.project,
+                *user_ref,
+                kind,
+                body,
+                request.received_at.as_micros(),
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 //! reads use their own connection.
 
 mod dedup;
+mod messages;
 mod outbox;
 mod profile;
 mod read;
@@ -43,6 +44,8 @@ pub struct SqliteConfig {
     pub data_dir: PathBuf,
     /// The dedup window; zero turns dedup off.
     pub dedup_window: Duration,
+    /// The Segment messageId window; zero turns messageId idempotency off.
+    pub message_id_window: Duration,
     /// How many writes may wait for the writer before new ones are refused as overloaded.
     pub queue_capacity: usize,
     /// The clock receive times are compared with when purging.
@@ -146,6 +149,8 @@ impl SqliteStore {
                 wal_checkpoint_pages: config.wal_checkpoint_pages,
                 clock: config.clock.clone(),
                 window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
+                message_window_micros: i64::try_from(config.message_id_window.as_micros())
+                    .unwrap_or(i64::MAX),
                 ready: ready.clone(),
                 metrics: metrics.clone(),
                 live: live.clone(),
@@ -343,6 +348,13 @@ impl Store for SqliteStore {
             event: Box::new(event),
             reply,
         })
+    }
+
+    fn ingest(
+        &self,
+        messages: Vec<trackd_core::segment::Message>,
+    ) -> StoreFuture<'_, Vec<trackd_core::store::MessageOutcome>> {
+        self.submit(|reply| Job::Messages { messages, reply })
     }
 
     fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
@@ -722,6 +734,7 @@ mod tests {
         let store = SqliteStore::open(SqliteConfig {
             data_dir: dir.path().to_path_buf(),
             dedup_window: Duration::from_secs(180),
+            message_id_window: Duration::from_secs(86_400),
             queue_capacity: 16,
             clock: Arc::new(SystemClock),
             wal_checkpoint_pages: 100,

@@ -181,6 +181,18 @@ INSERT INTO sqlite_sequence (name, seq)
 UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(user_ref) FROM outbox), 0))
     WHERE name = 'users';
 "#,
+    r#"
+-- Segment messageIds received within the window (DESIGN §9), written in the transaction of
+-- what they protect. `epoch` is the receive time divided by the window (`meta`
+-- message_id_epoch_micros), so a lookup probes two epochs and expiry deletes whole epochs
+-- from the left of the tree; `key` is a hash of project and messageId, never the id.
+CREATE TABLE message_ids (
+    epoch       INTEGER NOT NULL,
+    key         BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (epoch, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the latest schema, each step in its own transaction. Safe to run

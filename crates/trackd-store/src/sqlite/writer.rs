@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use trackd_core::read::{Counter, EventRow};
+use trackd_core::segment::Write;
 use trackd_core::{
-    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, StoreMetrics, TrackedEvent,
+    Clock, EventRecord, InsertOutcome, LiveBatch, LiveFeed, ProfileRequest, StoreMetrics,
+    TrackedEvent,
 };
 
 use super::dedup::{DedupIndex, Overlay};
@@ -60,6 +62,8 @@ pub(crate) struct WriterConfig {
     pub clock: Arc<dyn Clock>,
     /// Dedup window in microseconds; 0 turns dedup off.
     pub window_micros: i64,
+    /// Segment messageId window in microseconds; 0 turns messageId idempotency off.
+    pub message_window_micros: i64,
     pub ready: Arc<AtomicBool>,
     pub metrics: StoreMetrics,
     /// Committed events for watching consoles.
@@ -75,6 +79,7 @@ impl Writer {
         jobs: Receiver<Job>,
         config: WriterConfig,
     ) -> rusqlite::Result<Self> {
+        super::messages::prepare(&conn, config.message_window_micros)?;
         let (dedup, data_version) = load_index(&conn, &config)?;
         let outbox = OutboxState::load(&conn)?;
         Ok(Writer {
@@ -151,6 +156,7 @@ impl Writer {
                 watched: self.config.live.watched(),
                 outbox: &mut self.outbox,
                 now: self.config.clock.now().as_micros(),
+                message_window_micros: self.config.message_window_micros,
             },
         );
         match result {
@@ -271,6 +277,7 @@ impl Writer {
 
     /// Deletes dedup records older than the window.
     fn purge_expired(&mut self) {
+        self.purge_messages();
         if self.config.window_micros == 0 || self.broken {
             return;
         }
@@ -282,6 +289,19 @@ impl Writer {
         match self.dedup.purge(&self.conn, cutoff) {
             Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
             Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
+        }
+    }
+
+    /// Deletes messageId records of epochs wholly older than the window (and the slack).
+    fn purge_messages(&mut self) {
+        let window = self.config.message_window_micros;
+        if window == 0 || self.broken {
+            return;
+        }
+        let cutoff = self.config.clock.now().as_micros() - window - PURGE_SLACK_MICROS;
+        match super::messages::purge(&self.conn, window, cutoff) {
+            Ok(n) => tracing::debug!(deleted = n, "expired messageId records purged"),
+            Err(e) => tracing::warn!(error = %e, "messageId purge failed, retrying later"),
         }
     }
 }
@@ -326,6 +346,7 @@ struct Batch<'a> {
     watched: bool,
     outbox: &'a mut OutboxState,
     now: i64,
+    message_window_micros: i64,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -352,16 +373,19 @@ fn write_batch(
         *b.outbox = OutboxState::load(&tx)?;
     }
     // A failed batch leaves the writer's state as it was (the writer reopens and reloads).
-    let mut items = b.outbox.clone();
+    let mut after = After {
+        items: b.outbox.clone(),
+        totals: Totals::default(),
+        live: std::collections::BTreeMap::new(),
+        watched,
+        erased: false,
+    };
     let mut done = Vec::with_capacity(jobs.len());
-    let mut totals = Totals::default();
     let mut last_dedup_id = 0;
-    let mut erased = false;
-    let mut live: std::collections::BTreeMap<i64, LiveBatch> = std::collections::BTreeMap::new();
+    let mut seen_messages = super::messages::Seen::default();
     for job in jobs {
         match job {
             Job::Track { event, .. } => {
-                let project = event.project.get();
                 let (outcome, id) = track_event(
                     &tx,
                     event,
@@ -370,63 +394,55 @@ fn write_batch(
                     &mut overlay,
                     &mut last_dedup_id,
                 )?;
-                if let Some((user_ref, id)) = id {
-                    if items.wanted(event.project) {
-                        items.append(
-                            &tx,
-                            event.project,
-                            ItemKind::Event,
-                            user_ref,
-                            Some(id),
-                            Some(&event_identity(&event.identity)),
-                            event.received_at.as_micros(),
-                        )?;
-                    }
-                }
-                let id = id.map(|(_, id)| id);
-                if watched {
-                    let batch = live.entry(project).or_insert_with(|| LiveBatch {
-                        project: event.project,
-                        events: Vec::new(),
-                        duplicates: 0,
-                    });
-                    match id {
-                        Some(id) => batch.events.push(EventRow::of(event, id)),
-                        None => batch.duplicates += 1,
-                    }
-                }
-                totals.add(event.project, Counter::of(outcome), 1);
+                after.event(&tx, event, outcome, id)?;
                 done.push(Done::Event(outcome));
             }
             Job::Profile { request, .. } => {
                 let result = profile::apply(&tx, request, index, &mut overlay)?;
-                erased |= result.is_ok()
-                    && matches!(request.change, trackd_core::ProfileChange::Delete { .. });
-                if let Ok(Some((user_ref, deleted))) = &result {
-                    let user_ref = *user_ref;
-                    if items.wanted(request.project) {
-                        let (kind, body) = change_item(&request.change);
-                        let body = deleted.clone().unwrap_or(body);
-                        items.append(
-                            &tx,
-                            request.project,
-                            kind,
-                            user_ref,
-                            None,
-                            Some(&body),
-                            request.received_at.as_micros(),
-                        )?;
-                    }
-                }
+                after.profile(&tx, request, &result)?;
                 done.push(Done::Other(result.map(|_| ())));
+            }
+            Job::Messages { messages, .. } => {
+                let mut outcomes = Vec::with_capacity(messages.len());
+                for message in messages {
+                    let received = message.received_at().as_micros();
+                    let key = message.key.filter(|_| b.message_window_micros > 0);
+                    if let Some(key) = key {
+                        if seen_messages.seen(&tx, &key, received, b.message_window_micros)? {
+                            if let Write::Event(event) = &message.write {
+                                after.totals.add(event.project, Counter::Duplicates, 1);
+                                after.duplicate(event.project);
+                            }
+                            outcomes.push(Ok(InsertOutcome::Duplicate));
+                            continue;
+                        }
+                    }
+                    let outcome = match &message.write {
+                        Write::Event(event) => {
+                            let id = insert_event(&tx, event)?;
+                            after.event(&tx, event, InsertOutcome::Inserted, Some(id))?;
+                            Ok(InsertOutcome::Inserted)
+                        }
+                        Write::Profile(request) => {
+                            let result = profile::apply(&tx, request, index, &mut overlay)?;
+                            after.profile(&tx, request, &result)?;
+                            result.map(|_| InsertOutcome::Inserted)
+                        }
+                    };
+                    if let (Ok(_), Some(key)) = (&outcome, key) {
+                        seen_messages.record(&tx, key, received, b.message_window_micros)?;
+                    }
+                    outcomes.push(outcome);
+                }
+                done.push(Done::Messages(outcomes));
             }
             Job::Restore {
                 events, deliver, ..
             } => {
                 for event in events {
                     let (user_ref, id) = insert_event(&tx, event)?;
-                    if *deliver && items.wanted(event.project) {
-                        items.append(
+                    if *deliver && after.items.wanted(event.project) {
+                        after.items.append(
                             &tx,
                             event.project,
                             ItemKind::Event,
@@ -441,7 +457,7 @@ fn write_batch(
             }
             Job::Counters { counts, .. } => {
                 for (project, counter, n) in counts {
-                    totals.add(*project, counter.clone(), *n);
+                    after.totals.add(*project, counter.clone(), *n);
                 }
                 done.push(Done::Other(Ok(())));
             }
@@ -460,6 +476,13 @@ fn write_batch(
             Job::Shutdown => done.push(Done::Nothing),
         }
     }
+    let After {
+        mut items,
+        totals,
+        live,
+        erased,
+        ..
+    } = after;
     items.finish(&tx)?;
     let mut count = tx.prepare_cached(
         "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
@@ -479,6 +502,92 @@ fn write_batch(
         live: live.into_values().collect(),
         erased,
     })
+}
+
+/// What a batch does after each write: outbox items, the live view, running totals.
+struct After {
+    /// The outbox as this batch leaves it.
+    items: OutboxState,
+    totals: Totals,
+    /// What watching consoles are shown, by project.
+    live: std::collections::BTreeMap<i64, LiveBatch>,
+    watched: bool,
+    /// Whether a user was deleted.
+    erased: bool,
+}
+
+impl After {
+    fn live(&mut self, project: trackd_core::ProjectId) -> &mut LiveBatch {
+        self.live.entry(project.get()).or_insert_with(|| LiveBatch {
+            project,
+            events: Vec::new(),
+            duplicates: 0,
+        })
+    }
+
+    /// An event's outcome: its item (when stored), the live view, the totals.
+    fn event(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &EventRecord,
+        outcome: InsertOutcome,
+        stored: Option<(i64, i64)>,
+    ) -> rusqlite::Result<()> {
+        if let Some((user_ref, id)) = stored {
+            if self.items.wanted(event.project) {
+                self.items.append(
+                    tx,
+                    event.project,
+                    ItemKind::Event,
+                    user_ref,
+                    Some(id),
+                    Some(&event_identity(&event.identity)),
+                    event.received_at.as_micros(),
+                )?;
+            }
+            if self.watched {
+                self.live(event.project).events.push(EventRow::of(event, id));
+            }
+        } else {
+            self.duplicate(event.project);
+        }
+        self.totals.add(event.project, Counter::of(outcome), 1);
+        Ok(())
+    }
+
+    /// A duplicate, for the live view.
+    fn duplicate(&mut self, project: trackd_core::ProjectId) {
+        if self.watched {
+            self.live(project).duplicates += 1;
+        }
+    }
+
+    /// A profile change's outcome: its item when it changed something.
+    fn profile(
+        &mut self,
+        tx: &Transaction<'_>,
+        request: &ProfileRequest,
+        result: &Result<crate::job::Changed, trackd_core::StoreError>,
+    ) -> rusqlite::Result<()> {
+        self.erased |=
+            result.is_ok() && matches!(request.change, trackd_core::ProfileChange::Delete { .. });
+        if let Ok(Some((user_ref, deleted))) = result {
+            if self.items.wanted(request.project) {
+                let (kind, body) = change_item(&request.change);
+                let body = deleted.clone().unwrap_or(body);
+                self.items.append(
+                    tx,
+                    request.project,
+                    kind,
+                    *user_ref,
+                    None,
+                    Some(&body),
+                    request.received_at.as_micros(),
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The user upsert (creating the user, or touching it) and the event row; returns the
