@@ -32,6 +32,7 @@ run() {
 }
 status=0
 run --include-tag tracking -H "Authorization: Bearer $token" || status=1
+run --include-tag segment --auth "$token:" || status=1
 # The live stream never ends by design: it is tested by the suite, not here.
 run --include-tag read --exclude-operation-id live_events -H "Authorization: Bearer $secret" \
   || status=1

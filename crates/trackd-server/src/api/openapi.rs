@@ -13,7 +13,11 @@ use serde_json::{json, Map, Value};
 use trackd_core::read::MAX_LIMIT;
 
 use super::destinations::Action;
-use super::{vero_paths, Handler, ReadRoute, DESTINATION_ROUTES, READ_ROUTES, VERO_ROUTES};
+use super::{
+    vero_paths, Handler, ReadRoute, SegmentRoute, DESTINATION_ROUTES, READ_ROUTES,
+    SEGMENT_ROUTES, VERO_ROUTES,
+};
+use trackd_core::segment::Call;
 use trackd_core::ProfileOp;
 
 /// `GET /openapi.json`: built once, served as bytes.
@@ -43,6 +47,10 @@ pub fn build() -> Value {
             }
             paths.insert(path, Value::Object(item));
         }
+    }
+    for (path, route) in SEGMENT_ROUTES {
+        let id = format!("v1_{}", path.trim_start_matches("/v1/"));
+        paths.insert(path.to_owned(), json!({"post": segment_operation(route, &id)}));
     }
     for (path, method, route) in READ_ROUTES {
         let item = json!({ method.to_lowercase(): read_operation(route) });
@@ -134,7 +142,8 @@ pub fn build() -> Value {
                 Authorization: Bearer only; anything shaped like a secret key (sk_ and 32 \
                 letters and digits) in a query string is refused (400) on every route. \
                 Every error is {\"status\":<code>,\"message\":\
-                \"<field>: <problem>\"}.",
+                \"<field>: <problem>\"}. The /v1 routes are Segment's HTTP Tracking API \
+                (write key by HTTP Basic), answering {\"success\":true}.",
         },
         "paths": paths,
         "components": components(),
@@ -359,6 +368,48 @@ fn destination_operation(action: Action) -> Value {
     operation
 }
 
+fn segment_operation(route: SegmentRoute, id: &str) -> Value {
+    let (summary, schema) = match route {
+        SegmentRoute::Call(call) => match call {
+            Call::Track => ("Segment track: an event", "SegmentTrack"),
+            Call::Identify => ("Segment identify: create or update a user", "SegmentIdentify"),
+            Call::Page => ("Segment page: the event Viewed <name> Page", "SegmentPage"),
+            Call::Screen => ("Segment screen: the event Viewed <name> Screen", "SegmentPage"),
+            Call::Group => ("Segment group: sets the user's group", "SegmentGroup"),
+            Call::Alias => ("Segment alias: previousId becomes userId", "SegmentAlias"),
+        },
+        SegmentRoute::Batch => (
+            "Segment batch: the valid calls commit together, the refused ones are listed",
+            "SegmentBatch",
+        ),
+        SegmentRoute::Metrics => ("analytics.js usage metrics (accepted, not kept)", ""),
+    };
+    let mut responses = Map::new();
+    responses.insert("200".into(), json_ok("SegmentSuccess"));
+    if schema.is_empty() {
+        for code in ["400", "408", "413", "415", "429", "503"] {
+            responses.insert(code.into(), error_ref());
+        }
+        return json!({
+            "operationId": id, "summary": summary, "tags": ["segment"],
+            "requestBody": {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            "responses": responses,
+        });
+    }
+    for code in ["400", "401", "403", "404", "405", "408", "413", "415", "429", "503"] {
+        responses.insert(code.into(), error_ref());
+    }
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "tags": ["segment"],
+        "security": [{"writeKey": []}],
+        "requestBody": {"required": true, "content": {"application/json": {
+            "schema": {"$ref": format!("#/components/schemas/{schema}")}}}},
+        "responses": responses,
+    })
+}
+
 fn json_ok(schema: &str) -> Value {
     json!({"description": "OK", "content": {"application/json": {
         "schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
@@ -392,7 +443,67 @@ fn responses(heartbeat: bool, read: bool) -> Value {
     Value::Object(r)
 }
 
+/// The `/v1` schemas.
+fn segment_schemas() -> Value {
+    let string_or_int = json!({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]});
+    json!({
+            "SegmentSuccess": {"type": "object", "required": ["success"], "properties": {
+                "success": {"type": "boolean", "enum": [true]},
+                "rejected": {"type": "array", "items": {"type": "object",
+                    "required": ["index", "message"], "properties": {
+                        "index": {"type": "integer"},
+                        "message": {"type": "string",
+                                    "description": "batch[i].<field>: <problem>"}}}}}},
+            "SegmentTrack": segment_call(json!({"event": {"type": "string", "minLength": 1},
+                "properties": {"type": "object"}}), &["event"]),
+            "SegmentIdentify": segment_call(json!({"traits": {"type": "object"}}), &[]),
+            "SegmentPage": segment_call(json!({"name": {"type": "string"},
+                "category": {"type": "string"}, "properties": {"type": "object"}}), &[]),
+            "SegmentGroup": segment_call(json!({"groupId": string_or_int,
+                "traits": {"type": "object"}}), &["groupId"]),
+            "SegmentAlias": segment_call(json!({"previousId": string_or_int}), &["previousId", "userId"]),
+            "SegmentBatch": {"type": "object", "required": ["batch"], "properties": {
+                "batch": {"type": "array", "maxItems": 2500, "items": {"type": "object",
+                    "required": ["type"], "properties": {"type": {"type": "string",
+                        "enum": ["track", "identify", "page", "screen", "group", "alias"]}}}},
+                "sentAt": {"type": "string", "format": "date-time"},
+                "context": {"type": "object"},
+                "writeKey": {"type": "string"}}},
+    })
+}
+
+/// A Segment call's schema: the fields every call has, and its own.
+fn segment_call(own: Value, required: &[&str]) -> Value {
+    let string_or_int = json!({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]});
+    let mut properties = json!({
+        "userId": string_or_int,
+        "anonymousId": string_or_int,
+        "messageId": {"type": "string", "maxLength": 100},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "originalTimestamp": {"type": "string", "format": "date-time"},
+        "sentAt": {"type": "string", "format": "date-time"},
+        "context": {"type": "object"},
+        "writeKey": {"type": "string"},
+    });
+    if let (Some(all), Value::Object(own)) = (properties.as_object_mut(), own) {
+        all.extend(own);
+    }
+    json!({"type": "object", "required": required, "properties": properties,
+           "description": "userId or anonymousId is required (alias: previousId and userId)"})
+}
+
 fn components() -> Value {
+    let mut all = base_components();
+    if let (Some(schemas), Value::Object(segment)) = (
+        all.get_mut("schemas").and_then(Value::as_object_mut),
+        segment_schemas(),
+    ) {
+        schemas.extend(segment);
+    }
+    all
+}
+
+fn base_components() -> Value {
     let string_or_int = json!({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]});
     let email = json!({"type": "string", "format": "email", "nullable": true});
     let tags = json!({"type": "array", "items": {"type": "string", "minLength": 1}});
@@ -401,6 +512,9 @@ fn components() -> Value {
             "trackingToken": {"type": "http", "scheme": "bearer",
                               "description": "A tracking token (tk_...)"},
             "trackingTokenQuery": {"type": "apiKey", "in": "query", "name": "tracking_api_key"},
+            "writeKey": {"type": "http", "scheme": "basic",
+                         "description": "Segment's write key: a tracking token as the user \
+                             name, empty password (or writeKey in the body)"},
             "secretKey": {"type": "http", "scheme": "bearer",
                           "description": "A secret key (sk_...), never in a query string"},
         },

@@ -22,6 +22,7 @@ mod operate;
 mod read;
 mod receiver;
 mod relay;
+mod sdks;
 mod segment;
 mod track;
 mod transfer;
