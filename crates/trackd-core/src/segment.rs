@@ -387,12 +387,7 @@ fn message(
                     v.clone()
                 }
                 Some(v @ Value::Number(_)) => v.clone(),
-                Some(_) => {
-                    return Err(FieldError::new(
-                        "groupId",
-                        "must be a string or a number",
-                    ))
-                }
+                Some(_) => return Err(FieldError::new("groupId", "must be a string or a number")),
             };
             let traits = object(body, "traits")?.cloned().unwrap_or_default();
             let email = email(context_traits, "context.traits.email")?;
@@ -506,9 +501,9 @@ fn under(parent: &str, e: FieldError) -> FieldError {
 fn time(body: &Map<String, Value>, field: &str) -> Result<Option<Timestamp>, FieldError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_iso8601(s).map(Some).ok_or_else(|| {
-            FieldError::new(field, "not an ISO 8601 time between years 1 and 9999")
-        }),
+        Some(Value::String(s)) => parse_iso8601(s)
+            .map(Some)
+            .ok_or_else(|| FieldError::new(field, "not an ISO 8601 time between years 1 and 9999")),
         Some(_) => Err(FieldError::new(field, "must be an ISO 8601 string")),
     }
 }
@@ -555,7 +550,7 @@ mod tests {
     fn at() -> Received {
         Received {
             project: ProjectId::new(7),
-            at: parse_iso8601("2026-12-01T12:00:00Z").unwrap(),
+            at: parse_iso8601("2026-12-01T12:00:00Z").expect("valid"),
             limits: ProfileLimits::default(),
         }
     }
@@ -575,7 +570,9 @@ mod tests {
     }
 
     fn err(call: Call, v: Value) -> String {
-        single(call, &obj(v), &at()).unwrap_err().to_string()
+        single(call, &obj(v), &at())
+            .expect_err("refused")
+            .to_string()
     }
 
     #[test]
@@ -587,15 +584,18 @@ mod tests {
                    "context": {"library": {"name": "analytics-python"},
                                "traits": {"email": "ann@example.com"}}}),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(e.identity.user_key(), "42");
-        assert_eq!(e.identity.email().unwrap().as_str(), "ann@example.com");
+        assert_eq!(
+            e.identity.email().expect("valid").as_str(),
+            "ann@example.com"
+        );
         assert_eq!(e.name.as_str(), "Order Completed");
         assert_eq!(e.key.as_str(), "order_completed");
         assert_eq!(e.data, r#"{"total":42.5}"#);
         assert_eq!(e.source.as_deref(), Some("analytics-python"));
         assert_eq!(e.created_at, at().at);
-        let anon = event(Call::Track, json!({"anonymousId": "a-1", "event": "x"})).unwrap();
+        let anon = event(Call::Track, json!({"anonymousId": "a-1", "event": "x"})).expect("valid");
         assert_eq!(anon.identity.user_key(), "a-1");
     }
 
@@ -606,17 +606,25 @@ mod tests {
             json!({"userId": "u", "name": "Pricing", "category": "Docs",
                    "properties": {"path": "/pricing"}}),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(p.name.as_str(), "Viewed Pricing Page");
         assert_eq!(p.data, r#"{"path":"/pricing","category":"Docs"}"#);
-        let s = event(Call::Screen, json!({"userId": "u"})).unwrap();
+        let s = event(Call::Screen, json!({"userId": "u"})).expect("valid");
         assert_eq!(s.name.as_str(), "Viewed Screen");
-        assert_eq!(err(Call::Page, json!({"userId": "u", "name": 3})), "name: must be a string");
+        assert_eq!(
+            err(Call::Page, json!({"userId": "u", "name": 3})),
+            "name: must be a string"
+        );
     }
 
     #[test]
     fn timestamps_follow_segment() {
-        let t = |v: Value| event(Call::Track, v).unwrap().created_at.to_rfc3339();
+        let t = |v: Value| {
+            event(Call::Track, v)
+                .expect("valid")
+                .created_at
+                .to_rfc3339()
+        };
         let base = json!({"userId": "u", "event": "e"});
         let mut v = base.clone();
         v["timestamp"] = json!("2026-11-30T10:00:00+01:00");
@@ -650,11 +658,19 @@ mod tests {
             &obj(json!({"userId": "u1", "traits": {"email": "a@example.com", "phone": 555, "plan": "pro"}})),
             &at(),
         )
-        .unwrap();
+        .expect("valid");
         let Write::Profile(p) = m.write else { panic!() };
-        let ProfileChange::Track { identity, phone_number, data, .. } = p.change else { panic!() };
+        let ProfileChange::Track {
+            identity,
+            phone_number,
+            data,
+            ..
+        } = p.change
+        else {
+            panic!()
+        };
         assert_eq!(identity.user_key(), "u1");
-        assert_eq!(identity.email().unwrap().as_str(), "a@example.com");
+        assert_eq!(identity.email().expect("valid").as_str(), "a@example.com");
         assert_eq!(phone_number.as_deref(), Some("555"));
         assert_eq!(data["plan"], "pro");
 
@@ -663,21 +679,49 @@ mod tests {
             &obj(json!({"userId": "u1", "groupId": "acme", "traits": {"name": "Acme"}})),
             &at(),
         )
-        .unwrap();
+        .expect("valid");
         let Write::Profile(p) = m.write else { panic!() };
-        let ProfileChange::Edit { user, changes } = p.change else { panic!() };
-        assert_eq!(user, UserRef::Id(UserId::parse(&json!("u1"), "").unwrap().unwrap()));
-        assert_eq!(Value::Object(changes), json!({"group": {"id": "acme", "traits": {"name": "Acme"}}}));
+        let ProfileChange::Edit { user, changes } = p.change else {
+            panic!()
+        };
+        assert_eq!(
+            user,
+            UserRef::Id(
+                UserId::parse(&json!("u1"), "")
+                    .expect("valid")
+                    .expect("valid")
+            )
+        );
+        assert_eq!(
+            Value::Object(changes),
+            json!({"group": {"id": "acme", "traits": {"name": "Acme"}}})
+        );
 
-        let m = single(Call::Alias, &obj(json!({"previousId": "anon", "userId": "u2"})), &at()).unwrap();
+        let m = single(
+            Call::Alias,
+            &obj(json!({"previousId": "anon", "userId": "u2"})),
+            &at(),
+        )
+        .expect("valid");
         let Write::Profile(p) = m.write else { panic!() };
-        let ProfileChange::Reidentify { id, new_id } = p.change else { panic!() };
+        let ProfileChange::Reidentify { id, new_id } = p.change else {
+            panic!()
+        };
         assert_eq!((id.as_str(), new_id.as_str()), ("anon", "u2"));
 
-        assert_eq!(err(Call::Alias, json!({"userId": "u2"})), "previousId: is required");
-        assert_eq!(err(Call::Group, json!({"userId": "u2"})), "groupId: is required");
         assert_eq!(
-            err(Call::Identify, json!({"userId": "u", "traits": {"email": "nope"}})),
+            err(Call::Alias, json!({"userId": "u2"})),
+            "previousId: is required"
+        );
+        assert_eq!(
+            err(Call::Group, json!({"userId": "u2"})),
+            "groupId: is required"
+        );
+        assert_eq!(
+            err(
+                Call::Identify,
+                json!({"userId": "u", "traits": {"email": "nope"}})
+            ),
             "traits.email: not a valid email address"
         );
         assert_eq!(
@@ -693,24 +737,59 @@ mod tests {
             &obj(json!({"userId": "u", "context": {"traits": {"email": "c@example.com", "plan": "x"}}})),
             &at(),
         )
-        .unwrap();
+        .expect("valid");
         let Write::Profile(p) = m.write else { panic!() };
-        let ProfileChange::Track { identity, data, .. } = p.change else { panic!() };
-        assert_eq!(identity.email().unwrap().as_str(), "c@example.com");
-        assert_eq!(Value::Object(data), json!({"email": "c@example.com", "plan": "x"}));
+        let ProfileChange::Track { identity, data, .. } = p.change else {
+            panic!()
+        };
+        assert_eq!(identity.email().expect("valid").as_str(), "c@example.com");
+        assert_eq!(
+            Value::Object(data),
+            json!({"email": "c@example.com", "plan": "x"})
+        );
     }
 
     #[test]
     fn refusals_name_the_segment_field() {
-        assert_eq!(err(Call::Track, json!({"event": "e"})), "userId: userId or anonymousId is required");
-        assert_eq!(err(Call::Track, json!({"userId": "u"})), "event: is required");
-        assert_eq!(err(Call::Track, json!({"userId": {}, "event": "e"})), "userId: must be a string or an integer");
-        assert_eq!(err(Call::Track, json!({"userId": "u", "event": "e", "properties": 1})), "properties: must be an object");
-        assert_eq!(err(Call::Track, json!({"userId": "u", "event": "e", "messageId": 1})), "messageId: must be a string");
-        let long = "m".repeat(101);
-        assert_eq!(err(Call::Track, json!({"userId": "u", "event": "e", "messageId": long})), "messageId: longer than 100 characters");
         assert_eq!(
-            err(Call::Track, json!({"userId": "u", "event": "e", "context": {"traits": 1}})),
+            err(Call::Track, json!({"event": "e"})),
+            "userId: userId or anonymousId is required"
+        );
+        assert_eq!(
+            err(Call::Track, json!({"userId": "u"})),
+            "event: is required"
+        );
+        assert_eq!(
+            err(Call::Track, json!({"userId": {}, "event": "e"})),
+            "userId: must be a string or an integer"
+        );
+        assert_eq!(
+            err(
+                Call::Track,
+                json!({"userId": "u", "event": "e", "properties": 1})
+            ),
+            "properties: must be an object"
+        );
+        assert_eq!(
+            err(
+                Call::Track,
+                json!({"userId": "u", "event": "e", "messageId": 1})
+            ),
+            "messageId: must be a string"
+        );
+        let long = "m".repeat(101);
+        assert_eq!(
+            err(
+                Call::Track,
+                json!({"userId": "u", "event": "e", "messageId": long})
+            ),
+            "messageId: longer than 100 characters"
+        );
+        assert_eq!(
+            err(
+                Call::Track,
+                json!({"userId": "u", "event": "e", "context": {"traits": 1}})
+            ),
             "context.traits: must be an object"
         );
     }
@@ -737,9 +816,14 @@ mod tests {
                 {"type": "identify", "userId": "u", "context": {}},
             ]
         }));
-        let b = batch(&body, &at(), 10).unwrap();
-        assert_eq!(b.messages.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 5]);
-        let Write::Event(e) = &b.messages[0].1.write else { panic!() };
+        let b = batch(&body, &at(), 10).expect("valid");
+        assert_eq!(
+            b.messages.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 5]
+        );
+        let Write::Event(e) = &b.messages[0].1.write else {
+            panic!()
+        };
         assert_eq!(e.created_at.to_rfc3339(), "2026-12-01T11:55:00.000000Z");
         assert_eq!(e.source.as_deref(), Some("lib"));
         let rejected: Vec<String> = b.rejected.iter().map(|(i, e)| format!("{i} {e}")).collect();
@@ -753,15 +837,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            batch(&body, &at(), 5).unwrap_err(),
+            batch(&body, &at(), 5).expect_err("refused"),
             BatchRefusal::TooMany { items: 6, max: 5 }
         );
         assert_eq!(
-            batch(&obj(json!({"batch": {}})), &at(), 5).unwrap_err(),
+            batch(&obj(json!({"batch": {}})), &at(), 5).expect_err("refused"),
             BatchRefusal::Invalid(FieldError::new("batch", "must be an array of calls"))
         );
         assert_eq!(
-            batch(&obj(json!({})), &at(), 5).unwrap_err(),
+            batch(&obj(json!({})), &at(), 5).expect_err("refused"),
             BatchRefusal::Invalid(FieldError::new("batch", "is required (an array of calls)"))
         );
     }

@@ -60,8 +60,10 @@ pub trait Store: Send + Sync + 'static {
     /// any other, before a restart or not, earlier in the same list or not) is a
     /// duplicate. Events skip Vero's content dedup. Answers every call's outcome, in order,
     /// after the commit.
-    fn ingest(&self, messages: Vec<crate::segment::Message>)
-        -> StoreFuture<'_, Vec<MessageOutcome>>;
+    fn ingest(
+        &self,
+        messages: Vec<crate::segment::Message>,
+    ) -> StoreFuture<'_, Vec<MessageOutcome>>;
 
     /// The profile of the user whose key is `key`.
     fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>>;

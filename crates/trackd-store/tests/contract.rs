@@ -94,7 +94,7 @@ impl Backend {
                 PostgresStore::open(PgConfig {
                     url: db.url.clone(),
                     dedup_window: Duration::from_secs(WINDOW_SECS),
-                message_id_window: Duration::from_secs(86_400),
+                    message_id_window: Duration::from_secs(86_400),
                     queue_capacity: 1000,
                     clock: self.clock.clone(),
                     dedup_clock: Some(self.clock.clone()),

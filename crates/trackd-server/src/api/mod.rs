@@ -276,7 +276,9 @@ fn segment_routes() -> Router<AppState> {
                 move |State(state): State<AppState>,
                       ConnectInfo(peer): ConnectInfo<SocketAddr>,
                       headers: HeaderMap,
-                      body: Body| { segment::single(call, state, peer, headers, body) },
+                      body: Body| {
+                    segment::single(call, state, peer, headers, body)
+                },
             ),
             SegmentRoute::Batch => post(segment::batch),
             SegmentRoute::Metrics => post(segment::metrics),

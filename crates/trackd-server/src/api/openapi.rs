@@ -14,8 +14,8 @@ use trackd_core::read::MAX_LIMIT;
 
 use super::destinations::Action;
 use super::{
-    vero_paths, Handler, ReadRoute, SegmentRoute, DESTINATION_ROUTES, READ_ROUTES,
-    SEGMENT_ROUTES, VERO_ROUTES,
+    vero_paths, Handler, ReadRoute, SegmentRoute, DESTINATION_ROUTES, READ_ROUTES, SEGMENT_ROUTES,
+    VERO_ROUTES,
 };
 use trackd_core::segment::Call;
 use trackd_core::ProfileOp;
@@ -50,7 +50,10 @@ pub fn build() -> Value {
     }
     for (path, route) in SEGMENT_ROUTES {
         let id = format!("v1_{}", path.trim_start_matches("/v1/"));
-        paths.insert(path.to_owned(), json!({"post": segment_operation(route, &id)}));
+        paths.insert(
+            path.to_owned(),
+            json!({"post": segment_operation(route, &id)}),
+        );
     }
     for (path, method, route) in READ_ROUTES {
         let item = json!({ method.to_lowercase(): read_operation(route) });
@@ -372,9 +375,15 @@ fn segment_operation(route: SegmentRoute, id: &str) -> Value {
     let (summary, schema) = match route {
         SegmentRoute::Call(call) => match call {
             Call::Track => ("Segment track: an event", "SegmentTrack"),
-            Call::Identify => ("Segment identify: create or update a user", "SegmentIdentify"),
+            Call::Identify => (
+                "Segment identify: create or update a user",
+                "SegmentIdentify",
+            ),
             Call::Page => ("Segment page: the event Viewed <name> Page", "SegmentPage"),
-            Call::Screen => ("Segment screen: the event Viewed <name> Screen", "SegmentPage"),
+            Call::Screen => (
+                "Segment screen: the event Viewed <name> Screen",
+                "SegmentPage",
+            ),
             Call::Group => ("Segment group: sets the user's group", "SegmentGroup"),
             Call::Alias => ("Segment alias: previousId becomes userId", "SegmentAlias"),
         },
@@ -396,7 +405,9 @@ fn segment_operation(route: SegmentRoute, id: &str) -> Value {
             "responses": responses,
         });
     }
-    for code in ["400", "401", "403", "404", "405", "408", "413", "415", "429", "503"] {
+    for code in [
+        "400", "401", "403", "404", "405", "408", "413", "415", "429", "503",
+    ] {
         responses.insert(code.into(), error_ref());
     }
     json!({

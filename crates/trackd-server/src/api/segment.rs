@@ -93,8 +93,8 @@ pub async fn batch(
         )
         .await?;
         let received = received(&state, &credential, received_at);
-        let parsed = segment::batch(&decoded, &received, state.limits.max_batch_items)
-            .map_err(|refusal| match refusal {
+        let parsed = segment::batch(&decoded, &received, state.limits.max_batch_items).map_err(
+            |refusal| match refusal {
                 BatchRefusal::Invalid(e) => {
                     state.rejections.record(credential.project, &e.field);
                     ApiError::BadRequest(e)
@@ -102,7 +102,8 @@ pub async fn batch(
                 BatchRefusal::TooMany { items, max } => ApiError::PayloadTooLarge(format!(
                     "batch: {items} calls, more than a batch may hold ({max})"
                 )),
-            })?;
+            },
+        )?;
         let mut rejected: Vec<(usize, FieldError)> = Vec::new();
         for (index, e) in parsed.rejected {
             record_item(&state, &credential, &e);
@@ -172,10 +173,7 @@ pub async fn metrics(
 
 /// Counts a refused batch call under the field it names within its call.
 fn record_item(state: &AppState, credential: &Credential, e: &FieldError) {
-    let inner = e
-        .field
-        .split_once("].")
-        .map_or("batch", |(_, field)| field);
+    let inner = e.field.split_once("].").map_or("batch", |(_, field)| field);
     state.rejections.record(credential.project, inner);
 }
 
@@ -224,7 +222,10 @@ fn success(rejected: Option<Vec<(usize, FieldError)>>, duplicate: bool) -> Respo
         _ => SUCCESS.to_owned(),
     };
     let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response();
@@ -283,12 +284,14 @@ fn write_key(
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     if let Some(value) = values.next() {
         if values.next().is_some() {
-            return Err(ApiError::bad_request("authorization", "given more than once"));
+            return Err(ApiError::bad_request(
+                "authorization",
+                "given more than once",
+            ));
         }
         let malformed = || {
             ApiError::Unauthorized(
-                "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)"
-                    .into(),
+                "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)".into(),
             )
         };
         let value = value.to_str().map_err(|_| malformed())?.trim();

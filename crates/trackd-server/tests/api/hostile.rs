@@ -1019,24 +1019,35 @@ const MAX_BATCH_BODY: usize = 6144;
 const MAX_BATCH_ITEMS: usize = 5;
 
 /// The Segment routes, each with a call it accepts for user `id`.
-const SEGMENT_ROUTES: [(&str, fn(&str) -> Value); 8] = [
+/// A call the route accepts, for a user id.
+type ValidCall = fn(&str) -> Value;
+
+const SEGMENT_ROUTES: [(&str, ValidCall); 8] = [
     ("track", |id| json!({"userId": id, "event": "e"})),
-    ("identify", |id| json!({"userId": id, "traits": {"plan": "x"}})),
+    (
+        "identify",
+        |id| json!({"userId": id, "traits": {"plan": "x"}}),
+    ),
     ("page", |id| json!({"userId": id, "name": "Home"})),
     ("screen", |id| json!({"userId": id, "name": "Home"})),
     ("group", |id| json!({"userId": id, "groupId": "g"})),
-    ("alias", |id| json!({"previousId": id, "userId": format!("{id}-new")})),
-    ("batch", |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]})),
-    ("import", |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]})),
+    (
+        "alias",
+        |id| json!({"previousId": id, "userId": format!("{id}-new")}),
+    ),
+    (
+        "batch",
+        |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]}),
+    ),
+    (
+        "import",
+        |id| json!({"batch": [{"type": "track", "userId": id, "event": "e"}]}),
+    ),
 ];
 
 /// The `/v1` routes: malformed bodies, sizes, encodings, write keys, methods, and every
 /// field of every call, single and in a batch.
-fn segment_cases(
-    token: &str,
-    secret: &str,
-    fresh_id: &mut dyn FnMut() -> String,
-) -> Vec<Case> {
+fn segment_cases(token: &str, secret: &str, fresh_id: &mut dyn FnMut() -> String) -> Vec<Case> {
     use base64::Engine;
     let basic = |key: &str| {
         format!(
@@ -1065,14 +1076,29 @@ fn segment_cases(
         };
         let ok = valid(&fresh_id());
         cases.extend([
-            case("valid", valid(&fresh_id()).to_string().into_bytes(), Expect::Ok),
-            case("empty body", vec![], err(400, "body: empty, expected a JSON object")),
+            case(
+                "valid",
+                valid(&fresh_id()).to_string().into_bytes(),
+                Expect::Ok,
+            ),
+            case(
+                "empty body",
+                vec![],
+                err(400, "body: empty, expected a JSON object"),
+            ),
             case(
                 "truncated",
                 b"{\"userId\":".to_vec(),
-                err(400, "body: invalid JSON: unexpected end of input at byte 10"),
+                err(
+                    400,
+                    "body: invalid JSON: unexpected end of input at byte 10",
+                ),
             ),
-            case("array at the top", b"[]".to_vec(), err(400, "body: must be a JSON object")),
+            case(
+                "array at the top",
+                b"[]".to_vec(),
+                err(400, "body: must be a JSON object"),
+            ),
             case(
                 "invalid UTF-8",
                 b"{\"userId\":\"\xff\"}".to_vec(),
@@ -1093,13 +1119,24 @@ fn segment_cases(
                 br#"{"userId":"a","userId":"b"}"#.to_vec(),
                 err(400, "userId: duplicate key"),
             ),
-            case("nested 64 levels", nested(&valid(&fresh_id()), 63), Expect::Ok),
+            case(
+                "nested 64 levels",
+                nested(&valid(&fresh_id()), 63),
+                Expect::Ok,
+            ),
             case(
                 "nested 65 levels",
                 nested(&ok, 64),
-                err(400, format!("pad{}: nested deeper than 64 levels", "[0]".repeat(63))),
+                err(
+                    400,
+                    format!("pad{}: nested deeper than 64 levels", "[0]".repeat(63)),
+                ),
             ),
-            case("body at the limit", padded(&valid(&fresh_id()), limit), Expect::Ok),
+            case(
+                "body at the limit",
+                padded(&valid(&fresh_id()), limit),
+                Expect::Ok,
+            ),
             case(
                 "body one byte over the limit",
                 padded(&ok, limit + 1),
@@ -1109,17 +1146,27 @@ fn segment_cases(
         let mut gz = case(
             "gzip inflating one byte over the limit",
             gzip(&padded(&ok, limit + 1)),
-            err(413, format!("body: larger than {limit} bytes after decompression")),
+            err(
+                413,
+                format!("body: larger than {limit} bytes after decompression"),
+            ),
         );
         gz.headers.push(("content-encoding", "gzip".into()));
         cases.push(gz);
-        let mut gz = case("gzip", gzip(&valid(&fresh_id()).to_string().into_bytes()), Expect::Ok);
+        let mut gz = case(
+            "gzip",
+            gzip(&valid(&fresh_id()).to_string().into_bytes()),
+            Expect::Ok,
+        );
         gz.headers.push(("content-encoding", "gzip".into()));
         cases.push(gz);
         let mut br = case(
             "content-encoding br",
             ok.to_string().into_bytes(),
-            err(415, "content-encoding: 'br' is not supported, use gzip or none"),
+            err(
+                415,
+                "content-encoding: 'br' is not supported, use gzip or none",
+            ),
         );
         br.headers.push(("content-encoding", "br".into()));
         cases.push(br);
@@ -1164,13 +1211,19 @@ fn segment_cases(
                 "secret key as the write key",
                 Some(basic(secret)),
                 ok.clone(),
-                err(403, "authorization: a secret key is not accepted here, use a tracking token"),
+                err(
+                    403,
+                    "authorization: a secret key is not accepted here, use a tracking token",
+                ),
             ),
             keyed(
                 "secret key in the body",
                 None,
                 with_key(json!(secret)),
-                err(403, "writeKey: a secret key is not accepted here, use a tracking token"),
+                err(
+                    403,
+                    "writeKey: a secret key is not accepted here, use a tracking token",
+                ),
             ),
             keyed(
                 "write key not a string",
@@ -1182,13 +1235,19 @@ fn segment_cases(
                 "basic auth not base64",
                 Some("Basic %%%".into()),
                 ok.clone(),
-                err(401, "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)"),
+                err(
+                    401,
+                    "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)",
+                ),
             ),
             keyed(
                 "digest auth",
                 Some("Digest abc".into()),
                 ok.clone(),
-                err(401, "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)"),
+                err(
+                    401,
+                    "authorization: must be Basic <base64 of writeKey:> (or Bearer <writeKey>)",
+                ),
             ),
         ]);
         for method in ["GET", "PUT", "DELETE"] {
@@ -1205,39 +1264,204 @@ fn segment_cases(
     // Field cases: each once as a single call and once inside a batch.
     let id = fresh_id();
     let fields: Vec<(&str, Value, &str, String)> = vec![
-        ("track", json!({"event": "e"}), "userId", "userId or anonymousId is required".into()),
-        ("track", json!({"userId": "", "anonymousId": null, "event": "e"}), "userId", "userId or anonymousId is required".into()),
-        ("track", json!({"userId": {}, "event": "e"}), "userId", "must be a string or an integer".into()),
-        ("track", json!({"userId": 1.5, "event": "e"}), "userId", "must be a string or an integer".into()),
-        ("track", json!({"userId": "u".repeat(255), "event": "e"}), "userId", "longer than 254 characters".into()),
-        ("track", json!({"anonymousId": [], "event": "e"}), "anonymousId", "must be a string or an integer".into()),
-        ("track", json!({"userId": id}), "event", "is required".into()),
-        ("track", json!({"userId": id, "event": ""}), "event", "is empty".into()),
-        ("track", json!({"userId": id, "event": 5}), "event", "must be a string".into()),
-        ("track", json!({"userId": id, "event": "e".repeat(255)}), "event", "longer than 254 characters".into()),
-        ("track", json!({"userId": id, "event": "e", "properties": []}), "properties", "must be an object".into()),
-        ("track", json!({"userId": id, "event": "e", "context": "web"}), "context", "must be an object".into()),
-        ("track", json!({"userId": id, "event": "e", "context": {"traits": 1}}), "context.traits", "must be an object".into()),
-        ("track", json!({"userId": id, "event": "e", "context": {"traits": {"email": "x"}}}), "context.traits.email", "not a valid email address".into()),
-        ("track", json!({"userId": id, "event": "e", "messageId": 7}), "messageId", "must be a string".into()),
-        ("track", json!({"userId": id, "event": "e", "messageId": "m".repeat(101)}), "messageId", "longer than 100 characters".into()),
-        ("track", json!({"userId": id, "event": "e", "timestamp": "today"}), "timestamp", "not an ISO 8601 time between years 1 and 9999".into()),
-        ("track", json!({"userId": id, "event": "e", "timestamp": 1700000000}), "timestamp", "must be an ISO 8601 string".into()),
-        ("track", json!({"userId": id, "event": "e", "sentAt": "10000-01-01T00:00:00Z"}), "sentAt", "not an ISO 8601 time between years 1 and 9999".into()),
-        ("track", json!({"userId": id, "event": "e", "originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}), "originalTimestamp", "corrected by sentAt, falls outside years 1 to 9999".into()),
-        ("identify", json!({"userId": id, "traits": "pro"}), "traits", "must be an object".into()),
-        ("identify", json!({"userId": id, "traits": {"email": "no"}}), "traits.email", "not a valid email address".into()),
-        ("identify", json!({"userId": id, "traits": {"phone": {}}}), "traits.phone", "must be a string or a number".into()),
-        ("page", json!({"userId": id, "name": ["a"]}), "name", "must be a string".into()),
-        ("page", json!({"userId": id, "name": "n".repeat(250)}), "name", "longer than 254 characters".into()),
-        ("screen", json!({"userId": id, "category": 1}), "category", "must be a string".into()),
-        ("group", json!({"userId": id}), "groupId", "is required".into()),
-        ("group", json!({"userId": id, "groupId": ""}), "groupId", "is empty".into()),
-        ("group", json!({"userId": id, "groupId": true}), "groupId", "must be a string or a number".into()),
-        ("group", json!({"userId": id, "groupId": "g", "traits": 1}), "traits", "must be an object".into()),
-        ("alias", json!({"userId": id}), "previousId", "is required".into()),
-        ("alias", json!({"previousId": id}), "userId", "is required".into()),
-        ("alias", json!({"previousId": {}, "userId": id}), "previousId", "must be a string or an integer".into()),
+        (
+            "track",
+            json!({"event": "e"}),
+            "userId",
+            "userId or anonymousId is required".into(),
+        ),
+        (
+            "track",
+            json!({"userId": "", "anonymousId": null, "event": "e"}),
+            "userId",
+            "userId or anonymousId is required".into(),
+        ),
+        (
+            "track",
+            json!({"userId": {}, "event": "e"}),
+            "userId",
+            "must be a string or an integer".into(),
+        ),
+        (
+            "track",
+            json!({"userId": 1.5, "event": "e"}),
+            "userId",
+            "must be a string or an integer".into(),
+        ),
+        (
+            "track",
+            json!({"userId": "u".repeat(255), "event": "e"}),
+            "userId",
+            "longer than 254 characters".into(),
+        ),
+        (
+            "track",
+            json!({"anonymousId": [], "event": "e"}),
+            "anonymousId",
+            "must be a string or an integer".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id}),
+            "event",
+            "is required".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": ""}),
+            "event",
+            "is empty".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": 5}),
+            "event",
+            "must be a string".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e".repeat(255)}),
+            "event",
+            "longer than 254 characters".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "properties": []}),
+            "properties",
+            "must be an object".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "context": "web"}),
+            "context",
+            "must be an object".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "context": {"traits": 1}}),
+            "context.traits",
+            "must be an object".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "context": {"traits": {"email": "x"}}}),
+            "context.traits.email",
+            "not a valid email address".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "messageId": 7}),
+            "messageId",
+            "must be a string".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "messageId": "m".repeat(101)}),
+            "messageId",
+            "longer than 100 characters".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "timestamp": "today"}),
+            "timestamp",
+            "not an ISO 8601 time between years 1 and 9999".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "timestamp": 1700000000}),
+            "timestamp",
+            "must be an ISO 8601 string".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "sentAt": "10000-01-01T00:00:00Z"}),
+            "sentAt",
+            "not an ISO 8601 time between years 1 and 9999".into(),
+        ),
+        (
+            "track",
+            json!({"userId": id, "event": "e", "originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}),
+            "originalTimestamp",
+            "corrected by sentAt, falls outside years 1 to 9999".into(),
+        ),
+        (
+            "identify",
+            json!({"userId": id, "traits": "pro"}),
+            "traits",
+            "must be an object".into(),
+        ),
+        (
+            "identify",
+            json!({"userId": id, "traits": {"email": "no"}}),
+            "traits.email",
+            "not a valid email address".into(),
+        ),
+        (
+            "identify",
+            json!({"userId": id, "traits": {"phone": {}}}),
+            "traits.phone",
+            "must be a string or a number".into(),
+        ),
+        (
+            "page",
+            json!({"userId": id, "name": ["a"]}),
+            "name",
+            "must be a string".into(),
+        ),
+        (
+            "page",
+            json!({"userId": id, "name": "n".repeat(250)}),
+            "name",
+            "longer than 254 characters".into(),
+        ),
+        (
+            "screen",
+            json!({"userId": id, "category": 1}),
+            "category",
+            "must be a string".into(),
+        ),
+        (
+            "group",
+            json!({"userId": id}),
+            "groupId",
+            "is required".into(),
+        ),
+        (
+            "group",
+            json!({"userId": id, "groupId": ""}),
+            "groupId",
+            "is empty".into(),
+        ),
+        (
+            "group",
+            json!({"userId": id, "groupId": true}),
+            "groupId",
+            "must be a string or a number".into(),
+        ),
+        (
+            "group",
+            json!({"userId": id, "groupId": "g", "traits": 1}),
+            "traits",
+            "must be an object".into(),
+        ),
+        (
+            "alias",
+            json!({"userId": id}),
+            "previousId",
+            "is required".into(),
+        ),
+        (
+            "alias",
+            json!({"previousId": id}),
+            "userId",
+            "is required".into(),
+        ),
+        (
+            "alias",
+            json!({"previousId": {}, "userId": id}),
+            "previousId",
+            "must be a string or an integer".into(),
+        ),
     ];
     for (call, body, field, problem) in fields {
         cases.push(Case {
@@ -1263,8 +1487,16 @@ fn segment_cases(
     }
     // Unknown users where the call needs one: 404 alone, listed in a batch.
     for (call, body, field) in [
-        ("group", json!({"userId": "nobody-here", "groupId": "g"}), "userId"),
-        ("alias", json!({"previousId": "nobody-here", "userId": "x"}), "previousId"),
+        (
+            "group",
+            json!({"userId": "nobody-here", "groupId": "g"}),
+            "userId",
+        ),
+        (
+            "alias",
+            json!({"previousId": "nobody-here", "userId": "x"}),
+            "previousId",
+        ),
     ] {
         cases.push(Case {
             name: format!("/v1/{call} unknown user"),
@@ -1290,17 +1522,75 @@ fn segment_cases(
     // What makes a batch no batch at all, and the bound on its calls.
     let call = json!({"type": "track", "userId": id, "event": "e"});
     for (name, body, expect) in [
-        ("no batch", json!({"calls": []}), err(400, "batch: is required (an array of calls)")),
-        ("batch null", json!({"batch": null}), err(400, "batch: is required (an array of calls)")),
-        ("batch an object", json!({"batch": {}}), err(400, "batch: must be an array of calls")),
-        ("batch a string", json!({"batch": "[]"}), err(400, "batch: must be an array of calls")),
-        ("sentAt invalid", json!({"batch": [call], "sentAt": "now"}), err(400, "sentAt: not an ISO 8601 time between years 1 and 9999")),
-        ("context not an object", json!({"batch": [call], "context": []}), err(400, "context: must be an object")),
-        ("calls past the bound", json!({"batch": vec![call.clone(); MAX_BATCH_ITEMS + 1]}), err(413, format!("batch: {} calls, more than a batch may hold ({MAX_BATCH_ITEMS})", MAX_BATCH_ITEMS + 1))),
-        ("an item not an object", json!({"batch": [1]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0]: must be an object"}]}))),
-        ("an item without a type", json!({"batch": [{"userId": id, "event": "e"}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: is required"}]}))),
-        ("an item of an unknown type", json!({"batch": [{"type": "Track", "userId": id, "event": "e"}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be one of track, identify, page, screen, group, alias"}]}))),
-        ("an item's type not a string", json!({"batch": [{"type": 1}]}), Expect::Refused(json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be a string"}]}))),
+        (
+            "no batch",
+            json!({"calls": []}),
+            err(400, "batch: is required (an array of calls)"),
+        ),
+        (
+            "batch null",
+            json!({"batch": null}),
+            err(400, "batch: is required (an array of calls)"),
+        ),
+        (
+            "batch an object",
+            json!({"batch": {}}),
+            err(400, "batch: must be an array of calls"),
+        ),
+        (
+            "batch a string",
+            json!({"batch": "[]"}),
+            err(400, "batch: must be an array of calls"),
+        ),
+        (
+            "sentAt invalid",
+            json!({"batch": [call], "sentAt": "now"}),
+            err(400, "sentAt: not an ISO 8601 time between years 1 and 9999"),
+        ),
+        (
+            "context not an object",
+            json!({"batch": [call], "context": []}),
+            err(400, "context: must be an object"),
+        ),
+        (
+            "calls past the bound",
+            json!({"batch": vec![call.clone(); MAX_BATCH_ITEMS + 1]}),
+            err(
+                413,
+                format!(
+                    "batch: {} calls, more than a batch may hold ({MAX_BATCH_ITEMS})",
+                    MAX_BATCH_ITEMS + 1
+                ),
+            ),
+        ),
+        (
+            "an item not an object",
+            json!({"batch": [1]}),
+            Expect::Refused(
+                json!({"success": true, "rejected": [{"index": 0, "message": "batch[0]: must be an object"}]}),
+            ),
+        ),
+        (
+            "an item without a type",
+            json!({"batch": [{"userId": id, "event": "e"}]}),
+            Expect::Refused(
+                json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: is required"}]}),
+            ),
+        ),
+        (
+            "an item of an unknown type",
+            json!({"batch": [{"type": "Track", "userId": id, "event": "e"}]}),
+            Expect::Refused(
+                json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be one of track, identify, page, screen, group, alias"}]}),
+            ),
+        ),
+        (
+            "an item's type not a string",
+            json!({"batch": [{"type": 1}]}),
+            Expect::Refused(
+                json!({"success": true, "rejected": [{"index": 0, "message": "batch[0].type: must be a string"}]}),
+            ),
+        ),
     ] {
         cases.push(Case {
             name: format!("/v1/batch {name}"),

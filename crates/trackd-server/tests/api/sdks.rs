@@ -155,7 +155,8 @@ async fn segment_analytics_python() {
         return;
     }
     let run = Run::drive("python3", "segment_python.py", "sp").await;
-    run.assert_everything_arrived("sp", "analytics-python").await;
+    run.assert_everything_arrived("sp", "analytics-python")
+        .await;
 }
 
 #[tokio::test]
@@ -164,7 +165,8 @@ async fn rudder_sdk_python() {
         return;
     }
     let run = Run::drive("python3", "rudder_python.py", "rp").await;
-    run.assert_everything_arrived("rp", "analytics-python").await;
+    run.assert_everything_arrived("rp", "analytics-python")
+        .await;
 }
 
 #[tokio::test]
@@ -203,7 +205,11 @@ async fn analytics_next_in_chromium_from_another_origin() {
         .map(|e| e["event_name"].as_str().expect("name"))
         .collect();
     names.sort_unstable();
-    assert_eq!(names, vec!["Order Completed", "Viewed Pricing Page"], "{events:?}");
+    assert_eq!(
+        names,
+        vec!["Order Completed", "Viewed Pricing Page"],
+        "{events:?}"
+    );
     for e in &events {
         assert_eq!(e["source"], "analytics.js", "{e}");
     }

@@ -182,10 +182,17 @@ UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(user_ref) FROM ou
     WHERE name = 'users';
 "#,
     r#"
--- Segment messageIds received within the window (DESIGN §9), written in the transaction of
--- what they protect. `epoch` is the receive time divided by the window (`meta`
--- message_id_epoch_micros), so a lookup probes two epochs and expiry deletes whole epochs
--- from the left of the tree; `key` is a hash of project and messageId, never the id.
+-- Segment messageIds received within the window (DESIGN §9; `sqlite/messages.rs`). Each is
+-- appended to the log in the transaction of what it protects (the writer indexes the log in
+-- memory); the oldest move, sorted, to the B-tree. `epoch` is the receive time divided by
+-- the window (`meta` message_id_epoch_micros), so a lookup probes two epochs and expiry
+-- deletes whole epochs from the left of the tree; `key` is a hash of project and messageId,
+-- never the id.
+CREATE TABLE message_log (
+    id          INTEGER PRIMARY KEY,
+    key         BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+);
 CREATE TABLE message_ids (
     epoch       INTEGER NOT NULL,
     key         BLOB NOT NULL,

@@ -20,6 +20,7 @@ use trackd_core::{
 };
 
 use super::dedup::{DedupIndex, Overlay};
+use super::messages::{MessageIds, Pending};
 use super::outbox::{self, OutboxState};
 use super::profile;
 use crate::job::OutboxOp;
@@ -50,6 +51,8 @@ pub(crate) struct Writer {
     data_version: i64,
     /// Which projects write items, and the outbox's last position.
     outbox: OutboxState,
+    /// Segment messageIds: the hot tier's index.
+    messages: MessageIds,
     /// The last reopen failed: `conn` must not be used again.
     broken: bool,
 }
@@ -79,10 +82,11 @@ impl Writer {
         jobs: Receiver<Job>,
         config: WriterConfig,
     ) -> rusqlite::Result<Self> {
-        super::messages::prepare(&conn, config.message_window_micros)?;
         let (dedup, data_version) = load_index(&conn, &config)?;
         let outbox = OutboxState::load(&conn)?;
+        let messages = MessageIds::load(&conn, config.message_window_micros)?;
         Ok(Writer {
+            messages,
             conn,
             jobs,
             config,
@@ -125,6 +129,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
+                if self.messages.over() && !self.broken {
+                    self.move_messages();
+                }
             } else if !self.config.ready.load(Ordering::Relaxed)
                 && last_probe.elapsed() >= PROBE_EVERY
             {
@@ -156,7 +163,7 @@ impl Writer {
                 watched: self.config.live.watched(),
                 outbox: &mut self.outbox,
                 now: self.config.clock.now().as_micros(),
-                message_window_micros: self.config.message_window_micros,
+                messages: &self.messages,
             },
         );
         match result {
@@ -171,6 +178,7 @@ impl Writer {
                 }
                 self.dedup
                     .committed(&written.overlay, written.last_dedup_id);
+                self.messages.committed(written.messages);
                 for batch in written.live {
                     self.config.live.publish(batch);
                 }
@@ -225,10 +233,12 @@ impl Writer {
                 .and_then(|conn| {
                     let (dedup, data_version) = load_index(&conn, &self.config)?;
                     let outbox = OutboxState::load(&conn)?;
-                    Ok((conn, dedup, data_version, outbox))
+                    let messages = MessageIds::load(&conn, self.config.message_window_micros)?;
+                    Ok((conn, dedup, data_version, outbox, messages))
                 });
         match opened {
-            Ok((conn, dedup, data_version, outbox)) => {
+            Ok((conn, dedup, data_version, outbox, messages)) => {
+                self.messages = messages;
                 self.conn = conn;
                 self.dedup = dedup;
                 self.data_version = data_version;
@@ -292,14 +302,28 @@ impl Writer {
         }
     }
 
+    /// The receive time before which a messageId can no longer make a request written now
+    /// a duplicate (the window and the slack for requests still queued).
+    fn message_cutoff(&self) -> i64 {
+        self.config.clock.now().as_micros() - self.messages.window() - PURGE_SLACK_MICROS
+    }
+
+    /// Moves the oldest hot messageIds to the B-tree (one short transaction).
+    fn move_messages(&mut self) {
+        let cutoff = self.message_cutoff();
+        match self.messages.move_oldest(&mut self.conn, cutoff) {
+            Ok(n) => tracing::debug!(moved = n, "messageIds moved to the B-tree"),
+            Err(e) => tracing::warn!(error = %e, "moving messageIds failed, retrying later"),
+        }
+    }
+
     /// Deletes messageId records of epochs wholly older than the window (and the slack).
     fn purge_messages(&mut self) {
-        let window = self.config.message_window_micros;
-        if window == 0 || self.broken {
+        if self.messages.window() == 0 || self.broken {
             return;
         }
-        let cutoff = self.config.clock.now().as_micros() - window - PURGE_SLACK_MICROS;
-        match super::messages::purge(&self.conn, window, cutoff) {
+        let cutoff = self.message_cutoff();
+        match self.messages.purge(&self.conn, cutoff) {
             Ok(n) => tracing::debug!(deleted = n, "expired messageId records purged"),
             Err(e) => tracing::warn!(error = %e, "messageId purge failed, retrying later"),
         }
@@ -336,6 +360,8 @@ struct Written {
     live: Vec<LiveBatch>,
     /// Whether a user was deleted: the WAL's older copies of it must go.
     erased: bool,
+    /// The messageIds it recorded.
+    messages: Pending,
 }
 
 /// What a batch is written with besides its jobs.
@@ -346,7 +372,7 @@ struct Batch<'a> {
     watched: bool,
     outbox: &'a mut OutboxState,
     now: i64,
-    message_window_micros: i64,
+    messages: &'a MessageIds,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -382,7 +408,7 @@ fn write_batch(
     };
     let mut done = Vec::with_capacity(jobs.len());
     let mut last_dedup_id = 0;
-    let mut seen_messages = super::messages::Seen::default();
+    let mut pending_messages = Pending::default();
     for job in jobs {
         match job {
             Job::Track { event, .. } => {
@@ -406,9 +432,9 @@ fn write_batch(
                 let mut outcomes = Vec::with_capacity(messages.len());
                 for message in messages {
                     let received = message.received_at().as_micros();
-                    let key = message.key.filter(|_| b.message_window_micros > 0);
+                    let key = message.key.filter(|_| b.messages.window() > 0);
                     if let Some(key) = key {
-                        if seen_messages.seen(&tx, &key, received, b.message_window_micros)? {
+                        if b.messages.seen(&tx, &pending_messages, &key, received)? {
                             if let Write::Event(event) = &message.write {
                                 after.totals.add(event.project, Counter::Duplicates, 1);
                                 after.duplicate(event.project);
@@ -430,7 +456,8 @@ fn write_batch(
                         }
                     };
                     if let (Ok(_), Some(key)) = (&outcome, key) {
-                        seen_messages.record(&tx, key, received, b.message_window_micros)?;
+                        b.messages
+                            .record(&tx, &mut pending_messages, key, received)?;
                     }
                     outcomes.push(outcome);
                 }
@@ -501,6 +528,7 @@ fn write_batch(
         catch_up,
         live: live.into_values().collect(),
         erased,
+        messages: pending_messages,
     })
 }
 
@@ -546,7 +574,9 @@ impl After {
                 )?;
             }
             if self.watched {
-                self.live(event.project).events.push(EventRow::of(event, id));
+                self.live(event.project)
+                    .events
+                    .push(EventRow::of(event, id));
             }
         } else {
             self.duplicate(event.project);
