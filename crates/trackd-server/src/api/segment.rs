@@ -128,6 +128,7 @@ pub async fn batch(
                     }
                 }
                 Err(StoreError::NotFound(_)) => {
+                    state.rejections.record(credential.project, no_user);
                     let e = FieldError::new(format!("batch[{index}].{no_user}"), "no such user");
                     rejected.push((index, e));
                 }
