@@ -15,7 +15,7 @@ use trackd_core::{Credential, FieldError, InsertOutcome, StoreError, Timestamp, 
 
 use super::auth::{self, Location};
 use super::error::ApiError;
-use super::track::{committed, DUPLICATE_HEADER};
+use super::track::{admit, committed, DUPLICATE_HEADER};
 use super::{body, AppState};
 
 /// What a stored call is answered with.
@@ -251,28 +251,17 @@ async fn decode_authenticated(
     let bytes = body::read(headers, request_body, limit, state.limits.body_timeout).await?;
     let decoded = body::decode_json(bytes).await?;
     let found = write_key(headers, &decoded)?;
-    let credential = state
-        .failed_auth
-        .guard(peer.ip(), async {
-            match found {
-                Some(found) => auth::tracking_credential(&state.credentials, Some(found)).await,
-                None => Err(ApiError::Unauthorized(
-                    "writeKey: missing (send it as the HTTP Basic user name with an empty \
-                     password, or as writeKey in the body)"
-                        .into(),
-                )),
-            }
-        })
-        .await
-        .inspect_err(|e| {
-            if matches!(e, ApiError::TooManyRequests(_)) {
-                state.metrics.limited("failed_auth");
-            }
-        })?;
-    state
-        .admission
-        .check_token(&credential.hash)
-        .inspect_err(|_| state.metrics.limited("token"))?;
+    let credential = admit(state, peer, async {
+        match found {
+            Some(found) => auth::tracking_credential(&state.credentials, Some(found)).await,
+            None => Err(ApiError::Unauthorized(
+                "writeKey: missing (send it as the HTTP Basic user name with an empty \
+                 password, or as writeKey in the body)"
+                    .into(),
+            )),
+        }
+    })
+    .await?;
     Ok((received_at, credential, decoded))
 }
 

@@ -38,12 +38,25 @@ async fn decode_authenticated(
     .await?;
     let decoded = body::decode(headers, bytes).await?;
     let found = auth::find(&query, &decoded, headers)?;
+    let credential = admit(
+        state,
+        peer,
+        auth::tracking_credential(&state.credentials, found),
+    )
+    .await?;
+    Ok((received_at, credential, decoded))
+}
+
+/// Resolves a tracking credential behind the failed-credential limit of the client's
+/// address, then applies the token's rate.
+pub(super) async fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    resolve: impl std::future::Future<Output = Result<Credential, ApiError>>,
+) -> Result<Credential, ApiError> {
     let credential = state
         .failed_auth
-        .guard(
-            peer.ip(),
-            auth::tracking_credential(&state.credentials, found),
-        )
+        .guard(peer.ip(), resolve)
         .await
         .inspect_err(|e| {
             if matches!(e, ApiError::TooManyRequests(_)) {
@@ -54,7 +67,7 @@ async fn decode_authenticated(
         .admission
         .check_token(&credential.hash)
         .inspect_err(|_| state.metrics.limited("token"))?;
-    Ok((received_at, credential, decoded))
+    Ok(credential)
 }
 
 /// `POST events/track`: decode, authenticate, validate, then dedup and store; answers after

@@ -468,16 +468,8 @@ fn write_batch(
             } => {
                 for event in events {
                     let (user_ref, id) = insert_event(&tx, event)?;
-                    if *deliver && after.items.wanted(event.project) {
-                        after.items.append(
-                            &tx,
-                            event.project,
-                            ItemKind::Event,
-                            user_ref,
-                            Some(id),
-                            Some(&event_identity(&event.identity)),
-                            event.received_at.as_micros(),
-                        )?;
+                    if *deliver {
+                        after.event_item(&tx, event, user_ref, id)?;
                     }
                 }
                 done.push(Done::Other(Ok(())));
@@ -562,17 +554,7 @@ impl After {
         stored: Option<(i64, i64)>,
     ) -> rusqlite::Result<()> {
         if let Some((user_ref, id)) = stored {
-            if self.items.wanted(event.project) {
-                self.items.append(
-                    tx,
-                    event.project,
-                    ItemKind::Event,
-                    user_ref,
-                    Some(id),
-                    Some(&event_identity(&event.identity)),
-                    event.received_at.as_micros(),
-                )?;
-            }
+            self.event_item(tx, event, user_ref, id)?;
             if self.watched {
                 self.live(event.project)
                     .events
@@ -582,6 +564,28 @@ impl After {
             self.duplicate(event.project);
         }
         self.totals.add(event.project, Counter::of(outcome), 1);
+        Ok(())
+    }
+
+    /// A stored event's outbox item, when its project has destinations.
+    fn event_item(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &EventRecord,
+        user_ref: i64,
+        id: i64,
+    ) -> rusqlite::Result<()> {
+        if self.items.wanted(event.project) {
+            self.items.append(
+                tx,
+                event.project,
+                ItemKind::Event,
+                user_ref,
+                Some(id),
+                Some(&event_identity(&event.identity)),
+                event.received_at.as_micros(),
+            )?;
+        }
         Ok(())
     }
 
