@@ -301,7 +301,18 @@ fn message(
                         Some(Value::String(s)) => format!("Viewed {s} {what}"),
                         Some(_) => return Err(FieldError::new("name", "must be a string")),
                     };
-                    EventName::parse_field(Some(&Value::String(full)), "name")?
+                    // The event's name holds at most 254 characters, `Viewed ` and the
+                    // suffix included.
+                    let room = MAX_IDENTITY_CHARS - "Viewed  ".len() - what.len();
+                    EventName::parse_field(Some(&Value::String(full)), "name").map_err(|_| {
+                        FieldError::new(
+                            "name",
+                            format!(
+                                "longer than {room} characters (the event is named \
+                                 Viewed <name> {what}, at most {MAX_IDENTITY_CHARS})"
+                            ),
+                        )
+                    })?
                 }
             };
             let mut data = object(body, "properties")?.cloned().unwrap_or_default();
@@ -330,10 +341,21 @@ fn message(
             })
         }
         Call::Identify => {
-            // RudderStack's Python SDK sends an identify's traits in `context.traits` only.
-            let (traits, at) = match object(body, "traits")? {
-                Some(t) => (Some(t), "traits"),
-                None => (context_traits, "context.traits"),
+            // RudderStack's Python SDK sends an identify's traits in `context.traits` only;
+            // where both are sent, `traits` wins key by key and nothing is dropped.
+            let root = object(body, "traits")?;
+            let merged: Option<Map<String, Value>> = match (root, context_traits) {
+                (Some(root), Some(context)) => {
+                    let mut all = context.clone();
+                    all.extend(root.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    Some(all)
+                }
+                _ => None,
+            };
+            let (traits, at) = match (root, merged.as_ref()) {
+                (Some(_), Some(all)) => (Some(all), "traits"),
+                (Some(root), None) => (Some(root), "traits"),
+                (None, _) => (context_traits, "context.traits"),
             };
             let email = match email(traits, &format!("{at}.email"))? {
                 Some(e) => Some(e),
@@ -746,6 +768,32 @@ mod tests {
         assert_eq!(
             Value::Object(data),
             json!({"email": "c@example.com", "plan": "x"})
+        );
+    }
+
+    #[test]
+    fn identify_takes_traits_and_context_traits_together() {
+        let m = single(
+            Call::Identify,
+            &obj(json!({"userId": "u", "traits": {"plan": "b"},
+                        "context": {"traits": {"plan": "a", "name": "Ann"}}})),
+            &at(),
+        )
+        .expect("valid");
+        let Write::Profile(p) = m.write else { panic!() };
+        let ProfileChange::Track { data, .. } = p.change else {
+            panic!()
+        };
+        assert_eq!(Value::Object(data), json!({"plan": "b", "name": "Ann"}));
+    }
+
+    #[test]
+    fn a_page_name_fits_the_event_name() {
+        let ok = event(Call::Page, json!({"userId": "u", "name": "n".repeat(242)}));
+        assert_eq!(ok.expect("valid").name.as_str().chars().count(), 254);
+        assert_eq!(
+            err(Call::Page, json!({"userId": "u", "name": "n".repeat(243)})),
+            "name: longer than 242 characters (the event is named Viewed <name> Page, at most 254)"
         );
     }
 

@@ -94,7 +94,7 @@ impl ApiError {
 }
 
 /// Fields that name a refusal reason in `/metrics`.
-const KNOWN_FIELDS: [&str; 12] = [
+const KNOWN_FIELDS: [&str; 28] = [
     "identity",
     "event_name",
     "data",
@@ -107,6 +107,23 @@ const KNOWN_FIELDS: [&str; 12] = [
     "user_id",
     "query",
     "body",
+    // The Segment routes' fields.
+    "userId",
+    "anonymousId",
+    "event",
+    "properties",
+    "traits",
+    "context",
+    "messageId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "name",
+    "category",
+    "groupId",
+    "previousId",
+    "batch",
+    "writeKey",
 ];
 
 /// Seconds a client should wait before retrying a 503.

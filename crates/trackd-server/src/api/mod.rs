@@ -431,7 +431,13 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION])
+        // RudderStack's browser SDK (v3) sends its anonymous id as a header of its own.
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("anonymousid"),
+        ])
         // Browsers keep an answered preflight this long (Chromium caps it at 2 hours)
         // instead of asking again before every call.
         .max_age(std::time::Duration::from_secs(7200));

@@ -47,6 +47,7 @@ pub async fn single(
         match outcomes.pop() {
             Some(Ok(outcome)) => Ok((outcome, is_event)),
             Some(Err(StoreError::NotFound(_))) => {
+                state.rejections.record(credential.project, no_user);
                 Err(ApiError::NotFound(format!("{no_user}: no such user")))
             }
             Some(Err(StoreError::Invalid(e))) => {
@@ -142,6 +143,13 @@ pub async fn batch(
                 Err(e) => return Err(e.into()),
             }
         }
+        // Refused calls are counted in /metrics like refused requests, by the field they name
+        // within their call.
+        for (_, e) in &rejected {
+            state
+                .metrics
+                .rejected(&ApiError::BadRequest(within_call(e)));
+        }
         rejected.sort_by_key(|(index, _)| *index);
         Ok(rejected)
     };
@@ -174,8 +182,16 @@ pub async fn metrics(
 
 /// Counts a refused batch call under the field it names within its call.
 fn record_item(state: &AppState, credential: &Credential, e: &FieldError) {
-    let inner = e.field.split_once("].").map_or("batch", |(_, field)| field);
-    state.rejections.record(credential.project, inner);
+    state
+        .rejections
+        .record(credential.project, &within_call(e).field);
+}
+
+/// A batch call's refusal as its call would name it (`batch[3].event` → `event`; a call
+/// that is no call at all → `batch`).
+fn within_call(e: &FieldError) -> FieldError {
+    let field = e.field.split_once("].").map_or("batch", |(_, field)| field);
+    FieldError::new(field, e.problem.clone())
 }
 
 /// The field a "no such user" answer names for a call's write.
@@ -294,7 +310,11 @@ fn write_key(
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .ok_or_else(malformed)?;
-                let user = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
+                // `writeKey:` (Segment's empty password): the key is what comes before the
+                // last colon, so an imported token holding a colon still works.
+                let user = decoded
+                    .rsplit_once(':')
+                    .map_or(decoded.as_str(), |(u, _)| u);
                 if !user.is_empty() {
                     return Ok(Some((Token::presented(user), Location::Header)));
                 }

@@ -1410,9 +1410,17 @@ fn segment_cases(token: &str, secret: &str, fresh_id: &mut dyn FnMut() -> String
         ),
         (
             "page",
-            json!({"userId": id, "name": "n".repeat(250)}),
+            json!({"userId": id, "name": "n".repeat(243)}),
             "name",
-            "longer than 254 characters".into(),
+            "longer than 242 characters (the event is named Viewed <name> Page, at most 254)"
+                .into(),
+        ),
+        (
+            "screen",
+            json!({"userId": id, "name": "n".repeat(241)}),
+            "name",
+            "longer than 240 characters (the event is named Viewed <name> Screen, at most 254)"
+                .into(),
         ),
         (
             "screen",

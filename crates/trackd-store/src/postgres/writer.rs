@@ -213,12 +213,23 @@ impl Writers {
                     profile_item(&mut outbox, request, &result);
                     done.push(Done::Other(result.map(|_| ())));
                 }
-                Job::Messages { messages, .. } => {
-                    let (outcomes, stored) = self
-                        .messages(&tx, messages, &mut outbox, &mut totals)
-                        .await?;
+                Job::Messages { .. } => {
+                    // Consecutive Segment jobs are written as one: their messageIds in one
+                    // sorted upsert and their events' users in sorted runs, as a run of
+                    // Vero events is, so nodes lock rows in one order and never deadlock.
+                    let jobs: Vec<&[Message]> = batch[i..]
+                        .iter()
+                        .map_while(|j| match j {
+                            Job::Messages { messages, .. } => Some(messages.as_slice()),
+                            _ => None,
+                        })
+                        .collect();
+                    i += jobs.len();
+                    let all: Vec<&Message> = jobs.iter().flat_map(|m| m.iter()).collect();
+                    let (outcomes, stored) =
+                        self.messages(&tx, &all, &mut outbox, &mut totals).await?;
                     if announce {
-                        for (message, outcome) in messages.iter().zip(&outcomes) {
+                        for (message, outcome) in all.iter().zip(&outcomes) {
                             if let (Write::Event(e), Ok(InsertOutcome::Duplicate)) =
                                 (&message.write, outcome)
                             {
@@ -229,7 +240,11 @@ impl Writers {
                             live.entry(project).or_default().0.push(id);
                         }
                     }
-                    done.push(Done::Messages(outcomes));
+                    let mut outcomes = outcomes.into_iter();
+                    for job in jobs {
+                        done.push(Done::Messages(outcomes.by_ref().take(job.len()).collect()));
+                    }
+                    continue;
                 }
                 // History restored as it was: no items (it is not being received now).
                 Job::Restore {
@@ -386,7 +401,7 @@ impl Writers {
     async fn messages(
         &self,
         tx: &Transaction<'_>,
-        messages: &[Message],
+        messages: &[&Message],
         outbox: &mut Pending,
         totals: &mut Totals,
     ) -> Result<(Vec<MessageOutcome>, Vec<(i64, i64)>), WriteError> {
@@ -439,7 +454,7 @@ impl Writers {
                         let Write::Event(e) = &messages[i].write else {
                             break;
                         };
-                        let fresh = wanted(&messages[i])
+                        let fresh = wanted(messages[i])
                             && messages[i]
                                 .key
                                 .filter(|_| window > 0)
@@ -472,7 +487,7 @@ impl Writers {
                     }
                 }
                 Write::Profile(request) => {
-                    if wanted(&messages[i]) {
+                    if wanted(messages[i]) {
                         let result = profile::apply(tx, request, outbox).await?;
                         profile_item(outbox, request, &result);
                         if let Some(k) = messages[i].key {
@@ -556,7 +571,7 @@ impl Writers {
                     .execute(
                         "DELETE FROM dedup WHERE received_at < COALESCE($1::bigint, \
                             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) - $2",
-                        &[&now, &(self.window_micros + SLACK_MICROS)],
+                        &[&now, &self.window_micros.saturating_add(SLACK_MICROS)],
                     )
                     .await?;
                 Ok::<_, WriteError>(n)
@@ -586,7 +601,11 @@ impl Writers {
                 let n = client
                     .execute(
                         "DELETE FROM message_ids WHERE key IN (SELECT key FROM message_ids                            WHERE received_at < COALESCE($1::bigint,                              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) - $2                            LIMIT $3)",
-                        &[&now, &(self.message_window_micros + SLACK_MICROS), &CHUNK],
+                        &[
+                            &now,
+                            &self.message_window_micros.saturating_add(SLACK_MICROS),
+                            &CHUNK,
+                        ],
                     )
                     .await?;
                 total += n;

@@ -294,8 +294,13 @@ impl Writer {
         // A request is stamped when it arrives, then may spend its body timeout and a wait
         // in the queue before the writer sees it: keep keys that much longer, so a retry
         // received inside the window still finds the original.
-        let cutoff =
-            self.config.clock.now().as_micros() - self.config.window_micros - PURGE_SLACK_MICROS;
+        let cutoff = self
+            .config
+            .clock
+            .now()
+            .as_micros()
+            .saturating_sub(self.config.window_micros)
+            .saturating_sub(PURGE_SLACK_MICROS);
         match self.dedup.purge(&self.conn, cutoff) {
             Ok(n) => tracing::debug!(deleted = n, "expired dedup records purged"),
             Err(e) => tracing::warn!(error = %e, "dedup purge failed, retrying later"),
@@ -305,7 +310,12 @@ impl Writer {
     /// The receive time before which a messageId can no longer make a request written now
     /// a duplicate (the window and the slack for requests still queued).
     fn message_cutoff(&self) -> i64 {
-        self.config.clock.now().as_micros() - self.messages.window() - PURGE_SLACK_MICROS
+        self.config
+            .clock
+            .now()
+            .as_micros()
+            .saturating_sub(self.messages.window())
+            .saturating_sub(PURGE_SLACK_MICROS)
     }
 
     /// Moves the oldest hot messageIds to the B-tree (one short transaction).
