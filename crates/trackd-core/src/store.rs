@@ -232,5 +232,42 @@ pub fn export_chunks(
     })
 }
 
+/// Every event of one user, newest first, a page of [`crate::read::MAX_LIMIT`] at a time,
+/// each read when the previous one was taken (a data subject's export: constant memory
+/// however many events the user has). A walk of the read API's cursor: every event present
+/// when it started, exactly once. Ends at once when the user does not exist.
+pub fn user_event_pages(
+    store: DynStore,
+    project: crate::ProjectId,
+    user_key: String,
+) -> impl futures_util::Stream<Item = Result<Vec<crate::read::EventRow>, StoreError>> {
+    let first = EventQuery {
+        project,
+        user_key: Some(user_key),
+        event_key: None,
+        since: None,
+        until: None,
+        limit: crate::read::MAX_LIMIT,
+        cursor: None,
+    };
+    futures_util::stream::unfold(Some(first), move |next: Option<EventQuery>| {
+        let store = store.clone();
+        async move {
+            let query = next?;
+            match store.events(query.clone()).await {
+                Ok(Some((rows, cursor))) => {
+                    let next = cursor.map(|cursor| EventQuery {
+                        cursor: Some(cursor),
+                        ..query
+                    });
+                    Some((Ok(rows), next))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+}
+
 /// A shared store, as the server holds it.
 pub type DynStore = Arc<dyn Store>;

@@ -52,6 +52,33 @@ pub enum Command {
     /// Deliver a project's events and profile changes to webhooks, Vero and NATS.
     #[command(subcommand)]
     Destination(DestinationCommand),
+    /// One user's data.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `trackd user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// A data subject's export, NDJSON: the profile, then every event of the user, newest
+    /// first (what `GET /api/v2/users/{id}/export` gives).
+    Export(UserExportArgs),
+}
+
+/// `trackd user export`.
+#[derive(Debug, Args)]
+pub struct UserExportArgs {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The project.
+    #[arg(long, default_value = "default")]
+    pub(crate) project: String,
+    /// The user's id (or email, for a user without an id).
+    pub(crate) id: String,
+    /// Output file [default: stdout].
+    #[arg(short, long)]
+    pub(crate) output: Option<PathBuf>,
 }
 
 /// `trackd destination ...`.
@@ -501,6 +528,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => crate::transfer::export(args).await,
         Command::Import(args) => crate::transfer::import(args).await,
         Command::Destination(cmd) => destination(cmd).await,
+        Command::User(UserCommand::Export(args)) => crate::transfer::user_export(args).await,
         Command::Token(cmd) => credential(cmd, CredentialKind::Tracking).await,
         Command::Key(cmd) => credential(cmd, CredentialKind::Secret).await,
     }

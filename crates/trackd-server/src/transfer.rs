@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use trackd_core::read::ExportQuery;
 use trackd_core::SystemClock;
 
-use crate::cli::{admin_store, CliError, ExportArgs, ImportArgs};
+use crate::cli::{admin_store, CliError, ExportArgs, ImportArgs, UserExportArgs};
 use crate::import::{ImportSummary, Progress};
 
 fn time_params(since: &Option<String>, until: &Option<String>) -> Vec<(String, String)> {
@@ -123,6 +123,51 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
         started.elapsed().as_secs_f64(),
         rate(count, started)
     );
+    Ok(())
+}
+
+/// `trackd user export`: the profile's line, then the user's events, newest first, a page
+/// at a time.
+pub async fn user_export(args: UserExportArgs) -> Result<(), CliError> {
+    let store = admin_store(&args.store).await?;
+    let exported = async {
+        let project = store.project(&args.project).await?;
+        let Some(profile) = store.user(project.id, &args.id).await? else {
+            return Err(CliError::Invalid(format!(
+                "id: no such user in project {}",
+                args.project
+            )));
+        };
+        let out: Box<dyn Write + Send> = match &args.output {
+            Some(path) => Box::new(std::fs::File::create(path)?),
+            None => Box::new(std::io::stdout()),
+        };
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+        out.write_all(&profile.to_json())?;
+        out.write_all(b"\n")?;
+        let mut pages = std::pin::pin!(trackd_core::store::user_event_pages(
+            store.clone(),
+            project.id,
+            args.id.clone(),
+        ));
+        let mut count = 0u64;
+        let mut line = Vec::with_capacity(1024);
+        while let Some(events) = pages.next().await {
+            for event in events? {
+                line.clear();
+                event.write_json(&mut line);
+                line.push(b'\n');
+                out.write_all(&line)?;
+                count += 1;
+            }
+        }
+        out.flush()?;
+        Ok::<u64, CliError>(count)
+    }
+    .await;
+    store.shutdown().await?;
+    let count = exported?;
+    eprintln!("exported the profile and {count} events");
     Ok(())
 }
 

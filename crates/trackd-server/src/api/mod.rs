@@ -293,6 +293,7 @@ fn segment_routes() -> Router<AppState> {
 enum ReadRoute {
     User,
     UserEvents,
+    UserExport,
     Events,
     Export,
     Import,
@@ -301,9 +302,10 @@ enum ReadRoute {
 }
 
 /// The read routes (secret key): path, method, what answers.
-const READ_ROUTES: [(&str, &str, ReadRoute); 7] = [
+const READ_ROUTES: [(&str, &str, ReadRoute); 8] = [
     ("/api/v2/users/{id}", "GET", ReadRoute::User),
     ("/api/v2/users/{id}/events", "GET", ReadRoute::UserEvents),
+    ("/api/v2/users/{id}/export", "GET", ReadRoute::UserExport),
     ("/api/v2/events", "GET", ReadRoute::Events),
     ("/api/v2/events/export", "GET", ReadRoute::Export),
     ("/api/v2/events/import", "POST", ReadRoute::Import),
@@ -447,6 +449,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         let method_router = match route {
             ReadRoute::User => get(read::user),
             ReadRoute::UserEvents => get(read::user_events),
+            ReadRoute::UserExport => get(read::user_export),
             ReadRoute::Events => get(read::events),
             ReadRoute::Export => get(read::export),
             ReadRoute::Import => post(read::import),

@@ -226,6 +226,13 @@ fn read_operation(route: ReadRoute) -> Value {
             ],
             json_ok("EventPage"),
         ),
+        ReadRoute::UserExport => (
+            "export_user",
+            "A data subject's export: the profile, then every event of the user (NDJSON)",
+            vec![id.clone()],
+            json!({"description": "The profile's line, then one event per line, newest first",
+                   "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}),
+        ),
         ReadRoute::Events => (
             "get_events",
             "Events, newest first, by page",

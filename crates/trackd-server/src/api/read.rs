@@ -141,9 +141,55 @@ pub async fn export(
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let query = ExportQuery::parse(credential.project, &query)?;
     let permit = state.exports.acquire(credential.project)?;
+    let chunks = trackd_core::export_chunks(state.store.clone(), query);
+    Ok(ndjson(&state, &credential, permit, Vec::new(), chunks))
+}
+
+/// `GET /api/v2/users/{id}/export`: a data subject's export, NDJSON: the profile (as
+/// `GET /users/{id}` gives it), then every event of the user (the export's line shape),
+/// newest first, streamed in constant memory as `/events/export` is.
+pub async fn user_export(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
+    let id = user_id(path)?;
+    if let Some((name, _)) = query.first() {
+        return Err(ApiError::bad_request(
+            name,
+            "unknown parameter (this route takes none)",
+        ));
+    }
+    let Some(profile) = state.store.user(credential.project, &id).await? else {
+        return Err(ApiError::NotFound("id: no such user".into()));
+    };
+    let permit = state.exports.acquire(credential.project)?;
+    let mut head = profile.to_json();
+    head.push(b'\n');
+    let pages = trackd_core::store::user_event_pages(state.store.clone(), credential.project, id);
+    Ok(ndjson(&state, &credential, permit, head, pages))
+}
+
+/// Streams `head`, then each chunk of events as NDJSON lines, from a task of its own
+/// through a bounded channel. The store is read in short chunks (nothing held between
+/// them); a client that takes nothing for `--export-timeout` loses its export, which ends
+/// without its last chunk, so an incomplete export never looks complete; so does one whose
+/// key is revoked.
+fn ndjson(
+    state: &AppState,
+    credential: &Credential,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    head: Vec<u8>,
+    chunks: impl futures_util::Stream<
+            Item = Result<Vec<trackd_core::read::EventRow>, trackd_core::StoreError>,
+        > + Send
+        + 'static,
+) -> Response {
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS_IN_FLIGHT);
-    let store = state.store.clone();
     let timeout = state.limits.export_timeout;
     let finished = Arc::new(AtomicBool::new(false));
     let done = finished.clone();
@@ -151,8 +197,9 @@ pub async fn export(
     let key = credential.hash;
     tokio::spawn(async move {
         let _permit = permit;
-        let mut chunks = std::pin::pin!(trackd_core::export_chunks(store, query));
+        let mut chunks = std::pin::pin!(chunks);
         let mut buffer = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
+        buffer.extend_from_slice(&head);
         let mut count = 0u64;
         while let Some(chunk) = chunks.next().await {
             // A revoked key ends what it opened: no chunk read after the revocation reached
@@ -199,14 +246,14 @@ pub async fn export(
             }
         }
     });
-    Ok((
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         )],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Hands the buffered NDJSON to the connection; `false` when the export must end: the

@@ -19,6 +19,7 @@ mod hostile;
 mod import;
 mod live;
 mod operate;
+mod privacy;
 mod read;
 mod receiver;
 mod relay;

@@ -31,6 +31,8 @@ mod nodes;
 mod operate;
 mod outage;
 mod parity;
+#[path = "../api/privacy.rs"]
+mod privacy;
 #[path = "../api/read.rs"]
 mod read;
 #[path = "../api/receiver.rs"]
