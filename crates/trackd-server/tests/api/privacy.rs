@@ -163,9 +163,10 @@ async fn a_users_export_of_100000_events_streams_in_constant_memory_and_the_cli_
             body
         }
     };
-    // The small export first: the server's caches (SQLite's page cache of a reader, the
-    // allocator's) are warm after it. An export five times larger then costs no more memory
-    // if it streams; held whole, it would add its own size (over 25 MB).
+    // The small export first warms the allocator and a reader's page cache. The big one
+    // (over 40 MB of NDJSON) may still fill that cache up to its bound (16 MiB) and move
+    // the allocator's high-water mark a little; held whole, it would add its own size
+    // (seen: 72 MB more).
     let small = export("small").await;
     assert_eq!(small.iter().filter(|&&b| b == b'\n').count(), 20_001);
     let warm = peak_rss_kib(pid);
@@ -176,9 +177,9 @@ async fn a_users_export_of_100000_events_streams_in_constant_memory_and_the_cli_
         100_001,
         "the profile and 100,000 events"
     );
-    assert!(api.len() > 25_000_000, "{} bytes", api.len());
+    assert!(api.len() > 40_000_000, "{} bytes", api.len());
     assert!(
-        after.saturating_sub(warm) < 8 * 1024,
+        after.saturating_sub(warm) < 24 * 1024,
         "peak RSS grew from {warm} KiB to {after} KiB during a {}-byte export",
         api.len()
     );
