@@ -95,21 +95,8 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
                     None => Box::new(std::io::stdout()),
                 };
                 let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
-                let mut chunks = std::pin::pin!(trackd_core::export_chunks(store.clone(), query));
-                let mut count = 0u64;
-                let mut line = Vec::with_capacity(1024);
-                while let Some(events) = chunks.next().await {
-                    for event in events? {
-                        line.clear();
-                        event.write_json(&mut line);
-                        line.push(b'\n');
-                        out.write_all(&line)?;
-                        count += 1;
-                    }
-
-                    bar.set_position(count);
-                }
-                out.flush()?;
+                let chunks = trackd_core::export_chunks(store.clone(), query);
+                let count = write_lines(&mut out, chunks, |n| bar.set_position(n)).await?;
                 Ok::<u64, CliError>(count)
             }
             .await;
@@ -124,6 +111,32 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
         rate(count, started)
     );
     Ok(())
+}
+
+/// Writes each chunk's events as export lines, then flushes; `progress` is told the count
+/// after each chunk. Returns how many were written.
+async fn write_lines(
+    out: &mut impl Write,
+    chunks: impl futures_util::Stream<
+        Item = Result<Vec<trackd_core::read::EventRow>, trackd_core::StoreError>,
+    >,
+    progress: impl Fn(u64),
+) -> Result<u64, CliError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut count = 0u64;
+    let mut line = Vec::with_capacity(1024);
+    while let Some(events) = chunks.next().await {
+        for event in events? {
+            line.clear();
+            event.write_json(&mut line);
+            line.push(b'\n');
+            out.write_all(&line)?;
+            count += 1;
+        }
+        progress(count);
+    }
+    out.flush()?;
+    Ok(count)
 }
 
 /// `trackd user export`: the profile's line, then the user's events, newest first, a page
@@ -145,24 +158,9 @@ pub async fn user_export(args: UserExportArgs) -> Result<(), CliError> {
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
         out.write_all(&profile.to_json())?;
         out.write_all(b"\n")?;
-        let mut pages = std::pin::pin!(trackd_core::store::user_event_pages(
-            store.clone(),
-            project.id,
-            args.id.clone(),
-        ));
-        let mut count = 0u64;
-        let mut line = Vec::with_capacity(1024);
-        while let Some(events) = pages.next().await {
-            for event in events? {
-                line.clear();
-                event.write_json(&mut line);
-                line.push(b'\n');
-                out.write_all(&line)?;
-                count += 1;
-            }
-        }
-        out.flush()?;
-        Ok::<u64, CliError>(count)
+        let pages =
+            trackd_core::store::user_event_pages(store.clone(), project.id, args.id.clone());
+        write_lines(&mut out, pages, |_| {}).await
     }
     .await;
     store.shutdown().await?;

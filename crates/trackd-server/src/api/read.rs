@@ -66,7 +66,20 @@ pub async fn user(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
+    let (_, _, profile) = named_user(&state, peer, path, &uri, &headers).await?;
+    Ok(json(profile.to_json()))
+}
+
+/// The credential, the `{id}` and the profile of a route that names a user and takes no
+/// parameters: 404 for an unknown user.
+async fn named_user(
+    state: &AppState,
+    peer: SocketAddr,
+    path: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Credential, String, trackd_core::read::UserProfile), ApiError> {
+    let (credential, query) = authenticate(state, peer, uri, headers).await?;
     let id = user_id(path)?;
     if let Some((name, _)) = query.first() {
         return Err(ApiError::bad_request(
@@ -75,7 +88,7 @@ pub async fn user(
         ));
     }
     match state.store.user(credential.project, &id).await? {
-        Some(profile) => Ok(json(profile.to_json())),
+        Some(profile) => Ok((credential, id, profile)),
         None => Err(ApiError::NotFound("id: no such user".into())),
     }
 }
@@ -155,17 +168,7 @@ pub async fn user_export(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
-    let id = user_id(path)?;
-    if let Some((name, _)) = query.first() {
-        return Err(ApiError::bad_request(
-            name,
-            "unknown parameter (this route takes none)",
-        ));
-    }
-    let Some(profile) = state.store.user(credential.project, &id).await? else {
-        return Err(ApiError::NotFound("id: no such user".into()));
-    };
+    let (credential, id, profile) = named_user(&state, peer, path, &uri, &headers).await?;
     let permit = state.exports.acquire(credential.project)?;
     let mut head = profile.to_json();
     head.push(b'\n');
