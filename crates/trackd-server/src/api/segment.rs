@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use trackd_core::segment::{self, BatchRefusal, Call, Received, Write};
-use trackd_core::{Credential, FieldError, InsertOutcome, StoreError, Timestamp, Token};
+use trackd_core::{Credential, FieldError, InsertOutcome, StoreError, Token};
 
 use super::auth::{self, Location};
 use super::error::ApiError;
@@ -30,15 +30,8 @@ pub async fn single(
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (received_at, credential, decoded) = decode_authenticated(
-            &state,
-            peer,
-            &headers,
-            request_body,
-            state.limits.max_body_bytes,
-        )
-        .await?;
-        let received = received(&state, &credential, received_at);
+        let (credential, received, decoded) =
+            decode_authenticated(&state, peer, &headers, request_body, false).await?;
         let message = segment::single(call, &decoded, &received)
             .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
         let is_event = matches!(message.write, Write::Event(_));
@@ -85,15 +78,8 @@ pub async fn batch(
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (received_at, credential, decoded) = decode_authenticated(
-            &state,
-            peer,
-            &headers,
-            request_body,
-            state.limits.max_batch_bytes,
-        )
-        .await?;
-        let received = received(&state, &credential, received_at);
+        let (credential, received, decoded) =
+            decode_authenticated(&state, peer, &headers, request_body, true).await?;
         let parsed = segment::batch(&decoded, &received, state.limits.max_batch_items).map_err(
             |refusal| match refusal {
                 BatchRefusal::Invalid(e) => {
@@ -217,14 +203,6 @@ fn segment_field(e: FieldError) -> FieldError {
     }
 }
 
-fn received(state: &AppState, credential: &Credential, at: Timestamp) -> Received {
-    Received {
-        project: credential.project,
-        at,
-        limits: state.limits.profile,
-    }
-}
-
 /// `{"success":true}`, with the refused calls of a batch when there are any.
 fn success(rejected: Option<Vec<(usize, FieldError)>>, duplicate: bool) -> Response {
     let body = match rejected {
@@ -254,16 +232,22 @@ fn success(rejected: Option<Vec<(usize, FieldError)>>, duplicate: bool) -> Respo
     response
 }
 
-/// Stamps the receive time, reads the body (JSON whatever the content type says: browsers'
-/// `sendBeacon` sends `text/plain`), and resolves the write key.
+/// Stamps the receive time, reads the body within the single-call or the batch limit (JSON
+/// whatever the content type says: browsers' `sendBeacon` sends `text/plain`), and
+/// resolves the write key: the credential, and where and when the calls arrived.
 async fn decode_authenticated(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
     request_body: Body,
-    limit: usize,
-) -> Result<(Timestamp, Credential, Map<String, Value>), ApiError> {
+    batch: bool,
+) -> Result<(Credential, Received, Map<String, Value>), ApiError> {
     let received_at = state.clock.now();
+    let limit = if batch {
+        state.limits.max_batch_bytes
+    } else {
+        state.limits.max_body_bytes
+    };
     let bytes = body::read(headers, request_body, limit, state.limits.body_timeout).await?;
     let decoded = body::decode_json(bytes).await?;
     let found = write_key(headers, &decoded)?;
@@ -278,7 +262,12 @@ async fn decode_authenticated(
         }
     })
     .await?;
-    Ok((received_at, credential, decoded))
+    let received = Received {
+        project: credential.project,
+        at: received_at,
+        limits: state.limits.profile,
+    };
+    Ok((credential, received, decoded))
 }
 
 /// The write key: the HTTP Basic user name (Segment's SDKs), `Authorization: Bearer`, or
