@@ -6,7 +6,8 @@
 #   bench/ingest_pg.sh [NODES] [ROUNDS] [SECONDS] [DATABASE_URL]
 #
 # Prints per round: events/s (stored), p50/p99 (wrk's, per node), and PostgreSQL's CPU
-# time per stored event (all postgres processes, from /proc). DATABASE_URL is a server
+# time per stored event (all postgres processes, from /proc) and the WAL written per stored
+# event (the database's whole WAL, pg_current_wal_lsn). DATABASE_URL is a server
 # where the bench may create and drop the database `trackd_bench` (default: the local one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,7 @@ for r in $(seq 1 "$rounds"); do
   wait_wrk() { for j in $(jobs -p); do case " ${pids[*]} " in *" $j "*) ;; *) wait "$j";; esac; done; }
   wait_wrk
   before_events=$(psql "$url" -tAc "select count(*) from events")
+  before_wal=$(psql "$url" -tAc "select pg_current_wal_lsn()")
   before_cpu=$(pg_cpu)
   i=0
   for port in "${ports[@]}"; do
@@ -58,13 +60,15 @@ for r in $(seq 1 "$rounds"); do
   wait_wrk
   after_cpu=$(pg_cpu)
   after_events=$(psql "$url" -tAc "select count(*) from events")
+  wal=$(psql "$url" -tAc "select pg_wal_lsn_diff(pg_current_wal_lsn(), '$before_wal')::bigint")
   for p in "${pids[@]}"; do kill -TERM "$p"; wait "$p" || true; done
   pids=()
-  python3 - "$work" "$r" "$nodes" "$secs" "$before_events" "$after_events" "$before_cpu" "$after_cpu" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$work" "$r" "$nodes" "$secs" "$before_events" "$after_events" "$before_cpu" "$after_cpu" "$(getconf CLK_TCK)" "$wal" <<'PY'
 import re, sys
 work, r, nodes, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 events = int(sys.argv[6]) - int(sys.argv[5])
 cpu = (int(sys.argv[8]) - int(sys.argv[7])) / int(sys.argv[9])
+wal = int(sys.argv[10])
 lat = []
 answered = 0.0
 for n in range(1, nodes + 1):
@@ -76,7 +80,8 @@ for n in range(1, nodes + 1):
     answered += float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat.append(f"node {n} p50 {p50:.2f} ms p99 {p99:.2f} ms")
 print(f"round {r}: {nodes} node(s): {events / secs:.0f} events/s stored ({answered:.0f}/s answered); {'; '.join(lat)}; "
-      f"PostgreSQL CPU {cpu:.1f} s = {cpu / events * 1e6:.0f} µs per event")
+      f"PostgreSQL CPU {cpu:.1f} s = {cpu / events * 1e6:.0f} µs per event; "
+      f"WAL {wal / events:.0f} bytes per event")
 PY
 done
 psql "$admin" -qc "DROP DATABASE IF EXISTS trackd_bench WITH (FORCE)"

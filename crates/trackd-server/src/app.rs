@@ -44,7 +44,7 @@ impl App {
             listener,
             metrics_listener: None,
             delivery: crate::delivery::DeliveryConfig::default(),
-            state: AppState {
+            state: AppState::new(crate::api::Shared {
                 admission: Arc::new(Admission::new(&limits)),
                 metrics,
                 shutting_down: tokio_util::sync::CancellationToken::new(),
@@ -58,7 +58,7 @@ impl App {
                 failed_auth: Arc::new(crate::api::auth::FailedAuthLimiter::new(
                     limits.failed_auth_per_ip,
                 )),
-            },
+            }),
         })
     }
 

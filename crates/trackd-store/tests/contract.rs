@@ -307,6 +307,7 @@ store_contract!(
     a_new_user_never_takes_a_deleted_ones_items,
     outbox_reads_stop_at_a_byte_budget,
     a_delete_names_the_user_it_deleted,
+    a_users_fields_and_seen_times_follow_every_event,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -2000,4 +2001,95 @@ async fn a_delete_names_the_user_it_deleted(b: &Backend) {
     assert_eq!(items.len(), 1, "the user's own items went with it");
     assert_eq!(items[0].kind, ItemKind::UserDelete);
     assert_eq!(items[0].body.as_deref(), Some(r#"{"id":"d1"}"#));
+}
+
+/// The user an event is filed under, and what it does to the user's row (DESIGN §3's
+/// upsert), whatever the writer remembers of users between events: the email an event
+/// brings is kept, first and last seen span every event (several in one batch too), and a
+/// user deleted or merged away between two events is not written to by the second.
+async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
+    let seen = |key: &'static str| async move {
+        let p = b
+            .store
+            .user(b.project, key)
+            .await
+            .expect("user")
+            .expect("a user");
+        (p.email, p.first_seen, p.last_seen, p.event_count)
+    };
+    let start = b.now().as_micros();
+    let with_email = |n: u32, email: &str| json!({"identity": {"id": "u", "email": email}, "event_name": "Viewed", "data": {"n": n}});
+    b.track(with_email(1, "a@example.com")).await;
+    b.clock.advance_secs(1);
+    // Known now: a new email is still written.
+    b.track(with_email(2, "b@example.com")).await;
+    assert_eq!(
+        seen("u").await,
+        (Some("b@example.com".into()), start, start + 1_000_000, 2)
+    );
+    // Three in one batch, received at three times.
+    let batch: Vec<TrackedEvent> = (3..6)
+        .map(|n| {
+            b.clock.advance_secs(1);
+            b.tracked(with_email(n, "b@example.com"))
+        })
+        .collect();
+    let outcomes = futures::future::join_all(batch.into_iter().map(|e| b.store.track(e))).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| o.as_ref().is_ok_and(|o| *o == InsertOutcome::Inserted)));
+    assert_eq!(
+        seen("u").await,
+        (Some("b@example.com".into()), start, start + 4_000_000, 5)
+    );
+    // Deleted between two events: the next one makes a new user, seen from then on.
+    b.change(ProfileOp::Delete, json!({"id": "u"}))
+        .await
+        .expect("deleted");
+    b.clock.advance_secs(1);
+    b.track(with_email(6, "c@example.com")).await;
+    assert_eq!(
+        seen("u").await,
+        (
+            Some("c@example.com".into()),
+            start + 5_000_000,
+            start + 5_000_000,
+            1
+        )
+    );
+    // A delete and an event of the user in one batch: the event comes after the delete.
+    b.clock.advance_secs(1);
+    let delete = b.request(ProfileOp::Delete, json!({"id": "u"}));
+    let later = b.tracked(with_email(7, "d@example.com"));
+    let (deleted, tracked) =
+        futures::future::join(b.store.change_profile(delete), b.store.track(later)).await;
+    deleted.expect("deleted");
+    assert_eq!(tracked.expect("tracked"), InsertOutcome::Inserted);
+    assert_eq!(
+        seen("u").await,
+        (
+            Some("d@example.com".into()),
+            start + 6_000_000,
+            start + 6_000_000,
+            1
+        )
+    );
+    // Merged away (reidentify onto an existing user): the old key's next event makes a new
+    // user, and the merged one keeps its own times.
+    b.track(event("v", "Viewed", json!({"n": 8}))).await;
+    b.change(ProfileOp::Reidentify, json!({"id": "u", "new_id": "v"}))
+        .await
+        .expect("merged");
+    b.clock.advance_secs(1);
+    b.track(with_email(9, "e@example.com")).await;
+    assert_eq!(
+        seen("u").await,
+        (
+            Some("e@example.com".into()),
+            start + 7_000_000,
+            start + 7_000_000,
+            1
+        )
+    );
+    assert_eq!(seen("v").await.3, 2);
 }

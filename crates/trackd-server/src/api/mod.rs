@@ -96,9 +96,28 @@ impl Default for Limits {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach: one allocation shared by every request (axum clones the
+/// state for each one, so a clone is one reference count).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of a server.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// Where events go.
     pub store: DynStore,
     /// Active credentials.

@@ -99,7 +99,7 @@ impl PostgresStore {
         pg.keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .tcp_user_timeout(Duration::from_secs(15));
-        let build = |size: usize| {
+        let build = |size: usize, pg: &tokio_postgres::Config| {
             let manager = Manager::from_config(
                 pg.clone(),
                 NoTls,
@@ -120,8 +120,12 @@ impl PostgresStore {
         };
         // The writers' connections are their own: reads and exports, however slow, never
         // make a write wait for a connection.
-        let write_pool = build(WRITERS + 1)?; // and one for the probe and the purge
-        let pool = build(config.pool_size.max(2))?;
+        let pool = build(config.pool_size.max(2), &pg)?;
+        // The writers run a few statements over and over, on arrays whose lengths vary:
+        // planned once, not at every batch (a custom plan costs more than the execution).
+        let mut writer_pg = pg.clone();
+        writer_pg.options("-c plan_cache_mode=force_generic_plan");
+        let write_pool = build(WRITERS + 1, &writer_pg)?; // and one for the probe and the purge
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client).await.map_err(unavailable)?;
@@ -144,7 +148,7 @@ impl PostgresStore {
             live_wanted_until: live_wanted_until.clone(),
         });
         let tasks = (0..WRITERS)
-            .map(|_| tokio::spawn(writers.clone().run()))
+            .map(|i| tokio::spawn(writers.clone().run(i as i32)))
             .collect();
         let background = vec![
             tokio::spawn(writers.clone().probe()),

@@ -41,7 +41,8 @@ pub(crate) struct Writers {
     pub message_window_micros: i64,
     /// Dedup receive times from this clock instead of the database's (tests only).
     pub dedup_clock: Option<Arc<dyn Clock>>,
-    /// This node's counter shard.
+    /// This node's first counter shard: writer `i` adds to shard `shard + i` (modulo the
+    /// shards), so a node's writers never wait for each other's commits on one row.
     pub shard: i32,
     pub ready: Arc<AtomicBool>,
     pub metrics: StoreMetrics,
@@ -75,7 +76,8 @@ fn live_payloads(project: i64, ids: &[i64], duplicates: u64) -> Vec<String> {
 impl Writers {
     /// One writer: takes a batch (holding the queue only while taking it), commits it,
     /// answers it; until the queue is closed and empty.
-    pub async fn run(self: Arc<Self>) {
+    pub async fn run(self: Arc<Self>, writer: i32) {
+        let shard = (self.shard + writer).rem_euclid(super::SHARDS as i32);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             {
@@ -97,21 +99,21 @@ impl Writers {
             }
             batch.retain(|j| !matches!(j, Job::Shutdown));
             if !batch.is_empty() {
-                self.commit(&mut batch).await;
+                self.commit(&mut batch, shard).await;
             }
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Job>) {
+    async fn commit(&self, batch: &mut Vec<Job>, shard: i32) {
         let started = Instant::now();
         let size = batch.len();
         self.metrics.queue_depth.dec_by(size as i64);
-        let mut written = self.write(batch).await;
+        let mut written = self.write(batch, shard).await;
         if written.as_ref().is_err_and(WriteError::is_transient) {
             // Another transaction won a lock or a key (a deadlock between nodes, a user
             // created at the same moment): nothing was answered yet, so try once more.
             tracing::debug!("batch lost a race, retrying it once");
-            written = self.write(batch).await;
+            written = self.write(batch, shard).await;
         }
         match written {
             Ok(done) => {
@@ -143,7 +145,7 @@ impl Writers {
     /// events with one dedup statement, profile changes one by one, and last the outbox
     /// items of what they stored (see `outbox.rs` for the locks that keep their positions
     /// in commit order). Nothing is written unless everything is.
-    async fn write(&self, batch: &[Job]) -> Result<Vec<Done>, WriteError> {
+    async fn write(&self, batch: &[Job], shard: i32) -> Result<Vec<Done>, WriteError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Before any write: the projects whose items this batch may write.
@@ -297,7 +299,7 @@ impl Writers {
                        DO UPDATE SET value = counters.value + EXCLUDED.value",
                 )
                 .await?;
-            tx.execute(&add, &[&projects, &names, &values, &self.shard])
+            tx.execute(&add, &[&projects, &names, &values, &shard])
                 .await?;
         }
         // Last: the order locks it takes are held until the commit.

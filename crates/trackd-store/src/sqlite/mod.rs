@@ -8,6 +8,7 @@ mod outbox;
 mod profile;
 mod read;
 mod schema;
+mod users;
 mod writer;
 
 use std::path::{Path, PathBuf};

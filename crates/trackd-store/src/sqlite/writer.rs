@@ -23,6 +23,7 @@ use super::dedup::{DedupIndex, Overlay};
 use super::messages::{MessageIds, Pending};
 use super::outbox::{self, OutboxState};
 use super::profile;
+use super::users::{KnownUsers, Touches};
 use crate::job::OutboxOp;
 use trackd_core::delivery::{change_item, event_identity, ItemKind};
 
@@ -53,6 +54,8 @@ pub(crate) struct Writer {
     outbox: OutboxState,
     /// Segment messageIds: the hot tier's index.
     messages: MessageIds,
+    /// Users the writer has seen, so an event of one reads nothing.
+    users: KnownUsers,
     /// The last reopen failed: `conn` must not be used again.
     broken: bool,
 }
@@ -87,6 +90,7 @@ impl Writer {
         let messages = MessageIds::load(&conn, config.message_window_micros)?;
         Ok(Writer {
             messages,
+            users: KnownUsers::default(),
             conn,
             jobs,
             config,
@@ -164,6 +168,7 @@ impl Writer {
                 outbox: &mut self.outbox,
                 now: self.config.clock.now().as_micros(),
                 messages: &self.messages,
+                users: &mut self.users,
             },
         );
         match result {
@@ -204,6 +209,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, size, "batch failed, nothing committed");
+                // It may remember users the failed transaction created.
+                self.users.clear();
                 self.fail(batch);
                 // The connection that failed is not trusted again: after a failed fsync the
                 // kernel may have dropped the dirty pages and a retried fsync would report
@@ -383,6 +390,7 @@ struct Batch<'a> {
     outbox: &'a mut OutboxState,
     now: i64,
     messages: &'a MessageIds,
+    users: &'a mut KnownUsers,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -407,7 +415,13 @@ fn write_batch(
             overlay.record(key, received);
         }
         *b.outbox = OutboxState::load(&tx)?;
+        // Users may have been changed or deleted under the writer's memory of them.
+        b.users.clear();
     }
+    let mut users = BatchUsers {
+        known: &mut *b.users,
+        touches: Touches::default(),
+    };
     // A failed batch leaves the writer's state as it was (the writer reopens and reloads).
     let mut after = After {
         items: b.outbox.clone(),
@@ -424,6 +438,7 @@ fn write_batch(
             Job::Track { event, .. } => {
                 let (outcome, id) = track_event(
                     &tx,
+                    &mut users,
                     event,
                     window_micros,
                     index,
@@ -434,7 +449,8 @@ fn write_batch(
                 done.push(Done::Event(outcome));
             }
             Job::Profile { request, .. } => {
-                let result = profile::apply(&tx, request, index, &mut overlay)?;
+                let result = users
+                    .before_profile(&tx, || profile::apply(&tx, request, index, &mut overlay))?;
                 after.profile(&tx, request, &result)?;
                 done.push(Done::Other(result.map(|_| ())));
             }
@@ -455,12 +471,14 @@ fn write_batch(
                     }
                     let outcome = match &message.write {
                         Write::Event(event) => {
-                            let id = insert_event(&tx, event)?;
+                            let id = insert_event(&tx, &mut users, event)?;
                             after.event(&tx, event, InsertOutcome::Inserted, Some(id))?;
                             Ok(InsertOutcome::Inserted)
                         }
                         Write::Profile(request) => {
-                            let result = profile::apply(&tx, request, index, &mut overlay)?;
+                            let result = users.before_profile(&tx, || {
+                                profile::apply(&tx, request, index, &mut overlay)
+                            })?;
                             after.profile(&tx, request, &result)?;
                             result.map(|_| InsertOutcome::Inserted)
                         }
@@ -477,7 +495,7 @@ fn write_batch(
                 events, deliver, ..
             } => {
                 for event in events {
-                    let (user_ref, id) = insert_event(&tx, event)?;
+                    let (user_ref, id) = insert_event(&tx, &mut users, event)?;
                     if *deliver {
                         after.event_item(&tx, event, user_ref, id)?;
                     }
@@ -512,6 +530,7 @@ fn write_batch(
         erased,
         ..
     } = after;
+    users.touches.flush(&tx)?;
     items.finish(&tx)?;
     let mut count = tx.prepare_cached(
         "INSERT INTO counters (project_id, name, value) VALUES (?1, ?2, ?3) \
@@ -634,12 +653,39 @@ impl After {
     }
 }
 
+/// The batch's view of users: the writer's memory and the touches waiting to be written.
+struct BatchUsers<'a> {
+    known: &'a mut KnownUsers,
+    touches: Touches,
+}
+
+impl BatchUsers<'_> {
+    /// Runs a profile change: it reads and rewrites whole rows, so the touches are written
+    /// first, and the memory is forgotten when it changed something.
+    fn before_profile<T>(
+        &mut self,
+        tx: &Transaction<'_>,
+        apply: impl FnOnce() -> rusqlite::Result<Result<crate::job::Changed, T>>,
+    ) -> rusqlite::Result<Result<crate::job::Changed, T>> {
+        self.touches.flush(tx)?;
+        let result = apply()?;
+        if matches!(result, Ok(Some(_))) {
+            self.known.clear();
+        }
+        Ok(result)
+    }
+}
+
 /// The user upsert (creating the user, or touching it) and the event row; returns the
 /// user's row id and the event's.
-fn insert_event(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<(i64, i64)> {
+fn insert_event(
+    tx: &Transaction<'_>,
+    users: &mut BatchUsers<'_>,
+    e: &EventRecord,
+) -> rusqlite::Result<(i64, i64)> {
     let user_ref = match email_user(tx, e)? {
         Some(user_ref) => user_ref,
-        None => upsert_user(tx, e)?,
+        None => users.known.resolve(tx, &mut users.touches, e)?,
     };
     tx.prepare_cached(
         "INSERT INTO events \
@@ -692,35 +738,11 @@ fn email_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<Option<
     Ok(Some(user_ref))
 }
 
-/// Creates the event's user keyed by its identity, or touches it; returns its row id.
-fn upsert_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<i64> {
-    tx.prepare_cached(
-        "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
-                                created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5) \
-             ON CONFLICT (project_id, user_key) DO UPDATE \
-               SET first_seen = min(first_seen, excluded.first_seen), \
-                   last_seen = max(last_seen, excluded.last_seen), \
-                   user_id = coalesce(excluded.user_id, user_id), \
-                   email = coalesce(excluded.email, email) \
-             RETURNING id",
-    )?
-    .query_row(
-        params![
-            e.project.get(),
-            e.identity.user_key(),
-            e.identity.id().map(|i| i.as_str()),
-            e.identity.email().map(|e| e.as_str()),
-            e.received_at.as_micros(),
-        ],
-        |r| r.get(0),
-    )
-}
-
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
 /// Returns the outcome and, when stored, the user's and the event's row ids.
 fn track_event(
     tx: &Transaction<'_>,
+    users: &mut BatchUsers<'_>,
     event: &TrackedEvent,
     window_micros: i64,
     index: &DedupIndex,
@@ -738,7 +760,7 @@ fn track_event(
             return Ok((InsertOutcome::Duplicate, None));
         }
     }
-    let (user_ref, id) = insert_event(tx, event)?;
+    let (user_ref, id) = insert_event(tx, users, event)?;
     if window_micros > 0 {
         tx.prepare_cached(
             "INSERT INTO dedup (project_id, key, received_at, user_ref) VALUES (?1, ?2, ?3, ?4)",
