@@ -5,8 +5,11 @@
 #   bench/ingest.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 #
 # Each round starts a new server on a new data dir and prints events/s, p50/p99 latency,
-# peak RSS, and bytes on disk per stored event (the database after shutdown, dedup records
-# and indexes included) against the request body size; the last line is the median round.
+# peak RSS, bytes on disk per stored event (the database after shutdown, dedup records
+# and indexes included) against the request body size, bytes written to the disk per event
+# (WAL frames and checkpoints, /proc/PID/io) and requests per commit (the writer's batch
+# size, from /metrics); the last line is the median round. TRACKD_BIN=path runs another
+# build instead of building this one.
 # This machine's disk and CPU are shared and noisy: compare medians, not single rounds.
 # Needs wrk (apt-get install -y wrk) and python3. Data dirs are under target/ (a real disk:
 # a tmpfs would make fsync free).
@@ -21,6 +24,9 @@ for r in $(seq 1 "$rounds"); do
   wrk -t1 -c"$conns" -d2s -s bench/wrk_track.lua "http://127.0.0.1:$port" >/dev/null 2>&1 # warm-up
   wrk -t1 -c"$conns" -d"${secs}s" --latency -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk$r.out" 2>&1
   awk '/VmHWM/{print $2}' "/proc/$pid/status" >"$work/rss$r"
+  awk '/^write_bytes/{print $2}' "/proc/$pid/io" >"$work/written$r"
+  curl -s "http://127.0.0.1:$port/metrics" |
+    awk '/^trackd_store_commit_batch_size_(sum|count)/{print $2}' | paste -sd' ' >"$work/batches$r"
   kill -TERM "$pid"; wait "$pid" || true; pid=
 done
 
@@ -44,10 +50,14 @@ for r in range(1, rounds + 1):
     events = sqlite3.connect(os.path.join(data, "trackd.db")).execute("select count(*) from events").fetchone()[0]
     size = sum(os.path.getsize(os.path.join(data, f)) for f in os.listdir(data))
     per = size / events
-    results.append((rps, p50, p99, rss, per))
+    written = int(open(os.path.join(work, f"written{r}")).read()) / events
+    total, commits = (float(x) for x in open(os.path.join(work, f"batches{r}")).read().split())
+    results.append((rps, p50, p99, rss, per, written, total / commits))
     print(f"round {r}: events/s {rps:.0f}  p50 {p50:.2f} ms  p99 {p99:.2f} ms  peak RSS {rss:.1f} MiB  "
-          f"{events} events, {per:.0f} bytes/event on disk ({per/body:.2f}x the {body}-byte body)")
+          f"{events} events, {per:.0f} bytes/event on disk ({per/body:.2f}x the {body}-byte body), "
+          f"{written:.0f} bytes/event written (WAL and checkpoints), {total / commits:.1f} requests a commit")
 med = lambda i: statistics.median(x[i] for x in results)
 print(f"median: events/s {med(0):.0f}  p50 {med(1):.2f} ms  p99 {med(2):.2f} ms  "
-      f"peak RSS {med(3):.1f} MiB  {med(4):.0f} bytes/event ({med(4)/body:.2f}x body)")
+      f"peak RSS {med(3):.1f} MiB  {med(4):.0f} bytes/event ({med(4)/body:.2f}x body)  "
+      f"{med(5):.0f} bytes/event written  {med(6):.1f} requests a commit")
 PY

@@ -1,15 +1,20 @@
 # Shared by the wrk benchmarks (sourced): a release build, a work dir under target/ (a real
 # disk: a tmpfs would make fsync free), and a server started on a fresh data dir.
 #
-#   bench_setup                     builds, sets $bin and $work, cleans up on exit
+#   bench_setup                     builds (or takes $TRACKD_BIN), sets $bin and $work,
+#                                   cleans up on exit
 #   bench_start DATA LOG [FLAGS...] creates a project in DATA, serves it on a free port;
 #                                   sets $token, $port and $pid, exports WRK_PATH
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
 
 bench_setup() {
-  cargo build --release -q
-  bin=target/release/trackd
+  if [ -n "${TRACKD_BIN:-}" ]; then
+    bin=$TRACKD_BIN # another build, to compare (the same rounds, the same machine)
+  else
+    cargo build --release -q
+    bin=target/release/trackd
+  fi
   work=$(mktemp -d "$PWD/target/bench.XXXXXX")
   pid=
   trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT

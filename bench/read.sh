@@ -5,14 +5,19 @@
 #
 #   bench/read.sh [EVENTS] [USERS]
 #
+# TRACKD_BIN=path measures another build instead of building this one.
 # Needs wrk and python3; about 350 bytes of disk per event for the input file and the same
 # for the database (under target/, a real disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-10000000}; users=${2:-100000}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
-cargo build --release -q
-bin=$PWD/target/release/trackd
+if [ -n "${TRACKD_BIN:-}" ]; then
+  bin=$(readlink -f "$TRACKD_BIN") # another build, to compare
+else
+  cargo build --release -q
+  bin=$PWD/target/release/trackd
+fi
 work=$(mktemp -d "$PWD/target/readbench.XXXXXX")
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
