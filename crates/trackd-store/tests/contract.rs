@@ -2018,6 +2018,11 @@ async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
         (p.email, p.first_seen, p.last_seen, p.event_count)
     };
     let start = b.now().as_micros();
+    // A user made by its first event `secs` after the start, with that event alone.
+    let fresh = |email: &str, secs: i64| {
+        let at = start + secs * 1_000_000;
+        (Some(email.to_owned()), at, at, 1)
+    };
     let with_email = |n: u32, email: &str| json!({"identity": {"id": "u", "email": email}, "event_name": "Viewed", "data": {"n": n}});
     b.track(with_email(1, "a@example.com")).await;
     b.clock.advance_secs(1);
@@ -2048,15 +2053,7 @@ async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
         .expect("deleted");
     b.clock.advance_secs(1);
     b.track(with_email(6, "c@example.com")).await;
-    assert_eq!(
-        seen("u").await,
-        (
-            Some("c@example.com".into()),
-            start + 5_000_000,
-            start + 5_000_000,
-            1
-        )
-    );
+    assert_eq!(seen("u").await, fresh("c@example.com", 5));
     // A delete and an event of the user in one batch: the event comes after the delete.
     // SQLite's one writer takes them in the order they were sent; PostgreSQL's writers
     // commit concurrent requests in either order, so there the event is sent after.
@@ -2075,15 +2072,7 @@ async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
             InsertOutcome::Inserted
         );
     }
-    assert_eq!(
-        seen("u").await,
-        (
-            Some("d@example.com".into()),
-            start + 6_000_000,
-            start + 6_000_000,
-            1
-        )
-    );
+    assert_eq!(seen("u").await, fresh("d@example.com", 6));
     // Merged away (reidentify onto an existing user): the old key's next event makes a new
     // user, and the merged one keeps its own times.
     b.track(event("v", "Viewed", json!({"n": 8}))).await;
@@ -2092,14 +2081,19 @@ async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
         .expect("merged");
     b.clock.advance_secs(1);
     b.track(with_email(9, "e@example.com")).await;
+    assert_eq!(seen("u").await, fresh("e@example.com", 7));
+    assert_eq!(seen("v").await.3, 2);
+    // Named by its email alone, the user is touched as well.
+    b.clock.advance_secs(1);
+    b.track(json!({"identity": {"email": "e@example.com"}, "event_name": "Viewed", "data": {}}))
+        .await;
     assert_eq!(
         seen("u").await,
         (
             Some("e@example.com".into()),
             start + 7_000_000,
-            start + 7_000_000,
-            1
+            start + 8_000_000,
+            2
         )
     );
-    assert_eq!(seen("v").await.3, 2);
 }

@@ -38,7 +38,8 @@ pub(crate) struct Touches {
 }
 
 impl Touches {
-    fn add(&mut self, id: i64, received: i64) {
+    /// A receive time of an event of the user `id`.
+    pub(crate) fn add(&mut self, id: i64, received: i64) {
         let seen = self.seen.entry(id).or_insert((received, received));
         seen.0 = seen.0.min(received);
         seen.1 = seen.1.max(received);

@@ -684,7 +684,10 @@ fn insert_event(
     e: &EventRecord,
 ) -> rusqlite::Result<(i64, i64)> {
     let user_ref = match email_user(tx, e)? {
-        Some(user_ref) => user_ref,
+        Some(user_ref) => {
+            users.touches.add(user_ref, e.received_at.as_micros());
+            user_ref
+        }
         None => users.known.resolve(tx, &mut users.touches, e)?,
     };
     tx.prepare_cached(
@@ -706,7 +709,7 @@ fn insert_event(
 }
 
 /// For an event that names its user by email alone: the user whose key is that email, else
-/// the oldest whose email field it is (DESIGN §3), touched; `None` when there is neither
+/// the oldest whose email field it is (DESIGN §3); `None` when there is neither
 /// (the upsert then creates the user keyed by the email).
 fn email_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<Option<i64>> {
     let (None, Some(email)) = (e.identity.id(), e.identity.email()) else {
@@ -726,16 +729,7 @@ fn email_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<Option<
             break;
         }
     }
-    let Some(user_ref) = found else {
-        return Ok(None);
-    };
-    let received = e.received_at.as_micros();
-    tx.prepare_cached(
-        "UPDATE users SET first_seen = min(first_seen, ?2), last_seen = max(last_seen, ?2) \
-         WHERE id = ?1",
-    )?
-    .execute(params![user_ref, received])?;
-    Ok(Some(user_ref))
+    Ok(found)
 }
 
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
