@@ -10,6 +10,7 @@
 //! - [`project`]: projects, tracking tokens and secret keys.
 //! - [`import`]: import lines: export lines restored, track bodies ingested.
 //! - [`read`]: read queries, keyset cursors and the JSON shapes of answers.
+//! - [`privacy`]: suppression hashes and the audit log (DESIGN §10).
 //! - [`live`]: committed events fanned out to watching consoles.
 //! - [`time`]: timestamps, the injectable [`Clock`], `created_at` parsing.
 //! - [`store`]: the [`Store`] trait the backends implement; [`metrics`]: what they report.
@@ -24,6 +25,7 @@ pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod plan;
+pub mod privacy;
 pub mod project;
 #[cfg(any(test, feature = "testing"))]
 pub mod properties;

@@ -62,7 +62,7 @@ fn keyed(key: &[u8; 32]) -> HmacSha256 {
 }
 
 /// HMAC-SHA256 of the concatenated `parts` under `key`.
-fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     use hmac::Mac;
     let mut mac = keyed(key);
     for part in parts {
@@ -325,7 +325,8 @@ impl<'a> Params<'a> {
         Ok((since, until))
     }
 
-    fn limit(&self) -> Result<usize, FieldError> {
+    /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when not given.
+    pub fn limit(&self) -> Result<usize, FieldError> {
         match self.get("limit") {
             None => Ok(DEFAULT_LIMIT),
             Some(text) => text
@@ -743,13 +744,15 @@ pub struct Stats {
     pub accepted: i64,
     /// Duplicates dropped, all time.
     pub duplicates: i64,
+    /// Writes naming a suppressed user (answered 200, nothing stored), all time.
+    pub suppressed: i64,
     /// Refused requests by reason, all time.
     pub rejected: Vec<(String, i64)>,
 }
 
 impl Stats {
     /// `{"buckets": [{"start", "counts": {event_key: n}}], "totals": {"accepted",
-    /// "duplicates", "rejected": {reason: n}}}`.
+    /// "duplicates", "suppressed", "rejected": {reason: n}}}`.
     pub fn to_json(&self) -> Vec<u8> {
         let mut buckets: Vec<serde_json::Value> = Vec::new();
         let mut current: Option<(i64, serde_json::Map<String, serde_json::Value>)> = None;
@@ -775,7 +778,7 @@ impl Stats {
         serde_json::to_vec(&serde_json::json!({
             "buckets": buckets,
             "totals": {"accepted": self.accepted, "duplicates": self.duplicates,
-                       "rejected": rejected},
+                       "suppressed": self.suppressed, "rejected": rejected},
         }))
         .unwrap_or_default()
     }
@@ -792,6 +795,8 @@ pub enum Counter {
     Accepted,
     /// Duplicates answered 200 and not stored.
     Duplicates,
+    /// Writes naming a suppressed user, answered 200 and not stored.
+    Suppressed,
     /// Requests refused, by reason ([`rejection_reason`]).
     Rejected(String),
 }
@@ -802,6 +807,7 @@ impl Counter {
         match self {
             Counter::Accepted => "accepted".to_owned(),
             Counter::Duplicates => "duplicates".to_owned(),
+            Counter::Suppressed => "suppressed".to_owned(),
             Counter::Rejected(reason) => format!("rejected:{reason}"),
         }
     }
@@ -811,6 +817,7 @@ impl Counter {
         match name {
             "accepted" => Some(Counter::Accepted),
             "duplicates" => Some(Counter::Duplicates),
+            "suppressed" => Some(Counter::Suppressed),
             other => other
                 .strip_prefix("rejected:")
                 .map(|reason| Counter::Rejected(reason.to_owned())),
@@ -822,6 +829,7 @@ impl Counter {
         match outcome {
             crate::InsertOutcome::Inserted => Counter::Accepted,
             crate::InsertOutcome::Duplicate => Counter::Duplicates,
+            crate::InsertOutcome::Suppressed => Counter::Suppressed,
         }
     }
 }
@@ -832,6 +840,7 @@ impl Stats {
         match Counter::parse(name) {
             Some(Counter::Accepted) => self.accepted += value,
             Some(Counter::Duplicates) => self.duplicates += value,
+            Some(Counter::Suppressed) => self.suppressed += value,
             Some(Counter::Rejected(reason)) => {
                 match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
                     Some((_, n)) => *n += value,
@@ -1049,6 +1058,7 @@ mod tests {
             ],
             accepted: 8,
             duplicates: 1,
+            suppressed: 0,
             rejected: vec![("identity".into(), 3)],
         };
         let v: serde_json::Value = serde_json::from_slice(&stats.to_json()).expect("json");
@@ -1057,7 +1067,8 @@ mod tests {
             serde_json::json!({"buckets": [
                 {"start": "1970-01-01T00:00:00.000000Z", "counts": {"a": 2, "b": 1}},
                 {"start": "1970-01-01T01:00:00.000000Z", "counts": {"a": 5}}],
-              "totals": {"accepted": 8, "duplicates": 1, "rejected": {"identity": 3}}})
+              "totals": {"accepted": 8, "duplicates": 1, "suppressed": 0,
+                         "rejected": {"identity": 3}}})
         );
         assert_eq!(rejection_reason("identity.email"), "identity");
         assert_eq!(rejection_reason("data[0]"), "data");

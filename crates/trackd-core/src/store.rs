@@ -21,6 +21,9 @@ pub enum InsertOutcome {
     Inserted,
     /// An accepted event with the same dedup key was received within the window: not stored.
     Duplicate,
+    /// It names a suppressed user (DESIGN §10): answered 200 with `Trackd-Suppressed: true`,
+    /// nothing stored.
+    Suppressed,
 }
 
 /// What became of one Segment call ([`Store::ingest`]): stored, a duplicate of a messageId
@@ -52,7 +55,39 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a profile change, through the same writer as events so an event and a
     /// profile change for one user never race. [`StoreError::NotFound`] when the change
     /// needs an existing user and there is none.
-    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()>;
+    /// [`InsertOutcome::Suppressed`] (nothing written) when it names a suppressed user.
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, InsertOutcome>;
+
+    /// Suppresses a user (DESIGN §10), in one transaction through the writer (so no write
+    /// queued after it stores anything of the user): deletes the user whose key is `key`
+    /// (as `users/delete` does: profile, events, dedup records, outbox items), keeps the
+    /// keyed hashes of `key` and of the deleted user's id and email, and records the act in
+    /// the audit log. From its commit on, every write naming one of those identifiers is
+    /// [`InsertOutcome::Suppressed`], on every node.
+    fn suppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: crate::privacy::Actor,
+    ) -> StoreFuture<'_, crate::privacy::Suppressed>;
+
+    /// Lifts the suppression made for `key` (every hash it kept), recording the act;
+    /// `false` (nothing recorded) when `key` is not suppressed.
+    fn unsuppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: crate::privacy::Actor,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Records an administrative act in the audit log.
+    fn record_audit(&self, act: crate::privacy::AuditAct) -> StoreFuture<'_, ()>;
+
+    /// A page of a project's audit log, newest first.
+    fn audit(
+        &self,
+        query: crate::privacy::AuditQuery,
+    ) -> StoreFuture<'_, Vec<crate::privacy::AuditEntry>>;
 
     /// Stores Segment calls (DESIGN §9) in one transaction, in order: each call's messageId
     /// (when it has one) is recorded in that transaction only if the call is stored, and a
@@ -91,8 +126,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores exported events again as they were (new ids, no dedup records), in one
     /// transaction; `deliver`: they are new to destinations (track bodies imported without
-    /// dedup), so their items go to the outbox; export lines restored are not.
-    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()>;
+    /// dedup), so their items go to the outbox; export lines restored are not. Events of
+    /// suppressed users are skipped: answers how many.
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, u64>;
 
     /// Adds to the project's running totals (refused requests by reason).
     fn add_counters(&self, counts: Vec<(ProjectId, Counter, i64)>) -> StoreFuture<'_, ()>;

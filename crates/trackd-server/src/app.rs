@@ -38,7 +38,9 @@ impl App {
         limits: Limits,
     ) -> Result<Self, StoreError> {
         let credentials = CredentialCache::load(store.clone()).await?;
-        let cursor_key = Arc::new(CursorKey::new(store.cursor_key().await?));
+        let secret = store.cursor_key().await?;
+        let cursor_key = Arc::new(CursorKey::new(secret));
+        let suppression_key = Arc::new(trackd_core::privacy::SuppressionKey::new(&secret));
         let metrics = Arc::new(Metrics::new(&store.metrics()));
         Ok(App {
             listener,
@@ -52,6 +54,7 @@ impl App {
                 store,
                 credentials,
                 cursor_key,
+                suppression_key,
                 clock,
                 limits,
                 rejections: Arc::default(),

@@ -55,6 +55,38 @@ pub enum Command {
     /// One user's data.
     #[command(subcommand)]
     User(UserCommand),
+    /// A project's audit log, newest first: administrative acts by the API and this CLI.
+    Audit(AuditArgs),
+}
+
+/// `trackd audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The project.
+    #[arg(long, default_value = "default")]
+    pub(crate) project: String,
+    /// At most this many entries (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `trackd user suppress` and `unsuppress`.
+#[derive(Debug, Args)]
+pub struct SuppressArgs {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The project.
+    #[arg(long, default_value = "default")]
+    pub(crate) project: String,
+    /// The user's id (or email, for a user without an id).
+    pub(crate) id: String,
 }
 
 /// `trackd user ...`.
@@ -63,6 +95,11 @@ pub enum UserCommand {
     /// A data subject's export, NDJSON: the profile, then every event of the user, newest
     /// first (what `GET /api/v2/users/{id}/export` gives).
     Export(UserExportArgs),
+    /// Deletes the user (as users/delete) and refuses it from now on: later calls naming
+    /// its id or email are answered 200 with Trackd-Suppressed: true and store nothing.
+    Suppress(SuppressArgs),
+    /// Lifts a suppression.
+    Unsuppress(SuppressArgs),
 }
 
 /// `trackd user export`.
@@ -493,7 +530,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve(args).await,
         Command::Project(ProjectCommand::Create { name, store, json }) => {
             let store = admin_store(&store).await?;
-            let created = create_project(&store, &name).await;
+            let created = async {
+                let created = create_project(&store, &name).await?;
+                audited(&store, created.0.id, "project.create", name.clone()).await?;
+                Ok::<_, CliError>(created)
+            }
+            .await;
             store.shutdown().await?;
             let (project, tracking, secret) = created?;
             if json {
@@ -529,6 +571,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Import(args) => crate::transfer::import(args).await,
         Command::Destination(cmd) => destination(cmd).await,
         Command::User(UserCommand::Export(args)) => crate::transfer::user_export(args).await,
+        Command::User(UserCommand::Suppress(args)) => suppression(args, true).await,
+        Command::User(UserCommand::Unsuppress(args)) => suppression(args, false).await,
+        Command::Audit(args) => audit(args).await,
         Command::Token(cmd) => credential(cmd, CredentialKind::Tracking).await,
         Command::Key(cmd) => credential(cmd, CredentialKind::Secret).await,
     }
@@ -574,7 +619,9 @@ async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
             let store = admin_store(&store).await?;
             let added = async {
                 let p = store.project(&project).await?;
-                crate::api::destinations::create(&store, p.id, spec).await
+                let d = crate::api::destinations::create(&store, p.id, spec).await?;
+                audited(&store, p.id, "destination.add", d.spec.name.clone()).await?;
+                Ok::<_, CliError>(d)
             }
             .await;
             store.shutdown().await?;
@@ -661,7 +708,9 @@ async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
     let store = admin_store(&which.store).await?;
     let changed = async {
         let p = store.project(&which.project).await?;
-        store.change_destination(p.id, &which.name, change).await
+        let action = crate::api::destinations::change_action(&change);
+        store.change_destination(p.id, &which.name, change).await?;
+        audited(&store, p.id, action, which.name.clone()).await
     }
     .await;
     store.shutdown().await?;
@@ -671,9 +720,9 @@ async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
 }
 
 async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), CliError> {
-    let label = match kind {
-        CredentialKind::Tracking => "tracking_token",
-        CredentialKind::Secret => "secret_key",
+    let (label, add_action, revoke_action) = match kind {
+        CredentialKind::Tracking => ("tracking_token", "token.add", "token.revoke"),
+        CredentialKind::Secret => ("secret_key", "key.add", "key.revoke"),
     };
     match cmd {
         CredentialCommand::Add {
@@ -694,7 +743,8 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
             let store = admin_store(&store).await?;
             let added = async {
                 let p = store.project(&project).await?;
-                store.add_credential(p.id, kind, &token).await
+                store.add_credential(p.id, kind, &token).await?;
+                audited(&store, p.id, add_action, token.hash().fingerprint()).await
             }
             .await;
             store.shutdown().await?;
@@ -714,9 +764,9 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
             let store = admin_store(&store).await?;
             let revoked = async {
                 let p = store.project(&project).await?;
-                store
-                    .revoke_credential(p.id, kind, &Token::presented(&value))
-                    .await
+                let token = Token::presented(&value);
+                store.revoke_credential(p.id, kind, &token).await?;
+                audited(&store, p.id, revoke_action, token.hash().fingerprint()).await
             }
             .await;
             store.shutdown().await?;
@@ -725,6 +775,85 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Records an act of this command line in the audit log.
+async fn audited(
+    store: &DynStore,
+    project: trackd_core::ProjectId,
+    action: &'static str,
+    target: String,
+) -> Result<(), CliError> {
+    let act = trackd_core::privacy::AuditAct {
+        project,
+        actor: trackd_core::privacy::Actor::Cli,
+        action,
+        target,
+    };
+    Ok(store.record_audit(act).await?)
+}
+
+/// `trackd user suppress` (`suppress`) and `unsuppress`.
+async fn suppression(args: SuppressArgs, suppress: bool) -> Result<(), CliError> {
+    trackd_core::UserId::parse(&serde_json::Value::String(args.id.clone()), "id")?;
+    let store = admin_store(&args.store).await?;
+    let done = async {
+        let p = store.project(&args.project).await?;
+        let actor = trackd_core::privacy::Actor::Cli;
+        if suppress {
+            let done = store.suppress(p.id, args.id.clone(), actor).await?;
+            Ok::<_, CliError>(if done.deleted {
+                "suppressed; the user and its events were deleted"
+            } else {
+                "suppressed (no such user was stored)"
+            })
+        } else if store.unsuppress(p.id, args.id.clone(), actor).await? {
+            Ok("unsuppressed")
+        } else {
+            Err(CliError::Invalid(format!("{}: not suppressed", args.id)))
+        }
+    }
+    .await;
+    store.shutdown().await?;
+    eprintln!("{}", done?);
+    Ok(())
+}
+
+/// `trackd audit`: the newest entries of a project's audit log.
+async fn audit(args: AuditArgs) -> Result<(), CliError> {
+    if !(1..=trackd_core::read::MAX_LIMIT).contains(&args.limit) {
+        return Err(CliError::Invalid(format!(
+            "--limit: must be from 1 to {}",
+            trackd_core::read::MAX_LIMIT
+        )));
+    }
+    let store = admin_store(&args.store).await?;
+    let entries = async {
+        let p = store.project(&args.project).await?;
+        let query = trackd_core::privacy::AuditQuery {
+            project: p.id,
+            since: None,
+            limit: args.limit,
+            before: None,
+        };
+        Ok::<_, CliError>(store.audit(query).await?)
+    }
+    .await;
+    store.shutdown().await?;
+    for e in entries? {
+        if args.json {
+            println!("{}", e.to_json());
+        } else {
+            println!(
+                "{}  {:<14} {:<20} {}",
+                e.at.to_rfc3339(),
+                e.actor,
+                e.action,
+                e.target
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Creates a project with one tracking token and one secret key.

@@ -41,6 +41,9 @@ pub struct ImportSummary {
     pub duplicates: u64,
     /// Bad lines, skipped.
     pub rejected: u64,
+    /// Lines of suppressed users (DESIGN §10), not stored; shown only when there are some.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
     /// The first bad lines.
     pub errors: Vec<LineError>,
 }
@@ -87,7 +90,7 @@ pub async fn run(
     let mut restores: Vec<EventRecord> = Vec::new();
     let mut fresh: Vec<EventRecord> = Vec::new();
     // One batch is written while the next is parsed.
-    let mut writing: Option<trackd_core::StoreFuture<'_, ()>> = None;
+    let mut writing: Option<trackd_core::StoreFuture<'_, u64>> = None;
     let mut tracks = FuturesOrdered::new();
     // Input bytes behind each track in flight (oldest first), and their sum.
     let mut track_bytes: VecDeque<usize> = VecDeque::new();
@@ -195,7 +198,9 @@ pub async fn run(
                     continue;
                 }
                 if let Some(previous) = writing.take() {
-                    previous.await?;
+                    let skipped: u64 = previous.await?;
+                    summary.imported -= skipped;
+                    summary.suppressed += skipped;
                 }
                 summary.imported += batch.len() as u64;
                 writing = Some(store.restore(std::mem::take(batch), deliver));
@@ -207,12 +212,16 @@ pub async fn run(
         count(&mut summary, outcome?);
     }
     if let Some(previous) = writing.take() {
-        previous.await?;
+        let skipped: u64 = previous.await?;
+        summary.imported -= skipped;
+        summary.suppressed += skipped;
     }
     for (batch, deliver) in [(restores, false), (fresh, true)] {
         if !batch.is_empty() {
-            summary.imported += batch.len() as u64;
-            store.restore(batch, deliver).await?;
+            let len = batch.len() as u64;
+            let skipped = store.restore(batch, deliver).await?;
+            summary.imported += len - skipped;
+            summary.suppressed += skipped;
         }
     }
     match stopped {
@@ -225,5 +234,10 @@ fn count(summary: &mut ImportSummary, outcome: InsertOutcome) {
     match outcome {
         InsertOutcome::Inserted => summary.imported += 1,
         InsertOutcome::Duplicate => summary.duplicates += 1,
+        InsertOutcome::Suppressed => summary.suppressed += 1,
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -4,6 +4,7 @@
 
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
+use trackd_core::privacy::{Actor, Suppressed};
 use trackd_core::read::Counter;
 use trackd_core::segment::Message;
 use trackd_core::store::MessageOutcome;
@@ -23,7 +24,21 @@ pub(crate) enum Job {
     },
     Profile {
         request: Box<ProfileRequest>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// Suppress a user (SQLite: through the writer, so it lands between batches).
+    Suppress {
+        project: ProjectId,
+        key: String,
+        actor: Actor,
+        reply: oneshot::Sender<Result<Suppressed, StoreError>>,
+    },
+    /// Lift a suppression.
+    Unsuppress {
+        project: ProjectId,
+        key: String,
+        actor: Actor,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     /// Segment calls, committed together: each is idempotent by its messageId.
     Messages {
@@ -35,7 +50,7 @@ pub(crate) enum Job {
         events: Vec<EventRecord>,
         /// New to destinations (imported track bodies): their items go to the outbox.
         deliver: bool,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     /// Additions to running totals: (project, counter, amount).
     Counters {
@@ -69,7 +84,14 @@ pub(crate) enum OutboxOp {
 pub(crate) enum Done {
     /// An event: stored or a duplicate.
     Event(InsertOutcome),
-    /// Any other job: done, or refused without failing the batch (a user not found).
+    /// A profile change: applied or suppressed, or refused without failing the batch (a
+    /// user not found, a profile bound).
+    Profile(Result<InsertOutcome, StoreError>),
+    /// A suppression.
+    Suppressed(Suppressed),
+    /// An unsuppression: whether there was one to lift.
+    Lifted(bool),
+    /// Any other job: done, or refused without failing the batch.
     Other(Result<(), StoreError>),
     /// A delivery write: its count.
     Count(u64),
@@ -109,12 +131,20 @@ impl Job {
             (Job::Track { reply, .. }, Done::Event(outcome)) => {
                 let _ = reply.send(Ok(outcome));
             }
-            (Job::Profile { reply, .. }, Done::Other(result))
-            | (Job::Counters { reply, .. }, Done::Other(result))
-            | (Job::Restore { reply, .. }, Done::Other(result)) => {
+            (Job::Profile { reply, .. }, Done::Profile(result)) => {
                 let _ = reply.send(result);
             }
-            (Job::Outbox { reply, .. }, Done::Count(n)) => {
+            (Job::Suppress { reply, .. }, Done::Suppressed(s)) => {
+                let _ = reply.send(Ok(s));
+            }
+            (Job::Unsuppress { reply, .. }, Done::Lifted(lifted)) => {
+                let _ = reply.send(Ok(lifted));
+            }
+            (Job::Counters { reply, .. }, Done::Other(result)) => {
+                let _ = reply.send(result);
+            }
+            (Job::Outbox { reply, .. }, Done::Count(n))
+            | (Job::Restore { reply, .. }, Done::Count(n)) => {
                 let _ = reply.send(Ok(n));
             }
             (Job::Messages { reply, .. }, Done::Messages(outcomes)) => {
@@ -134,9 +164,19 @@ impl Job {
             Job::Track { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
-            Job::Profile { reply, .. }
-            | Job::Counters { reply, .. }
-            | Job::Restore { reply, .. } => {
+            Job::Profile { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Suppress { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Unsuppress { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Counters { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Restore { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Outbox { reply, .. } => {
@@ -148,4 +188,24 @@ impl Job {
             Job::Shutdown => {}
         }
     }
+}
+
+/// The deletion a suppression makes of the user whose key is `key` (`None` for a key no
+/// user can have: empty, or too long).
+pub(crate) fn delete_request(
+    project: trackd_core::ProjectId,
+    key: &str,
+    now: i64,
+) -> Option<ProfileRequest> {
+    let id = trackd_core::UserId::parse(&serde_json::Value::String(key.to_owned()), "id")
+        .ok()
+        .flatten()?;
+    Some(ProfileRequest {
+        project,
+        received_at: trackd_core::Timestamp::from_micros(now),
+        change: trackd_core::ProfileChange::Delete {
+            user: trackd_core::UserRef::Id(id),
+        },
+        limits: Default::default(),
+    })
 }

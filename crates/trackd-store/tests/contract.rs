@@ -145,8 +145,11 @@ impl Backend {
         ProfileRequest::parse(op, &map, self.project, self.now()).expect("valid change")
     }
 
+    /// A profile change that is applied (not suppressed), or its refusal.
     async fn change(&self, op: ProfileOp, body: Value) -> Result<(), StoreError> {
-        self.store.change_profile(self.request(op, body)).await
+        let outcome = self.store.change_profile(self.request(op, body)).await?;
+        assert_eq!(outcome, InsertOutcome::Inserted, "applied");
+        Ok(())
     }
 
     /// Adds a webhook destination named `name` to the project.
@@ -308,6 +311,8 @@ store_contract!(
     outbox_reads_stop_at_a_byte_budget,
     a_delete_names_the_user_it_deleted,
     a_users_fields_and_seen_times_follow_every_event,
+    a_suppressed_user_is_deleted_and_refused_until_unsuppressed,
+    the_audit_log_pages_newest_first_and_names_users_by_hash,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -2096,4 +2101,174 @@ async fn a_users_fields_and_seen_times_follow_every_event(b: &Backend) {
             2
         )
     );
+}
+
+/// DESIGN §10: a suppression deletes the user, then every write naming its id or email
+/// (events, profile changes, restored history; on this store and on another one over the
+/// same data) is `Suppressed` and stores nothing, counted as suppressed; another user is
+/// untouched; unsuppress lifts it; each act is in the audit log once, by hash.
+async fn a_suppressed_user_is_deleted_and_refused_until_unsuppressed(b: &Backend) {
+    let alice = |n: u32| json!({"identity": {"id": "alice", "email": "alice@example.com"}, "event_name": "Viewed", "data": {"n": n}});
+    assert_eq!(b.track(alice(1)).await, InsertOutcome::Inserted);
+    assert_eq!(
+        b.track(event("bob", "Viewed", json!({}))).await,
+        InsertOutcome::Inserted
+    );
+    let record = b.tracked(alice(2)).record;
+    let actor = trackd_core::privacy::Actor::Key("abcd1234".into());
+    let done = b
+        .store
+        .suppress(b.project, "alice".into(), actor.clone())
+        .await
+        .expect("suppressed");
+    assert_eq!(
+        done,
+        trackd_core::privacy::Suppressed {
+            deleted: true,
+            already: false
+        }
+    );
+    assert_eq!(
+        b.events_of("alice").await,
+        None,
+        "the user and its events are gone"
+    );
+    // By id, by email alone, and as a profile change: refused, nothing stored.
+    assert_eq!(b.track(alice(3)).await, InsertOutcome::Suppressed);
+    let by_email = json!({"identity": {"email": "alice@example.com"}, "event_name": "Viewed"});
+    assert_eq!(b.track(by_email).await, InsertOutcome::Suppressed);
+    let profile = b.request(
+        ProfileOp::Track,
+        json!({"id": "alice", "data": {"plan": "pro"}}),
+    );
+    assert_eq!(
+        b.store.change_profile(profile).await.expect("answered"),
+        InsertOutcome::Suppressed
+    );
+    // Renaming someone to the suppressed id does not bring it back.
+    let rename = b.request(
+        ProfileOp::Reidentify,
+        json!({"id": "bob", "new_id": "alice"}),
+    );
+    assert_eq!(
+        b.store.change_profile(rename).await.expect("answered"),
+        InsertOutcome::Suppressed
+    );
+    assert_eq!(
+        b.store
+            .restore(vec![record], false)
+            .await
+            .expect("restored"),
+        1
+    );
+    // Another store on the same data (a restart, another node) refuses it too.
+    let other = b.another_store().await;
+    assert_eq!(
+        other.track(b.tracked(alice(4))).await.expect("answered"),
+        InsertOutcome::Suppressed
+    );
+    other.shutdown().await.expect("shut down");
+    assert_eq!(b.events_of("alice").await, None);
+    assert!(b
+        .store
+        .user(b.project, "alice")
+        .await
+        .expect("read")
+        .is_none());
+    assert_eq!(
+        b.events_of("bob").await.expect("bob").len(),
+        1,
+        "bob is untouched"
+    );
+    // Again: already suppressed, nothing more deleted.
+    let again = b
+        .store
+        .suppress(b.project, "alice".into(), actor.clone())
+        .await
+        .expect("suppressed");
+    assert_eq!((again.deleted, again.already), (false, true));
+    let stats = b
+        .store
+        .stats(StatsQuery {
+            project: b.project,
+            since: None,
+            until: None,
+            interval: Interval::Day,
+            max_counts: trackd_core::read::STATS_MAX_COUNTS,
+        })
+        .await
+        .expect("stats");
+    assert_eq!((stats.accepted, stats.suppressed), (2, 6));
+    // Lifted: tracked again as anyone new; a second lift finds nothing.
+    assert!(b
+        .store
+        .unsuppress(b.project, "alice".into(), actor.clone())
+        .await
+        .expect("lifted"));
+    assert!(!b
+        .store
+        .unsuppress(b.project, "alice".into(), actor)
+        .await
+        .expect("answered"));
+    assert_eq!(b.track(alice(5)).await, InsertOutcome::Inserted);
+    assert_eq!(b.events_of("alice").await.expect("alice").len(), 1);
+}
+
+/// The audit log: a project's acts newest first, paged by `before`, filtered by `since`,
+/// users named by hash only; another project's acts are not in it.
+async fn the_audit_log_pages_newest_first_and_names_users_by_hash(b: &Backend) {
+    use trackd_core::privacy::{Actor, AuditAct, AuditQuery};
+    let other = b.store.create_project("other").await.expect("project").id;
+    for (project, action) in [
+        (b.project, "token.add"),
+        (other, "key.add"),
+        (b.project, "destination.add"),
+    ] {
+        b.store
+            .record_audit(AuditAct {
+                project,
+                actor: Actor::Cli,
+                action,
+                target: "t".into(),
+            })
+            .await
+            .expect("recorded");
+        b.clock.advance_secs(1);
+    }
+    let since = b.now();
+    b.store
+        .suppress(
+            b.project,
+            "carol@example.com".into(),
+            Actor::Key("00ff00ff".into()),
+        )
+        .await
+        .expect("suppressed");
+    let page = |before: Option<i64>, since: Option<Timestamp>| {
+        b.store.audit(AuditQuery {
+            project: b.project,
+            since,
+            limit: 2,
+            before,
+        })
+    };
+    let first = page(None, None).await.expect("audit");
+    let shown: Vec<(&str, &str)> = first
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("key:00ff00ff", "user.suppress"),
+            ("cli", "destination.add")
+        ]
+    );
+    assert!(first[0].target.starts_with("user:") && !first[0].target.contains("carol"));
+    assert_eq!(first[0].at, since);
+    let rest = page(Some(first[1].id), None).await.expect("audit");
+    let actions: Vec<&str> = rest.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token.add"]);
+    let recent = page(None, Some(since)).await.expect("audit");
+    assert_eq!(recent.len(), 1);
 }

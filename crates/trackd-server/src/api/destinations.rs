@@ -146,8 +146,11 @@ pub async fn handle(
     }
     let store = &state.store;
     let name_ref = name.as_deref().unwrap_or_default();
+    let (state_ref, credential_ref) = (&state, &credential);
     let changed = |change: DestinationChange| async move {
+        let action = change_action(&change);
         store.change_destination(project, name_ref, change).await?;
+        super::privacy::record(state_ref, credential_ref, action, name_ref.to_owned()).await?;
         Ok::<_, ApiError>(())
     };
     match action {
@@ -166,6 +169,8 @@ pub async fn handle(
         Action::Create => {
             let spec = DestinationSpec::from_json(&object)?;
             let d = create(store, project, spec).await?;
+            super::privacy::record(&state, &credential, "destination.add", d.spec.name.clone())
+                .await?;
             Ok(json_response(StatusCode::CREATED, &created_json(&d, now)))
         }
         Action::Show => {
@@ -192,6 +197,17 @@ pub async fn handle(
             let d = find(store, project, name_ref).await?;
             Ok(json_response(StatusCode::OK, &d.to_json(now)))
         }
+    }
+}
+
+/// The audit log's name for a destination change.
+pub fn change_action(change: &DestinationChange) -> &'static str {
+    match change {
+        DestinationChange::Pause => "destination.pause",
+        DestinationChange::Resume => "destination.resume",
+        DestinationChange::Remove => "destination.remove",
+        DestinationChange::Replay { .. } => "destination.replay",
+        DestinationChange::Redrive => "destination.redrive",
     }
 }
 

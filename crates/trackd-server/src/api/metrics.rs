@@ -42,6 +42,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
+    suppressed: Counter,
     rejected: Family<ReasonLabels, Counter>,
     limited: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
@@ -56,6 +57,7 @@ impl Metrics {
         let metrics = Metrics {
             requests: Family::default(),
             events: Family::default(),
+            suppressed: Counter::default(),
             rejected: Family::default(),
             limited: Family::default(),
             in_flight: Gauge::default(),
@@ -69,8 +71,14 @@ impl Metrics {
         );
         registry.register(
             "events",
-            "Tracked events by outcome (accepted: stored; duplicate: inside the dedup window)",
+            "Tracked events by outcome (accepted: stored; duplicate: inside the dedup window; \
+             suppressed: of a suppressed user)",
             metrics.events.clone(),
+        );
+        registry.register(
+            "suppressed_writes",
+            "Calls naming a suppressed user (events and profile changes): 200, nothing stored",
+            metrics.suppressed.clone(),
         );
         registry.register(
             "events_rejected",
@@ -95,10 +103,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a stored (`duplicate == false`) or duplicate event.
-    pub fn event(&self, duplicate: bool) {
-        let outcome = if duplicate { "duplicate" } else { "accepted" };
+    /// Counts a tracked event by outcome.
+    pub fn event(&self, outcome: trackd_core::InsertOutcome) {
+        let outcome = match outcome {
+            trackd_core::InsertOutcome::Inserted => "accepted",
+            trackd_core::InsertOutcome::Duplicate => "duplicate",
+            trackd_core::InsertOutcome::Suppressed => "suppressed",
+        };
         self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a call (event or profile change) answered as suppressed.
+    pub fn suppressed(&self, outcome: trackd_core::InsertOutcome) {
+        if outcome == trackd_core::InsertOutcome::Suppressed {
+            self.suppressed.inc();
+        }
     }
 
     /// Counts a refused `events/track` request.

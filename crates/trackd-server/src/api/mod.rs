@@ -18,6 +18,7 @@ pub mod error;
 pub mod limit;
 pub mod metrics;
 pub mod openapi;
+pub mod privacy;
 pub mod read;
 pub mod segment;
 pub mod track;
@@ -124,6 +125,9 @@ pub struct Shared {
     pub credentials: Arc<CredentialCache>,
     /// Seals and opens read cursors (its secret is kept in the store).
     pub cursor_key: Arc<trackd_core::read::CursorKey>,
+    /// Names users in the audit log by keyed hash (the store's secret, as the store's own
+    /// suppression hashes).
+    pub suppression_key: Arc<trackd_core::privacy::SuppressionKey>,
     /// Receive times come from here.
     pub clock: Arc<dyn Clock>,
     /// Request limits.
@@ -318,13 +322,23 @@ enum ReadRoute {
     Import,
     Stats,
     Live,
+    Suppress,
+    Unsuppress,
+    Audit,
 }
 
 /// The read routes (secret key): path, method, what answers.
-const READ_ROUTES: [(&str, &str, ReadRoute); 8] = [
+const READ_ROUTES: [(&str, &str, ReadRoute); 11] = [
     ("/api/v2/users/{id}", "GET", ReadRoute::User),
     ("/api/v2/users/{id}/events", "GET", ReadRoute::UserEvents),
     ("/api/v2/users/{id}/export", "GET", ReadRoute::UserExport),
+    ("/api/v2/users/{id}/suppress", "POST", ReadRoute::Suppress),
+    (
+        "/api/v2/users/{id}/unsuppress",
+        "POST",
+        ReadRoute::Unsuppress,
+    ),
+    ("/api/v2/audit", "GET", ReadRoute::Audit),
     ("/api/v2/events", "GET", ReadRoute::Events),
     ("/api/v2/events/export", "GET", ReadRoute::Export),
     ("/api/v2/events/import", "POST", ReadRoute::Import),
@@ -474,6 +488,9 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             ReadRoute::Import => post(read::import),
             ReadRoute::Stats => get(read::stats),
             ReadRoute::Live => get(read::live),
+            ReadRoute::Suppress => post(privacy::suppress),
+            ReadRoute::Unsuppress => post(privacy::unsuppress),
+            ReadRoute::Audit => get(privacy::audit),
         };
         reads = reads.route(path, with_allow(method_router, allow));
     }

@@ -233,6 +233,29 @@ fn read_operation(route: ReadRoute) -> Value {
             json!({"description": "The profile's line, then one event per line, newest first",
                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}),
         ),
+        ReadRoute::Suppress => (
+            "suppress_user",
+            "Deletes the user and refuses it from now on (every later call naming its id or \
+             email: 200 with Trackd-Suppressed: true, nothing stored)",
+            vec![id.clone()],
+            json_ok("Suppression"),
+        ),
+        ReadRoute::Unsuppress => (
+            "unsuppress_user",
+            "Lifts a suppression (404 when the id is not suppressed)",
+            vec![id.clone()],
+            json_ok("Suppression"),
+        ),
+        ReadRoute::Audit => (
+            "get_audit",
+            "The project's audit log, newest first, by page",
+            vec![
+                time("since", "Entries at or after"),
+                limit.clone(),
+                cursor.clone(),
+            ],
+            json_ok("AuditPage"),
+        ),
         ReadRoute::Events => (
             "get_events",
             "Events, newest first, by page",
@@ -525,7 +548,7 @@ fn base_components() -> Value {
     let string_or_int = json!({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]});
     let email = json!({"type": "string", "format": "email", "nullable": true});
     let tags = json!({"type": "array", "items": {"type": "string", "minLength": 1}});
-    json!({
+    let mut components = json!({
         "securitySchemes": {
             "trackingToken": {"type": "http", "scheme": "bearer",
                               "description": "A tracking token (tk_...)"},
@@ -608,5 +631,19 @@ fn base_components() -> Value {
                 "token": {"type": "string", "description": "Vero auth token (vero only)"},
                 "subject_prefix": {"type": "string", "description": "nats only"}}},
         },
-    })
+    });
+    // Beside the rest: one macro call of everything passes serde_json's recursion limit.
+    components["schemas"]["Suppression"] = json!({"type": "object",
+        "required": ["suppressed"], "properties": {
+        "suppressed": {"type": "boolean"},
+        "deleted": {"type": "boolean",
+                    "description": "a user of that id existed and was deleted"}}});
+    components["schemas"]["AuditPage"] = json!({"type": "object",
+        "required": ["entries", "next_cursor"], "properties": {
+        "entries": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "at": {"type": "string"},
+            "actor": {"type": "string"}, "action": {"type": "string"},
+            "target": {"type": "string"}}}},
+        "next_cursor": {"type": "string", "nullable": true}}});
+    components
 }

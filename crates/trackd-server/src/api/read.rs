@@ -170,6 +170,9 @@ pub async fn user_export(
 ) -> Result<Response, ApiError> {
     let (credential, id, profile) = named_user(&state, peer, path, &uri, &headers).await?;
     let permit = state.exports.acquire(credential.project)?;
+    // Handing out a person's data is an act the audit log keeps.
+    let target = super::privacy::user_target(&state, credential.project, &id);
+    super::privacy::record(&state, &credential, "user.export", target).await?;
     let mut head = profile.to_json();
     head.push(b'\n');
     let pages = trackd_core::store::user_event_pages(state.store.clone(), credential.project, id);

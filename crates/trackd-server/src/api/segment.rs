@@ -15,7 +15,7 @@ use trackd_core::{Credential, FieldError, InsertOutcome, StoreError, Token};
 
 use super::auth::{self, Location};
 use super::error::ApiError;
-use super::track::{admit, committed, DUPLICATE_HEADER};
+use super::track::{admit, committed, DUPLICATE_HEADER, SUPPRESSED_HEADER};
 use super::{body, AppState};
 
 /// What a stored call is answered with.
@@ -58,9 +58,14 @@ pub async fn single(
     match answer.await {
         Ok((outcome, is_event)) => {
             if is_event {
-                state.metrics.event(outcome == InsertOutcome::Duplicate);
+                state.metrics.event(outcome);
             }
-            Ok(success(None, outcome == InsertOutcome::Duplicate))
+            state.metrics.suppressed(outcome);
+            Ok(success(
+                None,
+                outcome == InsertOutcome::Duplicate,
+                outcome == InsertOutcome::Suppressed,
+            ))
         }
         Err(e) => {
             state.metrics.rejected(&e);
@@ -92,6 +97,7 @@ pub async fn batch(
             },
         )?;
         let mut rejected: Vec<(usize, FieldError)> = Vec::new();
+        let mut suppressed = false;
         for (index, e) in parsed.rejected {
             record_item(&state, &credential, &e);
             rejected.push((index, e));
@@ -111,8 +117,10 @@ pub async fn batch(
             match outcome {
                 Ok(outcome) => {
                     if is_event {
-                        state.metrics.event(outcome == InsertOutcome::Duplicate);
+                        state.metrics.event(outcome);
                     }
+                    state.metrics.suppressed(outcome);
+                    suppressed |= outcome == InsertOutcome::Suppressed;
                 }
                 Err(StoreError::NotFound(_)) => {
                     state.rejections.record(credential.project, no_user);
@@ -137,10 +145,10 @@ pub async fn batch(
                 .rejected(&ApiError::BadRequest(within_call(e)));
         }
         rejected.sort_by_key(|(index, _)| *index);
-        Ok(rejected)
+        Ok((rejected, suppressed))
     };
     match answer.await {
-        Ok(rejected) => Ok(success(Some(rejected), false)),
+        Ok((rejected, suppressed)) => Ok(success(Some(rejected), false, suppressed)),
         Err(e) => {
             state.metrics.rejected(&e);
             Err(e)
@@ -163,7 +171,7 @@ pub async fn metrics(
         state.limits.body_timeout,
     )
     .await?;
-    Ok(success(None, false))
+    Ok(success(None, false, false))
 }
 
 /// Counts a refused batch call under the field it names within its call.
@@ -203,8 +211,14 @@ fn segment_field(e: FieldError) -> FieldError {
     }
 }
 
-/// `{"success":true}`, with the refused calls of a batch when there are any.
-fn success(rejected: Option<Vec<(usize, FieldError)>>, duplicate: bool) -> Response {
+/// `{"success":true}`, with the refused calls of a batch when there are any; with
+/// `Trackd-Duplicate: true` for a single call that was a duplicate, and
+/// `Trackd-Suppressed: true` when a call (of a batch: any) named a suppressed user.
+fn success(
+    rejected: Option<Vec<(usize, FieldError)>>,
+    duplicate: bool,
+    suppressed: bool,
+) -> Response {
     let body = match rejected {
         Some(rejected) if !rejected.is_empty() => json!({
             "success": true,
@@ -228,6 +242,11 @@ fn success(rejected: Option<Vec<(usize, FieldError)>>, duplicate: bool) -> Respo
         response
             .headers_mut()
             .insert(DUPLICATE_HEADER.clone(), HeaderValue::from_static("true"));
+    }
+    if suppressed {
+        response
+            .headers_mut()
+            .insert(SUPPRESSED_HEADER.clone(), HeaderValue::from_static("true"));
     }
     response
 }

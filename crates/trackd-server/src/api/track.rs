@@ -18,6 +18,10 @@ use super::{auth, body, AppState};
 /// Set on the answer to a duplicate: it was accepted (200) but not stored again.
 pub static DUPLICATE_HEADER: HeaderName = HeaderName::from_static("trackd-duplicate");
 
+/// Set on the answer to a call naming a suppressed user (DESIGN §10): 200 so no client
+/// retries it, and nothing stored.
+pub static SUPPRESSED_HEADER: HeaderName = HeaderName::from_static("trackd-suppressed");
+
 /// What every Vero route does first: stamp the receive time, read and decode the body, and
 /// resolve the tracking credential (which may be in the body).
 async fn decode_authenticated(
@@ -89,7 +93,8 @@ pub async fn track(
     };
     match answer.await {
         Ok(outcome) => {
-            state.metrics.event(outcome == InsertOutcome::Duplicate);
+            state.metrics.event(outcome);
+            state.metrics.suppressed(outcome);
             Ok(success(outcome))
         }
         Err(e) => {
@@ -123,7 +128,10 @@ pub async fn profile(
         | ProfileChange::Delete { user } => user.field(),
     };
     match committed(&state, state.store.change_profile(request)).await {
-        Ok(()) => Ok(success(InsertOutcome::Inserted)),
+        Ok(outcome) => {
+            state.metrics.suppressed(outcome);
+            Ok(success(outcome))
+        }
         Err(StoreError::NotFound(_)) => Err(ApiError::NotFound(format!("{field}: no such user"))),
         Err(StoreError::Invalid(e)) => {
             state.rejections.record(credential.project, &e.field);
@@ -161,10 +169,15 @@ fn success(outcome: InsertOutcome) -> Response {
         SUCCESS_BODY,
     )
         .into_response();
-    if outcome == InsertOutcome::Duplicate {
+    let header = match outcome {
+        InsertOutcome::Inserted => None,
+        InsertOutcome::Duplicate => Some(&DUPLICATE_HEADER),
+        InsertOutcome::Suppressed => Some(&SUPPRESSED_HEADER),
+    };
+    if let Some(header) = header {
         response
             .headers_mut()
-            .insert(DUPLICATE_HEADER.clone(), HeaderValue::from_static("true"));
+            .insert(header.clone(), HeaderValue::from_static("true"));
     }
     response
 }

@@ -401,6 +401,55 @@ impl TestApp {
         self.start(store).await;
     }
 
+    /// SQLite: none of `needles` is in any file of the data directory, once every WAL page
+    /// is checkpointed into the database (secure_delete overwrote freed bytes).
+    pub async fn assert_not_in_files(&self, needles: &[&[u8]]) {
+        let app = self;
+        // SQLite: secure_delete overwrote the freed bytes, so after a checkpoint the
+        // user's data is in neither file.
+        // Copy every WAL page into the database and empty the WAL, then scan both files.
+        // The server's background checkpointer may hold the checkpoint lock for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (busy, _, _): (i64, i64, i64) = app
+                .db()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .expect("checkpoint");
+            if busy == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "checkpoint never completed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let dir = app.db().path().map(std::path::PathBuf::from).expect("path");
+        let dir = dir.parent().expect("dir").to_path_buf();
+        let mut scanned = 0;
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("read");
+            scanned += bytes.len();
+            for needle in needles {
+                let at = bytes.windows(needle.len()).position(|w| w == *needle);
+                assert!(
+                    at.is_none(),
+                    "{} still in {} at {at:?}: {:?}",
+                    String::from_utf8_lossy(needle),
+                    path.display(),
+                    String::from_utf8_lossy(
+                        &bytes[at.unwrap_or(0).saturating_sub(200)
+                            ..(at.unwrap_or(0) + 100).min(bytes.len())]
+                    )
+                );
+            }
+        }
+        assert!(scanned > 0);
+    }
+
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

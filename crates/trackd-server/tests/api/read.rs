@@ -513,7 +513,8 @@ async fn stats_count_by_bucket_and_totals_survive_a_restart() {
         json!({"buckets": [
                 {"start": "2026-11-26T12:00:00.000000Z", "counts": {"purchased_item": 2}},
                 {"start": "2026-11-26T13:00:00.000000Z", "counts": {"viewed": 1}}],
-               "totals": {"accepted": 3, "duplicates": 1, "rejected": {"identity": 1, "event_name": 1}}})
+               "totals": {"accepted": 3, "duplicates": 1, "suppressed": 0,
+                          "rejected": {"identity": 1, "event_name": 1}}})
     );
     let day = app
         .read("/api/v2/stats/events?interval=day&since=2026-11-26T13:00:00Z")

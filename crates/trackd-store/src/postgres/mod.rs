@@ -7,6 +7,7 @@
 
 mod live;
 mod outbox;
+mod privacy;
 mod profile;
 mod read;
 mod schema;
@@ -74,6 +75,8 @@ pub struct PostgresStore {
     /// Bounds concurrent exports, which hold a connection as long as their client reads.
     exporting: Arc<tokio::sync::Semaphore>,
     live: LiveFeed,
+    /// The key suppression hashes are made with.
+    suppression: trackd_core::privacy::SuppressionKey,
 }
 
 /// A counter shard for this node, at random: nodes in containers often share a process id.
@@ -83,6 +86,28 @@ fn random_shard() -> i32 {
         .build_hasher()
         .finish();
     (random % u64::from(SHARDS)) as i32
+}
+
+/// The store's secret (cursors are sealed, suppression hashes keyed with it): 32 random
+/// bytes made on first use. The first node to insert wins (a racing insert waits for it,
+/// then does nothing); every node reads what was kept.
+async fn secret(client: &deadpool_postgres::Client) -> Result<[u8; 32], StoreError> {
+    let fresh = trackd_core::read::CursorKey::random_secret();
+    client
+        .execute(
+            "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, $1) \
+             ON CONFLICT (key) DO NOTHING",
+            &[&&fresh[..]],
+        )
+        .await
+        .map_err(unavailable)?;
+    let row = client
+        .query_one("SELECT bytes FROM meta WHERE key = 'cursor_key'", &[])
+        .await
+        .map_err(unavailable)?;
+    let kept: Option<&[u8]> = row.try_get(0).map_err(unavailable)?;
+    kept.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| StoreError::unavailable(Cause("meta.cursor_key is not 32 bytes")))
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -130,6 +155,10 @@ impl PostgresStore {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client).await.map_err(unavailable)?;
         }
+        let suppression = {
+            let client = pool.get().await.map_err(unavailable)?;
+            trackd_core::privacy::SuppressionKey::new(&secret(&client).await?)
+        };
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
         let metrics = StoreMetrics::default();
@@ -145,6 +174,7 @@ impl PostgresStore {
             shard: random_shard(),
             ready: ready.clone(),
             metrics: metrics.clone(),
+            suppression: suppression.clone(),
             live_wanted_until: live_wanted_until.clone(),
         });
         let tasks = (0..WRITERS)
@@ -157,6 +187,7 @@ impl PostgresStore {
             tokio::spawn(live::announce(pool.clone(), live_feed.clone())),
         ];
         Ok(PostgresStore {
+            suppression,
             pool,
             jobs: tx,
             tasks: Mutex::new(tasks),
@@ -340,7 +371,7 @@ impl Store for PostgresStore {
         self.submit(|reply| Job::Messages { messages, reply })
     }
 
-    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, InsertOutcome> {
         self.submit(|reply| Job::Profile {
             request: Box::new(request),
             reply,
@@ -394,7 +425,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()> {
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, u64> {
         self.submit(|reply| Job::Restore {
             events,
             deliver,
@@ -440,26 +471,52 @@ impl Store for PostgresStore {
     }
 
     fn cursor_key(&self) -> StoreFuture<'_, [u8; 32]> {
+        Box::pin(async move { secret(&self.client().await?).await })
+    }
+
+    fn suppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: trackd_core::privacy::Actor,
+    ) -> StoreFuture<'_, trackd_core::privacy::Suppressed> {
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            privacy::suppress(&mut client, &self.suppression, project, &key, &actor, now).await
+        })
+    }
+
+    fn unsuppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: trackd_core::privacy::Actor,
+    ) -> StoreFuture<'_, bool> {
+        let now = self.clock.now().as_micros();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            privacy::unsuppress(&mut client, &self.suppression, project, &key, &actor, now).await
+        })
+    }
+
+    fn record_audit(&self, act: trackd_core::privacy::AuditAct) -> StoreFuture<'_, ()> {
+        let now = self.clock.now().as_micros();
         Box::pin(async move {
             let client = self.client().await?;
-            let fresh = trackd_core::read::CursorKey::random_secret();
-            // The first node to insert wins (a racing insert waits for it, then does
-            // nothing); every node reads what was kept.
-            client
-                .execute(
-                    "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, $1) \
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&&fresh[..]],
-                )
+            privacy::record(&client, &act, now)
                 .await
-                .map_err(unavailable)?;
-            let row = client
-                .query_one("SELECT bytes FROM meta WHERE key = 'cursor_key'", &[])
-                .await
-                .map_err(unavailable)?;
-            let kept: Option<&[u8]> = row.try_get(0).map_err(unavailable)?;
-            kept.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| StoreError::unavailable(Cause("meta.cursor_key is not 32 bytes")))
+                .map_err(unavailable)
+        })
+    }
+
+    fn audit(
+        &self,
+        query: trackd_core::privacy::AuditQuery,
+    ) -> StoreFuture<'_, Vec<trackd_core::privacy::AuditEntry>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            privacy::page(&client, &query).await.map_err(unavailable)
         })
     }
 

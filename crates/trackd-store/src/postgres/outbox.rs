@@ -69,6 +69,8 @@ struct Item {
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     wanted: HashSet<i64>,
+    /// Which of its projects have suppressed users (read with `wanted`).
+    suppressing: HashSet<i64>,
     items: Vec<Item>,
 }
 
@@ -94,21 +96,34 @@ impl Pending {
             .await?;
         tx.execute(&lock, &[&WRITE_LOCK, &lock_keys(projects.iter().copied())])
             .await?;
+        // In the same statement: which of them have suppressed users (`privacy.rs`).
         let read = tx
             .prepare_cached(
-                "SELECT DISTINCT project_id FROM destinations WHERE project_id = ANY($1)",
+                "SELECT DISTINCT project_id, true FROM destinations WHERE project_id = ANY($1) \
+                 UNION ALL \
+                 SELECT p, false FROM unnest($1::bigint[]) AS p \
+                 WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.project_id = p)",
             )
             .await?;
-        let wanted = tx
-            .query(&read, &[&projects])
-            .await?
-            .iter()
-            .map(|r| r.try_get::<_, i64>(0))
-            .collect::<Result<_, _>>()?;
+        let (mut wanted, mut suppressing) = (HashSet::new(), HashSet::new());
+        for row in tx.query(&read, &[&projects]).await? {
+            let project: i64 = row.try_get(0)?;
+            if row.try_get::<_, bool>(1)? {
+                wanted.insert(project);
+            } else {
+                suppressing.insert(project);
+            }
+        }
         Ok(Pending {
             wanted,
+            suppressing,
             items: Vec::new(),
         })
+    }
+
+    /// Whether the project has suppressed users.
+    pub fn suppressing(&self, project: ProjectId) -> bool {
+        self.suppressing.contains(&project.get())
     }
 
     /// Whether the project's commits write items.

@@ -163,6 +163,30 @@ CREATE INDEX message_ids_by_time ON message_ids(received_at);
 ALTER TABLE users SET (fillfactor = 80);
 ALTER TABLE counters SET (fillfactor = 50);
 "#,
+    r#"
+-- Suppressed users (DESIGN §10; `postgres/privacy.rs`): keyed hashes of the identifiers a
+-- suppression covers, never the identifiers; `origin` is the hash of the key it was made
+-- for, so unsuppressing it lifts every hash it kept.
+CREATE TABLE suppressions (
+    project_id BIGINT NOT NULL,
+    hash       BYTEA NOT NULL,
+    origin     BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (project_id, hash, origin)
+);
+CREATE INDEX suppressions_by_origin ON suppressions(project_id, origin);
+
+-- Administrative acts: never deleted with what they record (a user is named by hash).
+CREATE TABLE audit (
+    id         BIGSERIAL PRIMARY KEY,
+    project_id BIGINT NOT NULL,
+    at         BIGINT NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL
+);
+CREATE INDEX audit_by_project ON audit(project_id, id);
+"#,
 ];
 
 /// The advisory lock key migrations run under ("trackd" in ASCII).

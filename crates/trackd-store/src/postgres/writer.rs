@@ -18,12 +18,14 @@ use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, Mutex};
 use trackd_core::delivery::change_item;
+use trackd_core::privacy::Suppressible;
 use trackd_core::read::Counter;
 use trackd_core::segment::{Message, Write};
 use trackd_core::store::MessageOutcome;
 use trackd_core::{Clock, EventRecord, InsertOutcome, StoreMetrics, TrackedEvent};
 
 use super::outbox::Pending;
+use super::privacy::Covered;
 use super::profile;
 
 /// The most requests committed in one transaction.
@@ -46,6 +48,8 @@ pub(crate) struct Writers {
     pub shard: i32,
     pub ready: Arc<AtomicBool>,
     pub metrics: StoreMetrics,
+    /// The key suppression hashes are made with.
+    pub suppression: trackd_core::privacy::SuppressionKey,
     /// Until when (ms since the epoch) some node's console watches: commits announce their
     /// events to every node (`NOTIFY trackd_live`) only then.
     pub live_wanted_until: Arc<AtomicU64>,
@@ -157,15 +161,29 @@ impl Writers {
                 Job::Messages { messages, .. } => {
                     messages.iter().map(|m| m.project().get()).collect()
                 }
-                Job::Restore {
-                    events,
-                    deliver: true,
-                    ..
-                } => events.iter().map(|e| e.project.get()).collect(),
+                // Restores too, delivered or not: their projects' suppressions are read
+                // (and a suppression of their users waits for them, or they for it).
+                Job::Restore { events, .. } => events.iter().map(|e| e.project.get()).collect(),
                 _ => Vec::new(),
             }),
         )
         .await?;
+        let writes = batch
+            .iter()
+            .flat_map(|job| match job {
+                Job::Track { event, .. } => vec![event.record.identifiers()],
+                Job::Profile { request, .. } => vec![request.identifiers()],
+                Job::Messages { messages, .. } => {
+                    messages.iter().map(Suppressible::identifiers).collect()
+                }
+                Job::Restore { events, .. } => {
+                    events.iter().map(Suppressible::identifiers).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let covered = Covered::read(&tx, &self.suppression, &outbox, writes).await?;
+        let key = &self.suppression;
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         let mut totals = Totals::default();
         let announce = now_ms() < self.live_wanted_until.load(Ordering::Relaxed);
@@ -182,12 +200,25 @@ impl Writers {
                         })
                         .collect();
                     i += run.len();
-                    let (outcomes, stored) = self.track(&tx, &run).await?;
+                    let (kept, suppressed): (Vec<&TrackedEvent>, Vec<&TrackedEvent>) =
+                        run.iter().partition(|e| !covered.covers(key, &e.record));
+                    let (outcomes, stored) = self.track(&tx, &kept).await?;
+                    let mut outcomes = outcomes.into_iter();
+                    let outcomes: Vec<InsertOutcome> = run
+                        .iter()
+                        .map(|e| {
+                            if suppressed.iter().any(|s| std::ptr::eq(*s, *e)) {
+                                InsertOutcome::Suppressed
+                            } else {
+                                outcomes.next().unwrap_or(InsertOutcome::Suppressed)
+                            }
+                        })
+                        .collect();
                     let mut stored = stored.into_iter();
                     for (event, outcome) in run.iter().zip(outcomes) {
                         let id = match outcome {
                             InsertOutcome::Inserted => stored.next(),
-                            InsertOutcome::Duplicate => None,
+                            InsertOutcome::Duplicate | InsertOutcome::Suppressed => None,
                         };
                         if let Some((id, user_ref)) = id {
                             outbox.event(
@@ -203,6 +234,7 @@ impl Writers {
                             match outcome {
                                 InsertOutcome::Inserted => entry.0.extend(id.map(|(id, _)| id)),
                                 InsertOutcome::Duplicate => entry.1 += 1,
+                                InsertOutcome::Suppressed => {}
                             }
                         }
                         totals.add(event.project, Counter::of(outcome), 1);
@@ -210,10 +242,14 @@ impl Writers {
                     }
                     continue;
                 }
+                Job::Profile { request, .. } if covered.covers(key, request.as_ref()) => {
+                    totals.add(request.project, Counter::Suppressed, 1);
+                    done.push(Done::Profile(Ok(InsertOutcome::Suppressed)));
+                }
                 Job::Profile { request, .. } => {
                     let result = profile::apply(&tx, request, &mut outbox).await?;
                     profile_item(&mut outbox, request, &result);
-                    done.push(Done::Other(result.map(|_| ())));
+                    done.push(Done::Profile(result.map(|_| InsertOutcome::Inserted)));
                 }
                 Job::Messages { .. } => {
                     // Consecutive Segment jobs are written as one: their messageIds in one
@@ -227,9 +263,25 @@ impl Writers {
                         })
                         .collect();
                     i += jobs.len();
-                    let all: Vec<&Message> = jobs.iter().flat_map(|m| m.iter()).collect();
-                    let (outcomes, stored) =
-                        self.messages(&tx, &all, &mut outbox, &mut totals).await?;
+                    let every: Vec<&Message> = jobs.iter().flat_map(|m| m.iter()).collect();
+                    let all: Vec<&Message> = every
+                        .iter()
+                        .copied()
+                        .filter(|m| !covered.covers(key, *m))
+                        .collect();
+                    let (kept, stored) = self.messages(&tx, &all, &mut outbox, &mut totals).await?;
+                    let mut kept = kept.into_iter();
+                    let outcomes: Vec<MessageOutcome> = every
+                        .iter()
+                        .map(|m| {
+                            if covered.covers(key, *m) {
+                                totals.add(m.project(), Counter::Suppressed, 1);
+                                Ok(InsertOutcome::Suppressed)
+                            } else {
+                                kept.next().unwrap_or(Ok(InsertOutcome::Suppressed))
+                            }
+                        })
+                        .collect();
                     if announce {
                         for (message, outcome) in all.iter().zip(&outcomes) {
                             if let (Write::Event(e), Ok(InsertOutcome::Duplicate)) =
@@ -252,11 +304,22 @@ impl Writers {
                 Job::Restore {
                     events, deliver, ..
                 } => {
-                    let records: Vec<&EventRecord> = events.iter().collect();
+                    // A suppressed user's history is not restored.
+                    let records: Vec<&EventRecord> = events
+                        .iter()
+                        .filter(|e| {
+                            let covers = covered.covers(key, *e);
+                            if covers {
+                                totals.add(e.project, Counter::Suppressed, 1);
+                            }
+                            !covers
+                        })
+                        .collect();
+                    let skipped = (events.len() - records.len()) as u64;
                     let keys = user_keys(&tx, &records).await?;
                     let stored = insert_events(&tx, &records, &keys).await?;
                     if *deliver {
-                        for (event, (id, user_ref)) in events.iter().zip(stored) {
+                        for (event, (id, user_ref)) in records.iter().zip(stored) {
                             outbox.event(
                                 event.project,
                                 user_ref,
@@ -266,7 +329,7 @@ impl Writers {
                             );
                         }
                     }
-                    done.push(Done::Other(Ok(())));
+                    done.push(Done::Count(skipped));
                 }
                 Job::Counters { counts, .. } => {
                     for (project, counter, n) in counts {
@@ -276,6 +339,9 @@ impl Writers {
                 }
                 // Delivery writes its own transactions on PostgreSQL, never through here.
                 Job::Outbox { .. } => done.push(Done::Count(0)),
+                // Suppressions run their own transactions on PostgreSQL (`privacy.rs`): a
+                // job of theirs here is failed, never answered as done.
+                Job::Suppress { .. } | Job::Unsuppress { .. } => done.push(Done::Nothing),
                 Job::Shutdown => done.push(Done::Nothing),
             }
             i += 1;
@@ -624,7 +690,7 @@ impl Writers {
 }
 
 /// A profile change's outbox item, when it changed something.
-fn profile_item(
+pub(super) fn profile_item(
     outbox: &mut Pending,
     request: &trackd_core::ProfileRequest,
     result: &Result<crate::job::Changed, trackd_core::StoreError>,

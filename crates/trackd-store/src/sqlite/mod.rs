@@ -5,6 +5,7 @@
 mod dedup;
 mod messages;
 mod outbox;
+mod privacy;
 mod profile;
 mod read;
 mod schema;
@@ -264,6 +265,27 @@ impl SqliteStore {
     }
 }
 
+/// The store's secret (cursors are sealed, suppression hashes keyed with it): 32 random
+/// bytes made on first use. The first to insert wins; everyone reads what was kept.
+pub(crate) fn secret(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
+    conn.execute(
+        "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, ?1) \
+         ON CONFLICT (key) DO NOTHING",
+        [&trackd_core::read::CursorKey::random_secret()[..]],
+    )?;
+    let kept: Vec<u8> =
+        conn.query_row("SELECT bytes FROM meta WHERE key = 'cursor_key'", [], |r| {
+            r.get(0)
+        })?;
+    <[u8; 32]>::try_from(kept.as_slice()).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            32,
+            rusqlite::types::Type::Blob,
+            "meta.cursor_key is not 32 bytes".into(),
+        )
+    })
+}
+
 /// The longest a checkpoint waits for a lock or a reader (and so holds the writer).
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(20);
 
@@ -358,7 +380,7 @@ impl Store for SqliteStore {
         self.submit(|reply| Job::Messages { messages, reply })
     }
 
-    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, ()> {
+    fn change_profile(&self, request: ProfileRequest) -> StoreFuture<'_, InsertOutcome> {
         self.submit(|reply| Job::Profile {
             request: Box::new(request),
             reply,
@@ -394,7 +416,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, ()> {
+    fn restore(&self, events: Vec<EventRecord>, deliver: bool) -> StoreFuture<'_, u64> {
         self.submit(|reply| Job::Restore {
             events,
             deliver,
@@ -436,22 +458,46 @@ impl Store for SqliteStore {
     }
 
     fn cursor_key(&self) -> StoreFuture<'_, [u8; 32]> {
-        self.admin(|conn, _| {
-            // The first to insert wins; everyone reads what was kept.
-            conn.execute(
-                "INSERT INTO meta (key, value, bytes) VALUES ('cursor_key', 0, ?1) \
-                 ON CONFLICT (key) DO NOTHING",
-                [&trackd_core::read::CursorKey::random_secret()[..]],
-            )
-            .map_err(unavailable)?;
-            let kept: Vec<u8> = conn
-                .query_row("SELECT bytes FROM meta WHERE key = 'cursor_key'", [], |r| {
-                    r.get(0)
-                })
-                .map_err(unavailable)?;
-            <[u8; 32]>::try_from(kept.as_slice())
-                .map_err(|_| StoreError::unavailable(Cause("meta.cursor_key is not 32 bytes")))
+        self.admin(|conn, _| secret(conn).map_err(unavailable))
+    }
+
+    fn suppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: trackd_core::privacy::Actor,
+    ) -> StoreFuture<'_, trackd_core::privacy::Suppressed> {
+        self.submit(|reply| Job::Suppress {
+            project,
+            key,
+            actor,
+            reply,
         })
+    }
+
+    fn unsuppress(
+        &self,
+        project: ProjectId,
+        key: String,
+        actor: trackd_core::privacy::Actor,
+    ) -> StoreFuture<'_, bool> {
+        self.submit(|reply| Job::Unsuppress {
+            project,
+            key,
+            actor,
+            reply,
+        })
+    }
+
+    fn record_audit(&self, act: trackd_core::privacy::AuditAct) -> StoreFuture<'_, ()> {
+        self.admin(move |conn, now| privacy::record(conn, &act, now).map_err(unavailable))
+    }
+
+    fn audit(
+        &self,
+        query: trackd_core::privacy::AuditQuery,
+    ) -> StoreFuture<'_, Vec<trackd_core::privacy::AuditEntry>> {
+        self.read(move |conn| privacy::page(conn, &query))
     }
 
     fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {

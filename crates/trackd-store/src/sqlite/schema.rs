@@ -200,6 +200,30 @@ CREATE TABLE message_ids (
     PRIMARY KEY (epoch, key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Suppressed users (DESIGN §10; `sqlite/privacy.rs`): keyed hashes of the identifiers a
+-- suppression covers, never the identifiers; `origin` is the hash of the key it was made
+-- for, so unsuppressing it lifts every hash it kept.
+CREATE TABLE suppressions (
+    project_id INTEGER NOT NULL,
+    hash       BLOB NOT NULL,
+    origin     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (project_id, hash, origin)
+) WITHOUT ROWID;
+CREATE INDEX suppressions_by_origin ON suppressions(project_id, origin);
+
+-- Administrative acts: never deleted with what they record (a user is named by hash).
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL
+);
+CREATE INDEX audit_by_project ON audit(project_id, id);
+"#,
 ];
 
 /// Brings the database to the latest schema, each step in its own transaction. Safe to run

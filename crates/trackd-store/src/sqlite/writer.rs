@@ -22,6 +22,7 @@ use trackd_core::{
 use super::dedup::{DedupIndex, Overlay};
 use super::messages::{MessageIds, Pending};
 use super::outbox::{self, OutboxState};
+use super::privacy::{self, Suppressions};
 use super::profile;
 use super::users::{KnownUsers, Touches};
 use crate::job::OutboxOp;
@@ -56,6 +57,8 @@ pub(crate) struct Writer {
     messages: MessageIds,
     /// Users the writer has seen, so an event of one reads nothing.
     users: KnownUsers,
+    /// Which projects have suppressed users, and the key their hashes are made with.
+    suppressions: Suppressions,
     /// The last reopen failed: `conn` must not be used again.
     broken: bool,
 }
@@ -88,8 +91,10 @@ impl Writer {
         let (dedup, data_version) = load_index(&conn, &config)?;
         let outbox = OutboxState::load(&conn)?;
         let messages = MessageIds::load(&conn, config.message_window_micros)?;
+        let suppressions = Suppressions::load(&conn, &super::secret(&conn)?)?;
         Ok(Writer {
             messages,
+            suppressions,
             users: KnownUsers::default(),
             conn,
             jobs,
@@ -169,6 +174,7 @@ impl Writer {
                 now: self.config.clock.now().as_micros(),
                 messages: &self.messages,
                 users: &mut self.users,
+                suppressions: &mut self.suppressions,
             },
         );
         match result {
@@ -241,6 +247,7 @@ impl Writer {
                     let (dedup, data_version) = load_index(&conn, &self.config)?;
                     let outbox = OutboxState::load(&conn)?;
                     let messages = MessageIds::load(&conn, self.config.message_window_micros)?;
+                    self.suppressions.reload(&conn)?;
                     Ok((conn, dedup, data_version, outbox, messages))
                 });
         match opened {
@@ -391,6 +398,7 @@ struct Batch<'a> {
     now: i64,
     messages: &'a MessageIds,
     users: &'a mut KnownUsers,
+    suppressions: &'a mut Suppressions,
 }
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
@@ -417,6 +425,7 @@ fn write_batch(
         *b.outbox = OutboxState::load(&tx)?;
         // Users may have been changed or deleted under the writer's memory of them.
         b.users.clear();
+        b.suppressions.reload(&tx)?;
     }
     let mut users = BatchUsers {
         known: &mut *b.users,
@@ -435,6 +444,10 @@ fn write_batch(
     let mut pending_messages = Pending::default();
     for job in jobs {
         match job {
+            Job::Track { event, .. } if b.suppressions.covers(&tx, &event.record)? => {
+                after.totals.add(event.project, Counter::Suppressed, 1);
+                done.push(Done::Event(InsertOutcome::Suppressed));
+            }
             Job::Track { event, .. } => {
                 let (outcome, id) = track_event(
                     &tx,
@@ -448,15 +461,76 @@ fn write_batch(
                 after.event(&tx, event, outcome, id)?;
                 done.push(Done::Event(outcome));
             }
+            Job::Profile { request, .. } if b.suppressions.covers(&tx, request.as_ref())? => {
+                after.totals.add(request.project, Counter::Suppressed, 1);
+                done.push(Done::Profile(Ok(InsertOutcome::Suppressed)));
+            }
             Job::Profile { request, .. } => {
                 let result = users
                     .before_profile(&tx, || profile::apply(&tx, request, index, &mut overlay))?;
                 after.profile(&tx, request, &result)?;
-                done.push(Done::Other(result.map(|_| ())));
+                done.push(Done::Profile(result.map(|_| InsertOutcome::Inserted)));
+            }
+            Job::Suppress {
+                project,
+                key,
+                actor,
+                ..
+            } => {
+                // The user goes as `users/delete` takes it (its outbox item included), then
+                // the hashes of the key and of the user's id and email are kept.
+                let found = privacy::identifiers_of(&tx, *project, key)?;
+                let mut deleted = false;
+                if let (Some(_), Some(request)) =
+                    (&found, crate::job::delete_request(*project, key, b.now))
+                {
+                    let result = users.before_profile(&tx, || {
+                        profile::apply(&tx, &request, index, &mut overlay)
+                    })?;
+                    after.profile(&tx, &request, &result)?;
+                    deleted = matches!(result, Ok(Some(_)));
+                }
+                let already =
+                    b.suppressions
+                        .add(&tx, *project, key, &found.unwrap_or_default(), b.now)?;
+                let act = trackd_core::privacy::AuditAct {
+                    project: *project,
+                    actor: actor.clone(),
+                    action: "user.suppress",
+                    target: b.suppressions.target(*project, key),
+                };
+                privacy::record(&tx, &act, b.now)?;
+                done.push(Done::Suppressed(trackd_core::privacy::Suppressed {
+                    deleted,
+                    already,
+                }));
+            }
+            Job::Unsuppress {
+                project,
+                key,
+                actor,
+                ..
+            } => {
+                let lifted = b.suppressions.lift(&tx, *project, key)?;
+                if lifted {
+                    let act = trackd_core::privacy::AuditAct {
+                        project: *project,
+                        actor: actor.clone(),
+                        action: "user.unsuppress",
+                        target: b.suppressions.target(*project, key),
+                    };
+                    privacy::record(&tx, &act, b.now)?;
+                }
+                done.push(Done::Lifted(lifted));
             }
             Job::Messages { messages, .. } => {
                 let mut outcomes = Vec::with_capacity(messages.len());
                 for message in messages {
+                    if b.suppressions.covers(&tx, message)? {
+                        after.totals.add(message.project(), Counter::Suppressed, 1);
+                        outcomes.push(Ok(InsertOutcome::Suppressed));
+                        continue;
+                    }
                     let received = message.received_at().as_micros();
                     let key = message.key.filter(|_| b.messages.window() > 0);
                     if let Some(key) = key {
@@ -494,13 +568,20 @@ fn write_batch(
             Job::Restore {
                 events, deliver, ..
             } => {
+                let mut skipped = 0;
                 for event in events {
+                    // A suppressed user's history is not restored.
+                    if b.suppressions.covers(&tx, event)? {
+                        after.totals.add(event.project, Counter::Suppressed, 1);
+                        skipped += 1;
+                        continue;
+                    }
                     let (user_ref, id) = insert_event(&tx, &mut users, event)?;
                     if *deliver {
                         after.event_item(&tx, event, user_ref, id)?;
                     }
                 }
-                done.push(Done::Other(Ok(())));
+                done.push(Done::Count(skipped));
             }
             Job::Counters { counts, .. } => {
                 for (project, counter, n) in counts {

@@ -1,0 +1,166 @@
+//! The suppression list and the audit log (DESIGN §10) in SQLite.
+//!
+//! `suppressions` holds keyed hashes ([`SuppressionKey`]) of the identifiers a suppression
+//! covers (the key it was made for, and the deleted user's id and email), each with the hash
+//! of that key (`origin`), so unsuppressing lifts them together. The writer remembers which
+//! projects have any suppression at all: a write of any other project costs no hash and no
+//! read; one of such a project costs a primary-key probe per identifier.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use trackd_core::privacy::{AuditAct, AuditEntry, AuditQuery, Suppressible, SuppressionKey};
+use trackd_core::{ProjectId, Timestamp};
+
+/// The writer's view of the suppression list.
+pub(crate) struct Suppressions {
+    key: SuppressionKey,
+    /// Projects with at least one suppression.
+    projects: HashSet<i64>,
+}
+
+impl Suppressions {
+    /// Reads which projects have suppressions, with the store's secret.
+    pub fn load(conn: &Connection, secret: &[u8; 32]) -> rusqlite::Result<Self> {
+        let mut s = Suppressions {
+            key: SuppressionKey::new(secret),
+            projects: HashSet::new(),
+        };
+        s.reload(conn)?;
+        Ok(s)
+    }
+
+    /// Reads the projects again (another connection may have suppressed or lifted).
+    pub fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT project_id FROM suppressions")?;
+        self.projects = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(())
+    }
+
+    /// Whether a write names a suppressed user (by any of its identifiers).
+    pub fn covers(
+        &self,
+        tx: &Transaction<'_>,
+        write: &impl Suppressible,
+    ) -> rusqlite::Result<bool> {
+        let (project, identifiers) = write.identifiers();
+        if !self.projects.contains(&project.get()) {
+            return Ok(false);
+        }
+        let mut probe = tx.prepare_cached(
+            "SELECT 1 FROM suppressions WHERE project_id = ?1 AND hash = ?2 LIMIT 1",
+        )?;
+        for identifier in identifiers {
+            let hash = self.key.hash(project, identifier);
+            if probe.exists(params![project.get(), &hash[..]])? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Keeps the hashes of `key` and of the identifiers of the user it named (`found`: its
+    /// id and email, read before it was deleted); `true` when `key` was already suppressed.
+    pub fn add(
+        &mut self,
+        tx: &Transaction<'_>,
+        project: ProjectId,
+        key: &str,
+        found: &[String],
+        now: i64,
+    ) -> rusqlite::Result<bool> {
+        let origin = self.key.hash(project, key);
+        let already = tx
+            .prepare_cached(
+                "SELECT 1 FROM suppressions WHERE project_id = ?1 AND hash = ?2 AND origin = ?2",
+            )?
+            .exists(params![project.get(), &origin[..]])?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO suppressions (project_id, hash, origin, created_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?;
+        for identifier in std::iter::once(key).chain(found.iter().map(String::as_str)) {
+            let hash = self.key.hash(project, identifier);
+            insert.execute(params![project.get(), &hash[..], &origin[..], now])?;
+        }
+        self.projects.insert(project.get());
+        Ok(already)
+    }
+
+    /// Lifts every hash the suppression of `key` kept; `false` when there was none.
+    pub fn lift(
+        &self,
+        tx: &Transaction<'_>,
+        project: ProjectId,
+        key: &str,
+    ) -> rusqlite::Result<bool> {
+        let origin = self.key.hash(project, key);
+        let n = tx
+            .prepare_cached("DELETE FROM suppressions WHERE project_id = ?1 AND origin = ?2")?
+            .execute(params![project.get(), &origin[..]])?;
+        Ok(n > 0)
+    }
+
+    /// How the audit log names the user of `key`.
+    pub fn target(&self, project: ProjectId, key: &str) -> String {
+        self.key.audit_target(project, key)
+    }
+}
+
+/// The id and email of the user whose key is `key`, if there is one.
+pub(crate) fn identifiers_of(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    key: &str,
+) -> rusqlite::Result<Option<Vec<String>>> {
+    tx.prepare_cached("SELECT user_id, email FROM users WHERE project_id = ?1 AND user_key = ?2")?
+        .query_row(params![project.get(), key], |r| {
+            let id: Option<String> = r.get(0)?;
+            let email: Option<String> = r.get(1)?;
+            Ok(id.into_iter().chain(email).collect())
+        })
+        .optional()
+}
+
+/// Appends an act to the audit log.
+pub(crate) fn record(conn: &Connection, act: &AuditAct, now: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (project_id, at, actor, action, target) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        act.project.get(),
+        now,
+        act.actor.name(),
+        act.action,
+        act.target
+    ])?;
+    Ok(())
+}
+
+/// A page of a project's audit log, newest first.
+pub(crate) fn page(conn: &Connection, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, actor, action, target FROM audit \
+         WHERE project_id = ?1 AND id < ?2 AND at >= ?3 ORDER BY id DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            q.project.get(),
+            q.before.unwrap_or(i64::MAX),
+            q.since.map_or(i64::MIN, Timestamp::as_micros),
+            q.limit as i64
+        ],
+        |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: Timestamp::from_micros(r.get(1)?),
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
