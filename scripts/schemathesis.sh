@@ -24,9 +24,12 @@ secret="$(awk '/secret key:/ {print $NF}' "$dir/stdout")"
 base="http://$addr"
 echo "trackd at $base" >&2
 
+# One worker: with two threads, Hypothesis (inside schemathesis' case generation) once failed
+# on its own (FlakyFailure from its shared lambda-source cache on POST /v1/batch), which is
+# no finding about the server.
 run() {
   schemathesis run "$base/openapi.json" --checks not_a_server_error \
-    --max-examples "$examples" --seed 1 --no-color --workers 2 \
+    --max-examples "$examples" --seed 1 --no-color --workers 1 \
     --phases examples,coverage,fuzzing --suppress-health-check all \
     --generation-database none "$@"
 }
