@@ -228,9 +228,120 @@ pub fn audit_cursor(last: &AuditEntry) -> Cursor {
     }
 }
 
+/// The shortest retention accepted (shorter would delete events as they arrive).
+pub const MIN_RETENTION_MICROS: i64 = 60 * 1_000_000;
+/// The longest (100 years): past it, say `off`.
+pub const MAX_RETENTION_MICROS: i64 = 100 * 365 * 86_400 * 1_000_000;
+
+/// Reads a retention: a whole number with a unit (`s`, `m`, `h`, `d`, `w`: `90d`, `12h`), or
+/// `off` (`None`: kept for ever). From one minute to 100 years.
+pub fn parse_retention(text: &str) -> Result<Option<i64>, FieldError> {
+    let invalid = || {
+        FieldError::new(
+            "retention",
+            "must be a whole number and a unit (s, m, h, d, w), such as 90d, or off",
+        )
+    };
+    if text == "off" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (digits, unit) = text.split_at(split);
+    let unit_micros: i64 = match unit {
+        "s" => 1_000_000,
+        "m" => 60 * 1_000_000,
+        "h" => 3_600 * 1_000_000,
+        "d" => 86_400 * 1_000_000,
+        "w" => 7 * 86_400 * 1_000_000,
+        _ => return Err(invalid()),
+    };
+    let micros = digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_micros))
+        .ok_or_else(invalid)?;
+    if !(MIN_RETENTION_MICROS..=MAX_RETENTION_MICROS).contains(&micros) {
+        return Err(FieldError::new(
+            "retention",
+            "must be from 1 minute (1m) to 100 years, or off",
+        ));
+    }
+    Ok(Some(micros))
+}
+
+/// A retention as `parse_retention` reads it, in the largest unit that divides it; `off`.
+pub fn format_retention(retention: Option<i64>) -> String {
+    let Some(micros) = retention else {
+        return "off".to_owned();
+    };
+    let secs = micros / 1_000_000;
+    for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// What one step of retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Events received before the cutoff (their counts stay in the statistics).
+    pub events: u64,
+    /// Outbox items received before the cutoff, delivered or not.
+    pub items: u64,
+}
+
+/// Events (and items) one retention step deletes at most: a transaction of this many holds
+/// the writer a few milliseconds.
+pub const RETENTION_CHUNK: usize = 500;
+
+/// The width of the buckets expired events' counts are kept in (an hour: the statistics'
+/// finest interval).
+pub const ROLLUP_MICROS: i64 = 3_600 * 1_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_is_a_number_and_a_unit_or_off() {
+        assert_eq!(parse_retention("off"), Ok(None));
+        assert_eq!(parse_retention("90d"), Ok(Some(90 * 86_400 * 1_000_000)));
+        assert_eq!(parse_retention("1m"), Ok(Some(60 * 1_000_000)));
+        for bad in [
+            "",
+            "90",
+            "d",
+            "1.5d",
+            "-1d",
+            "90 d",
+            "90D",
+            "99999999999999999w",
+        ] {
+            assert_eq!(
+                parse_retention(bad).map_err(|e| e.to_string()),
+                Err(
+                    "retention: must be a whole number and a unit (s, m, h, d, w), such as \
+                     90d, or off"
+                        .to_owned()
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_retention("59s").map_err(|e| e.to_string()),
+            Err("retention: must be from 1 minute (1m) to 100 years, or off".to_owned())
+        );
+        for text in ["off", "90d", "2w", "36h", "90m", "61s"] {
+            assert_eq!(
+                format_retention(parse_retention(text).expect("valid")),
+                text
+            );
+        }
+    }
 
     #[test]
     fn hashes_are_keyed_by_the_secret_and_the_project() {

@@ -196,6 +196,8 @@ pub struct Project {
     pub id: ProjectId,
     /// Its unique name.
     pub name: String,
+    /// How long its events are kept, in microseconds of receive time (`None`: for ever).
+    pub retention: Option<i64>,
 }
 
 /// Checks a project name: 1 to 64 letters, digits, `-`, `_` or `.`.

@@ -80,6 +80,21 @@ pub trait Store: Send + Sync + 'static {
         actor: crate::privacy::Actor,
     ) -> StoreFuture<'_, bool>;
 
+    /// Sets how long a project's events are kept, in µs of receive time (`None`: for ever).
+    fn set_retention(&self, project: ProjectId, retention: Option<i64>) -> StoreFuture<'_, ()>;
+
+    /// One step of retention (DESIGN §10), in one short transaction (SQLite: a writer job
+    /// between batches): deletes at most `limit` of the project's events received before
+    /// `cutoff`, oldest first, adding their counts to the statistics' hourly rollup (the
+    /// statistics keep them), and at most `limit` of its outbox items received before it,
+    /// delivered or not.
+    fn expire(
+        &self,
+        project: ProjectId,
+        cutoff: crate::Timestamp,
+        limit: usize,
+    ) -> StoreFuture<'_, crate::privacy::Expired>;
+
     /// Records an administrative act in the audit log.
     fn record_audit(&self, act: crate::privacy::AuditAct) -> StoreFuture<'_, ()>;
 

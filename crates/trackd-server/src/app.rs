@@ -100,6 +100,11 @@ impl App {
             tokio::spawn(refresh_credentials(state.credentials.clone())),
             tokio::spawn(flush_rejections(store.clone(), state.rejections.clone())),
             tokio::spawn(prune_rate_limits(state.admission.clone())),
+            tokio::spawn(crate::retention::run(
+                store.clone(),
+                state.clock.clone(),
+                state.metrics.clone(),
+            )),
         ];
         let delivering = tokio_util::sync::CancellationToken::new();
         let delivery = delivery.enabled.then(|| {

@@ -414,7 +414,19 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List projects.
+    /// Change a project's settings.
+    Set {
+        /// The project.
+        name: String,
+        /// Keep events this long by receive time (90d, 12h, 2w, ...; off: for ever). Older
+        /// ones are deleted continuously; the statistics keep their counts.
+        #[arg(long)]
+        retention: String,
+        /// Where the data lives.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List projects (name and retention).
     List {
         /// Where the data lives.
         #[command(flatten)]
@@ -557,14 +569,36 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 let list: Vec<_> = projects
                     .iter()
-                    .map(|p| json!({"id": p.id.get(), "name": p.name}))
+                    .map(|p| {
+                        json!({"id": p.id.get(), "name": p.name,
+                               "retention": format_retention(p.retention)})
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 for p in projects {
-                    println!("{}", p.name);
+                    println!("{:<24} retention {}", p.name, format_retention(p.retention));
                 }
             }
+            Ok(())
+        }
+        Command::Project(ProjectCommand::Set {
+            name,
+            retention,
+            store,
+        }) => {
+            let retention = trackd_core::privacy::parse_retention(&retention)?;
+            let store = admin_store(&store).await?;
+            let set = async {
+                let p = store.project(&name).await?;
+                store.set_retention(p.id, retention).await?;
+                let target = format!("{name} retention={}", format_retention(retention));
+                audited(&store, p.id, "project.set", target).await
+            }
+            .await;
+            store.shutdown().await?;
+            set?;
+            eprintln!("project {name}: retention {}", format_retention(retention));
             Ok(())
         }
         Command::Export(args) => crate::transfer::export(args).await,
@@ -776,6 +810,8 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
         }
     }
 }
+
+use trackd_core::privacy::format_retention;
 
 /// Records an act of this command line in the audit log.
 async fn audited(

@@ -7,6 +7,7 @@
 //! - [`api`]: routes, body decoding, credentials, error mapping.
 //! - [`conn`]: a connection's transport (hyper's own refusals answered as JSON).
 //! - [`import`]: NDJSON import, shared by the import route and `trackd import`.
+//! - [`retention`]: the background task deleting events past their project's retention.
 //! - [`cli`]: the `trackd` command line; [`transfer`]: its `export` and `import`.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod conn;
 pub mod delivery;
 pub mod import;
+pub mod retention;
 pub mod transfer;
 
 pub use app::App;

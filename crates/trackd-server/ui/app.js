@@ -77,7 +77,8 @@ async function signIn(event) {
 
 function show(view) {
   for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.view === view);
-  for (const v of ["live", "users", "counts", "destinations"]) $("view-" + v).hidden = v !== view;
+  for (const v of ["live", "users", "counts", "destinations", "privacy"]) $("view-" + v).hidden = v !== view;
+  if (view === "privacy") privacy.load();
   if (view === "live") live.start();
   if (view === "counts") counts.load();
   if (view === "destinations") destinations.start(); else destinations.stop();
@@ -429,6 +430,40 @@ const destinations = {
   },
 };
 
+// ---- privacy: retention and the audit log --------------------------------------------------
+
+const privacy = {
+  next: null,
+  async load() {
+    $("audit-list").replaceChildren();
+    this.next = null;
+    try {
+      const response = await api("/api/v2/project");
+      if (!response.ok) { $("privacy-error").textContent = await errorText(response); return; }
+      $("privacy-retention").textContent = (await response.json()).retention;
+    } catch (e) {
+      if (e.message !== "unauthorized") $("privacy-error").textContent = "The server cannot be reached.";
+      return;
+    }
+    await this.page();
+  },
+  async page() {
+    const cursor = this.next ? `&cursor=${encodeURIComponent(this.next)}` : "";
+    let body;
+    try {
+      const response = await api(`/api/v2/audit?limit=50${cursor}`);
+      if (!response.ok) { $("privacy-error").textContent = await errorText(response); return; }
+      body = await response.json();
+    } catch { return; }
+    $("privacy-error").textContent = "";
+    const cell = (text) => el("td", { text: String(text) });
+    $("audit-list").append(...body.entries.map((e) =>
+      el("tr", { "data-action": e.action }, cell(when(e.at)), cell(e.actor), cell(e.action), cell(e.target))));
+    this.next = body.next_cursor;
+    $("audit-more").hidden = !this.next;
+  },
+};
+
 // ---- wiring ----------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -445,6 +480,7 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   $("user-form").addEventListener("submit", (e) => users.lookup(e));
   $("user-more").addEventListener("click", () => users.more());
+  $("audit-more").addEventListener("click", () => privacy.page());
   for (const r of document.querySelectorAll(".range")) {
     r.addEventListener("click", () => {
       for (const o of document.querySelectorAll(".range")) o.classList.toggle("active", o === r);

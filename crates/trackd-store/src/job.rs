@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 use trackd_core::error::Cause;
-use trackd_core::privacy::{Actor, Suppressed};
+use trackd_core::privacy::{Actor, Expired, Suppressed};
 use trackd_core::read::Counter;
 use trackd_core::segment::Message;
 use trackd_core::store::MessageOutcome;
@@ -32,6 +32,13 @@ pub(crate) enum Job {
         key: String,
         actor: Actor,
         reply: oneshot::Sender<Result<Suppressed, StoreError>>,
+    },
+    /// One step of retention.
+    Expire {
+        project: ProjectId,
+        cutoff: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Expired, StoreError>>,
     },
     /// Lift a suppression.
     Unsuppress {
@@ -89,6 +96,8 @@ pub(crate) enum Done {
     Profile(Result<InsertOutcome, StoreError>),
     /// A suppression.
     Suppressed(Suppressed),
+    /// A retention step: what it deleted.
+    Expired(Expired),
     /// An unsuppression: whether there was one to lift.
     Lifted(bool),
     /// Any other job: done, or refused without failing the batch.
@@ -137,6 +146,9 @@ impl Job {
             (Job::Suppress { reply, .. }, Done::Suppressed(s)) => {
                 let _ = reply.send(Ok(s));
             }
+            (Job::Expire { reply, .. }, Done::Expired(e)) => {
+                let _ = reply.send(Ok(e));
+            }
             (Job::Unsuppress { reply, .. }, Done::Lifted(lifted)) => {
                 let _ = reply.send(Ok(lifted));
             }
@@ -171,6 +183,9 @@ impl Job {
                 let _ = reply.send(Err(failed()));
             }
             Job::Unsuppress { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Expire { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Counters { reply, .. } => {

@@ -313,6 +313,7 @@ store_contract!(
     a_users_fields_and_seen_times_follow_every_event,
     a_suppressed_user_is_deleted_and_refused_until_unsuppressed,
     the_audit_log_pages_newest_first_and_names_users_by_hash,
+    retention_deletes_old_events_in_steps_and_keeps_their_counts,
 );
 
 async fn dedup_window_by_receive_time(b: &Backend) {
@@ -2271,4 +2272,69 @@ async fn the_audit_log_pages_newest_first_and_names_users_by_hash(b: &Backend) {
     assert_eq!(actions, ["token.add"]);
     let recent = page(None, Some(since)).await.expect("audit");
     assert_eq!(recent.len(), 1);
+}
+
+/// DESIGN §10, retention: a step deletes at most its limit of the oldest events received
+/// before the cutoff, and of the outbox items; newer ones stay; the statistics are the same
+/// after as before (the deleted events' counts are kept); the project lists its retention.
+async fn retention_deletes_old_events_in_steps_and_keeps_their_counts(b: &Backend) {
+    b.store
+        .add_destination(b.project, hook("h"), "whsec_x".into())
+        .await
+        .expect("destination");
+    let now = b.now().as_micros();
+    let day = 86_400_000_000_i64;
+    let old: Vec<trackd_core::EventRecord> = (0..5)
+        .map(|n| {
+            let mut r = b.tracked(event("old-user", "Old", json!({"n": n}))).record;
+            r.received_at = Timestamp::from_micros(now - 10 * day + n);
+            r.created_at = Timestamp::from_micros(now - 10 * day);
+            r
+        })
+        .collect();
+    assert_eq!(b.store.restore(old, true).await.expect("restored"), 0);
+    assert_eq!(
+        b.track(event("new-user", "New", json!({}))).await,
+        InsertOutcome::Inserted
+    );
+    let stats = || {
+        b.store.stats(StatsQuery {
+            project: b.project,
+            since: None,
+            until: None,
+            interval: Interval::Day,
+            max_counts: trackd_core::read::STATS_MAX_COUNTS,
+        })
+    };
+    let before = stats().await.expect("stats");
+    b.store
+        .set_retention(b.project, Some(7 * day))
+        .await
+        .expect("set");
+    let listed = b.store.projects().await.expect("projects");
+    assert_eq!(listed[0].retention, Some(7 * day));
+    let cutoff = Timestamp::from_micros(now - 7 * day);
+    let mut steps = Vec::new();
+    loop {
+        let e = b.store.expire(b.project, cutoff, 2).await.expect("expired");
+        steps.push((e.events, e.items));
+        if e.events == 0 && e.items == 0 {
+            break;
+        }
+    }
+    assert_eq!(steps, [(2, 2), (2, 2), (1, 1), (0, 0)]);
+    assert_eq!(
+        b.events_of("old-user").await,
+        Some(vec![]),
+        "the user stays"
+    );
+    assert_eq!(b.events_of("new-user").await.expect("new").len(), 1);
+    let after = stats().await.expect("stats");
+    assert_eq!(after, before, "the statistics keep the counts");
+    let items = b.store.outbox(b.project, 0, 100).await.expect("outbox");
+    assert_eq!(items.len(), 1, "the new event's item");
+    assert!(matches!(
+        b.store.set_retention(ProjectId::new(999_999), None).await,
+        Err(StoreError::NotFound(_))
+    ));
 }

@@ -43,6 +43,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
     suppressed: Counter,
+    expired_events: Counter,
+    expired_items: Counter,
     rejected: Family<ReasonLabels, Counter>,
     limited: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
@@ -58,6 +60,8 @@ impl Metrics {
             requests: Family::default(),
             events: Family::default(),
             suppressed: Counter::default(),
+            expired_events: Counter::default(),
+            expired_items: Counter::default(),
             rejected: Family::default(),
             limited: Family::default(),
             in_flight: Gauge::default(),
@@ -74,6 +78,16 @@ impl Metrics {
             "Tracked events by outcome (accepted: stored; duplicate: inside the dedup window; \
              suppressed: of a suppressed user)",
             metrics.events.clone(),
+        );
+        registry.register(
+            "retention_deleted_events",
+            "Events deleted for being older than their project's retention",
+            metrics.expired_events.clone(),
+        );
+        registry.register(
+            "retention_deleted_outbox_items",
+            "Outbox items (delivered or not) deleted for being older than their project's retention",
+            metrics.expired_items.clone(),
         );
         registry.register(
             "suppressed_writes",
@@ -111,6 +125,12 @@ impl Metrics {
             trackd_core::InsertOutcome::Suppressed => "suppressed",
         };
         self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts what a retention step deleted.
+    pub fn expired(&self, expired: trackd_core::privacy::Expired) {
+        self.expired_events.inc_by(expired.events);
+        self.expired_items.inc_by(expired.items);
     }
 
     /// Counts a call (event or profile change) answered as suppressed.

@@ -325,10 +325,12 @@ enum ReadRoute {
     Suppress,
     Unsuppress,
     Audit,
+    Project,
 }
 
 /// The read routes (secret key): path, method, what answers.
-const READ_ROUTES: [(&str, &str, ReadRoute); 11] = [
+const READ_ROUTES: [(&str, &str, ReadRoute); 12] = [
+    ("/api/v2/project", "GET", ReadRoute::Project),
     ("/api/v2/users/{id}", "GET", ReadRoute::User),
     ("/api/v2/users/{id}/events", "GET", ReadRoute::UserEvents),
     ("/api/v2/users/{id}/export", "GET", ReadRoute::UserExport),
@@ -491,6 +493,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             ReadRoute::Suppress => post(privacy::suppress),
             ReadRoute::Unsuppress => post(privacy::unsuppress),
             ReadRoute::Audit => get(privacy::audit),
+            ReadRoute::Project => get(privacy::project),
         };
         reads = reads.route(path, with_allow(method_router, allow));
     }

@@ -246,6 +246,12 @@ fn read_operation(route: ReadRoute) -> Value {
             vec![id.clone()],
             json_ok("Suppression"),
         ),
+        ReadRoute::Project => (
+            "get_project",
+            "The key's project: its name and retention",
+            vec![],
+            json_ok("ProjectInfo"),
+        ),
         ReadRoute::Audit => (
             "get_audit",
             "The project's audit log, newest first, by page",
@@ -638,6 +644,10 @@ fn base_components() -> Value {
         "suppressed": {"type": "boolean"},
         "deleted": {"type": "boolean",
                     "description": "a user of that id existed and was deleted"}}});
+    components["schemas"]["ProjectInfo"] = json!({"type": "object",
+        "required": ["name", "retention"], "properties": {
+        "name": {"type": "string"},
+        "retention": {"type": "string", "description": "90d, 12h, …; off: kept for ever"}}});
     components["schemas"]["AuditPage"] = json!({"type": "object",
         "required": ["entries", "next_cursor"], "properties": {
         "entries": {"type": "array", "items": {"type": "object", "properties": {

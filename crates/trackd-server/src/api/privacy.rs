@@ -121,6 +121,28 @@ pub async fn unsuppress(
     Ok(json_response(json!({"suppressed": false})))
 }
 
+/// `GET /api/v2/project`: the key's project, its name and retention (for the console).
+pub async fn project(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
+    trackd_core::read::Params::new(&query, &[])?;
+    let project = state
+        .store
+        .projects()
+        .await?
+        .into_iter()
+        .find(|p| p.id == credential.project)
+        .ok_or_else(|| ApiError::NotFound("project: gone".into()))?;
+    Ok(json_response(json!({
+        "name": project.name,
+        "retention": trackd_core::privacy::format_retention(project.retention),
+    })))
+}
+
 /// `GET /api/v2/audit`: the project's administrative acts, newest first, by page.
 pub async fn audit(
     State(state): State<AppState>,

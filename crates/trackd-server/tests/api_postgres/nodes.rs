@@ -173,7 +173,7 @@ async fn nodes_starting_at_once_on_an_empty_database_migrate_it_once() {
         })
     });
     // Each migration applied once: the schema is at the last one (there are five).
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 }
 
 #[tokio::test]

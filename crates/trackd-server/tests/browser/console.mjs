@@ -168,6 +168,16 @@ try {
     failing.close();
   }
 
+  // Privacy: the project's retention, and the audit log with the destination's creation
+  // and pause.
+  await page.click('.tab[data-view="privacy"]');
+  await page.locator('#audit-list tr[data-action="destination.add"]').waitFor({ timeout: WAIT });
+  assert.equal(await page.locator("#privacy-retention").innerText(), "off");
+  assert.equal(await page.locator('#audit-list tr[data-action="destination.pause"]').count(), 1);
+  assert.match(await page.locator('#audit-list tr[data-action="destination.add"]').innerText(),
+    /key:[0-9a-f]{8}\s+destination\.add\s+crm-hook/);
+  await shot("privacy");
+
   // A phone-sized screen.
   await page.setViewportSize({ width: 390, height: 844 });
   await page.click('.tab[data-view="live"]');

@@ -500,6 +500,37 @@ impl Store for PostgresStore {
         })
     }
 
+    fn set_retention(&self, project: ProjectId, retention: Option<i64>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let n = client
+                .execute(
+                    "UPDATE projects SET retention = $2 WHERE id = $1",
+                    &[&project.get(), &retention],
+                )
+                .await
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("project".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn expire(
+        &self,
+        project: ProjectId,
+        cutoff: trackd_core::Timestamp,
+        limit: usize,
+    ) -> StoreFuture<'_, trackd_core::privacy::Expired> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            privacy::expire(&mut client, project, cutoff.as_micros(), limit)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     fn record_audit(&self, act: trackd_core::privacy::AuditAct) -> StoreFuture<'_, ()> {
         let now = self.clock.now().as_micros();
         Box::pin(async move {
@@ -537,6 +568,7 @@ impl Store for PostgresStore {
                 Some(row) => Ok(Project {
                     id: ProjectId::new(row.get(0)),
                     name,
+                    retention: None,
                 }),
                 None => Err(StoreError::Conflict(format!("project {name}"))),
             }
@@ -548,7 +580,7 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    "SELECT id, name FROM projects ORDER BY name COLLATE \"C\"",
+                    "SELECT id, name, retention FROM projects ORDER BY name COLLATE \"C\"",
                     &[],
                 )
                 .await
@@ -558,6 +590,7 @@ impl Store for PostgresStore {
                 .map(|r| Project {
                     id: ProjectId::new(r.get(0)),
                     name: r.get(1),
+                    retention: r.get(2),
                 })
                 .collect())
         })
@@ -568,12 +601,16 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let client = self.client().await?;
             let row = client
-                .query_opt("SELECT id, name FROM projects WHERE name = $1", &[&name])
+                .query_opt(
+                    "SELECT id, name, retention FROM projects WHERE name = $1",
+                    &[&name],
+                )
                 .await
                 .map_err(unavailable)?;
             row.map(|r| Project {
                 id: ProjectId::new(r.get(0)),
                 name: r.get(1),
+                retention: r.get(2),
             })
             .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
         })

@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::Error;
 use trackd_core::privacy::{
-    Actor, AuditAct, AuditEntry, AuditQuery, Suppressed, Suppressible, SuppressionHash,
-    SuppressionKey,
+    Actor, AuditAct, AuditEntry, AuditQuery, Expired, Suppressed, Suppressible, SuppressionHash,
+    SuppressionKey, ROLLUP_MICROS,
 };
 use trackd_core::{ProjectId, StoreError, Timestamp};
 
@@ -238,4 +238,70 @@ pub(super) async fn page(
             })
         })
         .collect()
+}
+
+/// One step of retention (`Store::expire`), in a transaction of its own. Rows another node
+/// is expiring at the same moment are skipped (`SKIP LOCKED`), not waited for.
+pub(super) async fn expire(
+    client: &mut Client,
+    project: ProjectId,
+    cutoff: i64,
+    limit: usize,
+) -> Result<Expired, Error> {
+    let tx = client.transaction().await?;
+    let limit = limit as i64;
+    let events: i64 = tx
+        .query_one(
+            "WITH chunk AS ( \
+               SELECT id, created_at, event_key FROM events \
+               WHERE project_id = $1 AND received_at < $2 \
+               ORDER BY received_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             gone AS ( \
+               DELETE FROM events e USING chunk WHERE e.id = chunk.id \
+               RETURNING chunk.created_at, chunk.event_key), \
+             rolled AS ( \
+               INSERT INTO stats_rollup (project_id, hour, event_key, count) \
+               SELECT $1, created_at - ((created_at % $4) + $4) % $4, event_key, count(*) \
+               FROM gone GROUP BY 2, 3 \
+               ON CONFLICT (project_id, hour, event_key) \
+                 DO UPDATE SET count = stats_rollup.count + EXCLUDED.count) \
+             SELECT count(*) FROM gone",
+            &[&project.get(), &cutoff, &limit, &ROLLUP_MICROS],
+        )
+        .await?
+        .try_get(0)?;
+    // Positions follow commit order and so, but for requests in flight together, receive
+    // order: the oldest `limit` items are read and those before the first one received at
+    // or after the cutoff go.
+    let rows = tx
+        .query(
+            "SELECT pos, received_at FROM outbox WHERE project_id = $1 ORDER BY pos LIMIT $2",
+            &[&project.get(), &limit],
+        )
+        .await?;
+    let mut old: Vec<i64> = Vec::new();
+    for row in rows {
+        if row.try_get::<_, i64>(1)? >= cutoff {
+            break;
+        }
+        old.push(row.try_get(0)?);
+    }
+    if !old.is_empty() {
+        tx.execute(
+            "DELETE FROM outbox WHERE project_id = $1 AND pos = ANY($2)",
+            &[&project.get(), &old],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM dead_letters WHERE pos = ANY($2) \
+             AND destination_id IN (SELECT id FROM destinations WHERE project_id = $1)",
+            &[&project.get(), &old],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Expired {
+        events: events as u64,
+        items: old.len() as u64,
+    })
 }

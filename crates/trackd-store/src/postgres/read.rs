@@ -287,8 +287,16 @@ pub(super) async fn stats(
     // BINARY (byte order), so keys come in the same order (the JSON keeps it).
     let buckets = client
         .query(
-            "SELECT (created_at - ((created_at % $4) + $4) % $4) AS start, event_key, count(*) \
-             FROM events WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 \
+            // With the counts retention kept of the events it deleted (per hour).
+            "SELECT start, event_key, sum(n)::bigint FROM ( \
+               SELECT (created_at - ((created_at % $4) + $4) % $4) AS start, event_key, \
+                      count(*) AS n \
+               FROM events WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 \
+               GROUP BY start, event_key \
+               UNION ALL \
+               SELECT (hour - ((hour % $4) + $4) % $4) AS start, event_key, sum(count) AS n \
+               FROM stats_rollup WHERE project_id = $1 AND hour >= $2 AND hour < $3 \
+               GROUP BY start, event_key) AS b \
              GROUP BY start, event_key ORDER BY start, event_key COLLATE \"C\" LIMIT $5",
             &[
                 &q.project.get(),

@@ -341,7 +341,9 @@ impl Writers {
                 Job::Outbox { .. } => done.push(Done::Count(0)),
                 // Suppressions run their own transactions on PostgreSQL (`privacy.rs`): a
                 // job of theirs here is failed, never answered as done.
-                Job::Suppress { .. } | Job::Unsuppress { .. } => done.push(Done::Nothing),
+                Job::Suppress { .. } | Job::Unsuppress { .. } | Job::Expire { .. } => {
+                    done.push(Done::Nothing)
+                }
                 Job::Shutdown => done.push(Done::Nothing),
             }
             i += 1;

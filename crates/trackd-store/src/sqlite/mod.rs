@@ -489,6 +489,35 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_retention(&self, project: ProjectId, retention: Option<i64>) -> StoreFuture<'_, ()> {
+        self.admin(move |conn, _| {
+            let n = conn
+                .execute(
+                    "UPDATE projects SET retention = ?2 WHERE id = ?1",
+                    params![project.get(), retention],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("project".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn expire(
+        &self,
+        project: ProjectId,
+        cutoff: trackd_core::Timestamp,
+        limit: usize,
+    ) -> StoreFuture<'_, trackd_core::privacy::Expired> {
+        self.submit(|reply| Job::Expire {
+            project,
+            cutoff: cutoff.as_micros(),
+            limit,
+            reply,
+        })
+    }
+
     fn record_audit(&self, act: trackd_core::privacy::AuditAct) -> StoreFuture<'_, ()> {
         self.admin(move |conn, now| privacy::record(conn, &act, now).map_err(unavailable))
     }
@@ -525,6 +554,7 @@ impl Store for SqliteStore {
             Ok(Project {
                 id: ProjectId::new(id),
                 name,
+                retention: None,
             })
         })
     }
@@ -532,13 +562,14 @@ impl Store for SqliteStore {
     fn projects(&self) -> StoreFuture<'_, Vec<Project>> {
         self.admin(|conn, _| {
             let mut stmt = conn
-                .prepare("SELECT id, name FROM projects ORDER BY name")
+                .prepare("SELECT id, name, retention FROM projects ORDER BY name")
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok(Project {
                         id: ProjectId::new(r.get(0)?),
                         name: r.get(1)?,
+                        retention: r.get(2)?,
                     })
                 })
                 .map_err(unavailable)?;
@@ -550,12 +581,13 @@ impl Store for SqliteStore {
         let name = name.to_owned();
         self.admin(move |conn, _| {
             conn.query_row(
-                "SELECT id, name FROM projects WHERE name = ?1",
+                "SELECT id, name, retention FROM projects WHERE name = ?1",
                 [&name],
                 |r| {
                     Ok(Project {
                         id: ProjectId::new(r.get(0)?),
                         name: r.get(1)?,
+                        retention: r.get(2)?,
                     })
                 },
             )

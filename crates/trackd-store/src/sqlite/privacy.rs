@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use trackd_core::privacy::{AuditAct, AuditEntry, AuditQuery, Suppressible, SuppressionKey};
+use trackd_core::privacy::{
+    AuditAct, AuditEntry, AuditQuery, Expired, Suppressible, SuppressionKey, ROLLUP_MICROS,
+};
 use trackd_core::{ProjectId, Timestamp};
 
 /// The writer's view of the suppression list.
@@ -163,4 +165,55 @@ pub(crate) fn page(conn: &Connection, q: &AuditQuery) -> rusqlite::Result<Vec<Au
         },
     )?;
     rows.collect()
+}
+
+/// One step of retention (`Store::expire`): at most `limit` events received before
+/// `cutoff`, oldest first (their counts go to the hourly rollup the statistics read), and
+/// at most `limit` outbox items received before it, with their dead letters.
+pub(crate) fn expire(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    cutoff: i64,
+    limit: usize,
+) -> rusqlite::Result<Expired> {
+    const CHUNK: &str = "SELECT id FROM events WHERE project_id = ?1 AND received_at < ?2 \
+                         ORDER BY received_at, id LIMIT ?3";
+    tx.prepare_cached(&format!(
+        "INSERT INTO stats_rollup (project_id, hour, event_key, count) \
+         SELECT ?1, created_at - ((created_at % ?4) + ?4) % ?4 AS hour, event_key, count(*) \
+         FROM events WHERE id IN ({CHUNK}) GROUP BY hour, event_key \
+         ON CONFLICT (project_id, hour, event_key) DO UPDATE SET count = count + excluded.count"
+    ))?
+    .execute(params![project.get(), cutoff, limit as i64, ROLLUP_MICROS])?;
+    let events = tx
+        .prepare_cached(&format!("DELETE FROM events WHERE id IN ({CHUNK})"))?
+        .execute(params![project.get(), cutoff, limit as i64])?;
+    // Positions follow commit order and so, but for requests in flight together, receive
+    // order: the walk stops at the first item received at or after the cutoff.
+    let mut old = Vec::new();
+    {
+        let mut walk = tx.prepare_cached(
+            "SELECT pos, received_at FROM outbox WHERE project_id = ?1 ORDER BY pos",
+        )?;
+        let mut rows = walk.query([project.get()])?;
+        while let Some(row) = rows.next()? {
+            if row.get::<_, i64>(1)? >= cutoff || old.len() >= limit {
+                break;
+            }
+            old.push(row.get::<_, i64>(0)?);
+        }
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE project_id = ?1 AND pos = ?2")?;
+    let mut dead = tx.prepare_cached(
+        "DELETE FROM dead_letters WHERE pos = ?2 \
+         AND destination_id IN (SELECT id FROM destinations WHERE project_id = ?1)",
+    )?;
+    for pos in &old {
+        delete.execute(params![project.get(), pos])?;
+        dead.execute(params![project.get(), pos])?;
+    }
+    Ok(Expired {
+        events: events as u64,
+        items: old.len() as u64,
+    })
 }

@@ -158,6 +158,13 @@ fn delete(
             }
         }
     }
+    // Other connections' writers hold these records in memory: they reload their index
+    // when this moves.
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('dedup_deletions', 1) \
+         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+    )?
+    .execute([])?;
     for key in forget {
         // Only keys the index or this batch knows need forgetting.
         if overlay.accepted_at(index, &key).is_some() {

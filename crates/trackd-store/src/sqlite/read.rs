@@ -174,8 +174,16 @@ pub(crate) fn stats(conn: &Connection, q: &StatsQuery) -> rusqlite::Result<Optio
     let since = q.since.map_or(i64::MIN, |t| t.as_micros());
     let until = q.until.map_or(i64::MAX, |t| t.as_micros());
     let mut stmt = conn.prepare_cached(
-        "SELECT (created_at - ((created_at % ?4) + ?4) % ?4) AS start, event_key, count(*) \
-         FROM events WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3 \
+        // With the counts retention kept of the events it deleted (per hour).
+        "SELECT start, event_key, sum(n) FROM ( \
+           SELECT (created_at - ((created_at % ?4) + ?4) % ?4) AS start, event_key, \
+                  count(*) AS n \
+           FROM events WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3 \
+           GROUP BY start, event_key \
+           UNION ALL \
+           SELECT (hour - ((hour % ?4) + ?4) % ?4) AS start, event_key, sum(count) AS n \
+           FROM stats_rollup WHERE project_id = ?1 AND hour >= ?2 AND hour < ?3 \
+           GROUP BY start, event_key) \
          GROUP BY start, event_key ORDER BY start, event_key LIMIT ?5",
     )?;
     let buckets: Vec<(i64, String, i64)> = stmt

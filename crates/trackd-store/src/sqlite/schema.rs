@@ -223,6 +223,18 @@ CREATE TABLE audit (
     target     TEXT NOT NULL
 );
 CREATE INDEX audit_by_project ON audit(project_id, id);
+
+-- Retention (DESIGN §10): how long a project keeps its events (µs of receive time; NULL:
+-- for ever); the counts of the events it deleted, per hour and event key, so the
+-- statistics keep them.
+ALTER TABLE projects ADD COLUMN retention INTEGER;
+CREATE TABLE stats_rollup (
+    project_id INTEGER NOT NULL,
+    hour       INTEGER NOT NULL,
+    event_key  TEXT NOT NULL,
+    count      INTEGER NOT NULL,
+    PRIMARY KEY (project_id, hour, event_key)
+) WITHOUT ROWID;
 "#,
 ];
 

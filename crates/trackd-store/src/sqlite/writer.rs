@@ -28,6 +28,9 @@ use super::users::{KnownUsers, Touches};
 use crate::job::OutboxOp;
 use trackd_core::delivery::{change_item, event_identity, ItemKind};
 
+/// How often a batch is retried with a reloaded dedup index before it fails.
+const MAX_RELOADS: usize = 3;
+
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
 /// How much longer than the window dedup keys are kept (see `purge_expired`).
@@ -59,6 +62,9 @@ pub(crate) struct Writer {
     users: KnownUsers,
     /// Which projects have suppressed users, and the key their hashes are made with.
     suppressions: Suppressions,
+    /// `meta.dedup_deletions` when the dedup index was loaded: another connection's
+    /// deletion of dedup records moves it.
+    dedup_deletions: i64,
     /// The last reopen failed: `conn` must not be used again.
     broken: bool,
 }
@@ -92,7 +98,9 @@ impl Writer {
         let outbox = OutboxState::load(&conn)?;
         let messages = MessageIds::load(&conn, config.message_window_micros)?;
         let suppressions = Suppressions::load(&conn, &super::secret(&conn)?)?;
+        let dedup_deletions = dedup_deletions(&conn)?;
         Ok(Writer {
+            dedup_deletions,
             messages,
             suppressions,
             users: KnownUsers::default(),
@@ -162,21 +170,25 @@ impl Writer {
             self.fail(batch);
             return;
         }
-        let result = write_batch(
-            &mut self.conn,
-            batch,
-            &mut Batch {
-                window_micros: self.config.window_micros,
-                index: &self.dedup,
-                seen_version: &mut self.data_version,
-                watched: self.config.live.watched(),
-                outbox: &mut self.outbox,
-                now: self.config.clock.now().as_micros(),
-                messages: &self.messages,
-                users: &mut self.users,
-                suppressions: &mut self.suppressions,
-            },
-        );
+        let mut result = self.write(batch);
+        // Another connection deleted dedup records (a user deleted or suppressed by the
+        // command line): the index is read again from the file, and the batch written
+        // with it. A few tries: each reads the count of deletions before the index.
+        for _ in 0..MAX_RELOADS {
+            if !matches!(result, Ok(None)) {
+                break;
+            }
+            tracing::info!("dedup records deleted by another connection: reloading the index");
+            result = self.reload_dedup().and_then(|()| self.write(batch));
+        }
+        let result = result.and_then(|written| {
+            written.ok_or_else(|| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some("dedup records kept being deleted under the writer".into()),
+                )
+            })
+        });
         match result {
             Ok(written) => {
                 // Records other connections committed (seen under the write lock) first,
@@ -189,6 +201,7 @@ impl Writer {
                 }
                 self.dedup
                     .committed(&written.overlay, written.last_dedup_id);
+                self.dedup_deletions = written.deletions;
                 self.messages.committed(written.messages);
                 for batch in written.live {
                     self.config.live.publish(batch);
@@ -227,6 +240,33 @@ impl Writer {
         }
     }
 
+    /// Writes a batch (see `write_batch`); `None` when the dedup index must be reloaded.
+    fn write(&mut self, batch: &[Job]) -> rusqlite::Result<Option<Written>> {
+        write_batch(
+            &mut self.conn,
+            batch,
+            &mut Batch {
+                window_micros: self.config.window_micros,
+                index: &self.dedup,
+                seen_version: &mut self.data_version,
+                deletions: self.dedup_deletions,
+                watched: self.config.live.watched(),
+                outbox: &mut self.outbox,
+                now: self.config.clock.now().as_micros(),
+                messages: &self.messages,
+                users: &mut self.users,
+                suppressions: &mut self.suppressions,
+            },
+        )
+    }
+
+    /// Reads the dedup index again from the file (after another connection deleted records).
+    fn reload_dedup(&mut self) -> rusqlite::Result<()> {
+        self.dedup_deletions = dedup_deletions(&self.conn)?;
+        self.dedup = load_index(&self.conn, &self.config)?.0;
+        Ok(())
+    }
+
     /// Answers every job of a batch that did not commit with 503, and marks the store not
     /// ready.
     fn fail(&mut self, batch: &mut Vec<Job>) {
@@ -248,6 +288,7 @@ impl Writer {
                     let outbox = OutboxState::load(&conn)?;
                     let messages = MessageIds::load(&conn, self.config.message_window_micros)?;
                     self.suppressions.reload(&conn)?;
+                    self.dedup_deletions = dedup_deletions(&conn)?;
                     Ok((conn, dedup, data_version, outbox, messages))
                 });
         match opened {
@@ -365,6 +406,15 @@ fn load_index(conn: &Connection, config: &WriterConfig) -> rusqlite::Result<(Ded
     Ok((DedupIndex::load(conn, cutoff)?, data_version(conn)?))
 }
 
+/// How many transactions have deleted dedup records (a user's deletion), by any connection.
+fn dedup_deletions(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT value FROM meta WHERE key = 'dedup_deletions'), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
@@ -386,6 +436,8 @@ struct Written {
     erased: bool,
     /// The messageIds it recorded.
     messages: Pending,
+    /// `meta.dedup_deletions` after it (its own deletions move it; the index knows them).
+    deletions: i64,
 }
 
 /// What a batch is written with besides its jobs.
@@ -393,6 +445,8 @@ struct Batch<'a> {
     window_micros: i64,
     index: &'a DedupIndex,
     seen_version: &'a mut i64,
+    /// `meta.dedup_deletions` as the index knows it.
+    deletions: i64,
     watched: bool,
     outbox: &'a mut OutboxState,
     now: i64,
@@ -403,12 +457,13 @@ struct Batch<'a> {
 
 /// Writes one batch in one transaction, job by job in arrival order: events (the dedup
 /// decision; then the user upsert, the event row, its dedup record and its outbox item) and
-/// profile changes (and theirs). Nothing is written unless everything is.
+/// profile changes (and theirs). Nothing is written unless everything is. `None` (nothing
+/// written) when another connection deleted dedup records the index still holds.
 fn write_batch(
     conn: &mut Connection,
     jobs: &[Job],
     b: &mut Batch<'_>,
-) -> rusqlite::Result<Written> {
+) -> rusqlite::Result<Option<Written>> {
     let (window_micros, index, watched) = (b.window_micros, b.index, b.watched);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Under the write lock no other connection can commit: if one did since the last batch
@@ -418,6 +473,9 @@ fn write_batch(
     let mut catch_up = None;
     let mut overlay = Overlay::default();
     if version != *b.seen_version {
+        if dedup_deletions(&tx)? != b.deletions {
+            return Ok(None);
+        }
         catch_up = Some(version);
         for (key, received) in DedupIndex::records_after(&tx, index.last_id())? {
             overlay.record(key, received);
@@ -504,6 +562,17 @@ fn write_batch(
                     deleted,
                     already,
                 }));
+            }
+            Job::Expire {
+                project,
+                cutoff,
+                limit,
+                ..
+            } => {
+                let expired = privacy::expire(&tx, *project, *cutoff, *limit)?;
+                // Their older page images leave the WAL with a truncating checkpoint.
+                after.erased |= expired.events > 0 || expired.items > 0;
+                done.push(Done::Expired(expired));
             }
             Job::Unsuppress {
                 project,
@@ -621,9 +690,14 @@ fn write_batch(
         count.execute(params![project, name, n])?;
     }
     drop(count);
+    let deletions = if erased {
+        dedup_deletions(&tx)?
+    } else {
+        b.deletions
+    };
     tx.commit()?;
     *b.outbox = items;
-    Ok(Written {
+    Ok(Some(Written {
         done,
         overlay,
         last_dedup_id,
@@ -631,7 +705,8 @@ fn write_batch(
         live: live.into_values().collect(),
         erased,
         messages: pending_messages,
-    })
+        deletions,
+    }))
 }
 
 /// What a batch does after each write: outbox items, the live view, running totals.
