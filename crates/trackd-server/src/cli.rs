@@ -814,7 +814,7 @@ async fn credential(cmd: CredentialCommand, kind: CredentialKind) -> Result<(), 
 use trackd_core::privacy::format_retention;
 
 /// Records an act of this command line in the audit log.
-async fn audited(
+pub(crate) async fn audited(
     store: &DynStore,
     project: trackd_core::ProjectId,
     action: &'static str,

@@ -151,6 +151,10 @@ pub async fn user_export(args: UserExportArgs) -> Result<(), CliError> {
                 args.project
             )));
         };
+        // Handing out a person's data is an act the audit log keeps (the user by hash).
+        let key = trackd_core::privacy::SuppressionKey::new(&store.cursor_key().await?);
+        let target = key.audit_target(project.id, &args.id);
+        crate::cli::audited(&store, project.id, "user.export", target).await?;
         let out: Box<dyn Write + Send> = match &args.output {
             Some(path) => Box::new(std::fs::File::create(path)?),
             None => Box::new(std::io::stdout()),

@@ -151,12 +151,16 @@ pub async fn audit(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
-    let query = AuditQuery::parse(credential.project, &query, &state.cursor_key)?;
+    let mut query = AuditQuery::parse(credential.project, &query, &state.cursor_key)?;
     let limit = query.limit;
-    let entries = state.store.audit(query).await?;
+    // One more than asked: a next page is offered only when there is one.
+    query.limit += 1;
+    let mut entries = state.store.audit(query).await?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
     let next = entries
         .last()
-        .filter(|_| entries.len() == limit)
+        .filter(|_| more)
         .map(|last| audit_cursor(last).seal(&state.cursor_key, &audit_scope(credential.project)));
     Ok(json_response(json!({
         "entries": entries.iter().map(|e| e.to_json()).collect::<Vec<_>>(),

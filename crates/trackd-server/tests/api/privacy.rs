@@ -255,6 +255,11 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
         .assert_error(400, "id: longer than 254 characters");
     assert!(app.profile(id).await.is_some(), "nothing done by refusals");
 
+    assert_eq!(
+        user_export(&app, id).await.len(),
+        4,
+        "the profile and 3 events"
+    );
     let done = suppression(&app, &app.secret, "suppress", id).await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert_eq!(done.json(), json!({"suppressed": true, "deleted": true}));
@@ -336,18 +341,28 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
         .iter()
         .map(|e| e["action"].as_str().expect("action"))
         .collect();
-    assert_eq!(actions, ["user.unsuppress", "user.suppress"]);
+    assert_eq!(actions, ["user.unsuppress", "user.suppress", "user.export"]);
     assert_eq!(entries[0]["target"], entries[1]["target"]);
+    assert_eq!(entries[1]["target"], entries[2]["target"]);
     assert!(!audit.to_string().contains(id) && !audit.to_string().contains(email));
     assert!(entries[0]["actor"]
         .as_str()
         .is_some_and(|a| a.starts_with("key:")));
-    let page = app.read_json("/api/v2/audit?limit=1").await;
+    let page = app.read_json("/api/v2/audit?limit=2").await;
     let cursor = page["next_cursor"].as_str().expect("a next page");
     let next = app
-        .read_json(&format!("/api/v2/audit?limit=1&cursor={cursor}"))
+        .read_json(&format!("/api/v2/audit?limit=2&cursor={cursor}"))
         .await;
-    assert_eq!(next["entries"][0]["action"], "user.suppress");
+    assert_eq!(next["entries"][0]["action"], "user.export");
+    assert_eq!(next["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(next["next_cursor"], Value::Null, "no empty last page");
+    // A cursor of this query is no cursor for another project's log, nor for events.
+    app.read(&format!("/api/v2/events?cursor={cursor}"))
+        .await
+        .assert_error(
+            400,
+            "cursor: not a cursor this server handed out for this query",
+        );
     let as_token = app.read_as(&app.token, "/api/v2/audit").await;
     assert!([401, 403].contains(&as_token.status));
     app.read("/api/v2/audit?limit=0")
@@ -375,6 +390,8 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
         all.extend(["--data-dir", dir.as_str(), "--project", "test"]);
         run_cli(&all)
     };
+    let (ok, stdout, stderr) = cli(&["user", "export", "cli-user"]);
+    assert!(ok && stdout.lines().count() == 2, "{stderr}");
     let (ok, _, stderr) = cli(&["user", "suppress", "cli-user"]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("suppressed; the user and its events were deleted"));
@@ -416,7 +433,8 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
         [
             ("cli", "user.unsuppress"),
             ("cli", "token.add"),
-            ("cli", "user.suppress")
+            ("cli", "user.suppress"),
+            ("cli", "user.export")
         ]
     );
     assert!(!stdout.contains("cli-user"), "users by hash only: {stdout}");
