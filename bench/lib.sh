@@ -5,6 +5,7 @@
 #                                   cleans up on exit
 #   bench_start DATA LOG [FLAGS...] creates a project in DATA, serves it on a free port;
 #                                   sets $token, $port and $pid, exports WRK_PATH
+#   bench_serve DATA LOG [FLAGS...] the same for DATA with a project and $token already
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk"; exit 2; }
 
@@ -25,6 +26,12 @@ bench_start() {
   shift 2
   token=$("$bin" project create bench --data-dir "$data" --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
+  bench_serve "$data" "$log" "$@"
+}
+
+bench_serve() {
+  local data=$1 log=$2
+  shift 2
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
   pid=$!

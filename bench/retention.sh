@@ -39,12 +39,7 @@ for r in $(seq 1 "$rounds"); do
     fi
     token=$("$bin" token add --project bench --data-dir "$data" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["tracking_token"])')
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    TRACKD_LOG=info,trackd_server::retention=debug \
-      "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" >"$work/$mode$r.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
-    export WRK_PATH="/api/v2/events/track?auth_token=$token"
+    TRACKD_LOG=info,trackd_server::retention=debug bench_serve "$data" "$work/$mode$r.log"
     before=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^trackd_retention_deleted_events_total/{print $2}')
     wrk -t1 -c"$conns" -d"${secs}s" --latency -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk-$mode$r.out" 2>&1
     after=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^trackd_retention_deleted_events_total/{print $2}')

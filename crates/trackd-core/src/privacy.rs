@@ -147,6 +147,24 @@ pub struct AuditAct {
     pub target: String,
 }
 
+impl AuditAct {
+    /// An act on a user, named by the keyed hash of its key.
+    pub fn on_user(
+        key: &SuppressionKey,
+        project: ProjectId,
+        user_key: &str,
+        actor: Actor,
+        action: &'static str,
+    ) -> Self {
+        AuditAct {
+            project,
+            actor,
+            action,
+            target: key.audit_target(project, user_key),
+        }
+    }
+}
+
 /// A recorded act, as the audit log answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {

@@ -145,6 +145,20 @@ impl Backend {
         ProfileRequest::parse(op, &map, self.project, self.now()).expect("valid change")
     }
 
+    /// The project's statistics by day, all time.
+    async fn stats(&self) -> trackd_core::read::Stats {
+        self.store
+            .stats(StatsQuery {
+                project: self.project,
+                since: None,
+                until: None,
+                interval: Interval::Day,
+                max_counts: trackd_core::read::STATS_MAX_COUNTS,
+            })
+            .await
+            .expect("stats")
+    }
+
     /// A profile change that is applied (not suppressed), or its refusal.
     async fn change(&self, op: ProfileOp, body: Value) -> Result<(), StoreError> {
         let outcome = self.store.change_profile(self.request(op, body)).await?;
@@ -706,17 +720,7 @@ async fn stats_count_events_duplicates_and_refusals(b: &Backend) {
         ])
         .await
         .expect("counted");
-    let stats = b
-        .store
-        .stats(StatsQuery {
-            project: b.project,
-            since: None,
-            until: None,
-            interval: Interval::Day,
-            max_counts: trackd_core::read::STATS_MAX_COUNTS,
-        })
-        .await
-        .expect("stats");
+    let stats = b.stats().await;
     assert_eq!((stats.accepted, stats.duplicates), (2, 1));
     assert_eq!(stats.rejected, vec![("identity".to_owned(), 3)]);
     let keys: Vec<(&str, i64)> = stats
@@ -2188,17 +2192,7 @@ async fn a_suppressed_user_is_deleted_and_refused_until_unsuppressed(b: &Backend
         .await
         .expect("suppressed");
     assert_eq!((again.deleted, again.already), (false, true));
-    let stats = b
-        .store
-        .stats(StatsQuery {
-            project: b.project,
-            since: None,
-            until: None,
-            interval: Interval::Day,
-            max_counts: trackd_core::read::STATS_MAX_COUNTS,
-        })
-        .await
-        .expect("stats");
+    let stats = b.stats().await;
     assert_eq!((stats.accepted, stats.suppressed), (2, 6));
     // Lifted: tracked again as anyone new; a second lift finds nothing.
     assert!(b
@@ -2297,16 +2291,7 @@ async fn retention_deletes_old_events_in_steps_and_keeps_their_counts(b: &Backen
         b.track(event("new-user", "New", json!({}))).await,
         InsertOutcome::Inserted
     );
-    let stats = || {
-        b.store.stats(StatsQuery {
-            project: b.project,
-            since: None,
-            until: None,
-            interval: Interval::Day,
-            max_counts: trackd_core::read::STATS_MAX_COUNTS,
-        })
-    };
-    let before = stats().await.expect("stats");
+    let before = b.stats().await;
     b.store
         .set_retention(b.project, Some(7 * day))
         .await
@@ -2329,7 +2314,7 @@ async fn retention_deletes_old_events_in_steps_and_keeps_their_counts(b: &Backen
         "the user stays"
     );
     assert_eq!(b.events_of("new-user").await.expect("new").len(), 1);
-    let after = stats().await.expect("stats");
+    let after = b.stats().await;
     assert_eq!(after, before, "the statistics keep the counts");
     let items = b.store.outbox(b.project, 0, 100).await.expect("outbox");
     assert_eq!(items.len(), 1, "the new event's item");

@@ -86,17 +86,7 @@ pub async fn suppress(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, id) = suppression_target(&state, peer, path, &uri, &headers).await?;
-    let done = super::track::committed(
-        &state,
-        state
-            .store
-            .suppress(credential.project, id, actor(&credential)),
-    )
-    .await?;
-    Ok(json_response(
-        json!({"suppressed": true, "deleted": done.deleted}),
-    ))
+    change(true, &state, peer, path, &uri, &headers).await
 }
 
 /// `POST /api/v2/users/{id}/unsuppress`: lifts the suppression; 404 when there is none.
@@ -107,15 +97,28 @@ pub async fn unsuppress(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (credential, id) = suppression_target(&state, peer, path, &uri, &headers).await?;
-    let lifted = super::track::committed(
-        &state,
-        state
-            .store
-            .unsuppress(credential.project, id, actor(&credential)),
-    )
-    .await?;
-    if !lifted {
+    change(false, &state, peer, path, &uri, &headers).await
+}
+
+/// Suppresses (`suppress`) or lifts a suppression, after the commit.
+async fn change(
+    suppress: bool,
+    state: &AppState,
+    peer: SocketAddr,
+    path: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (credential, id) = suppression_target(state, peer, path, uri, headers).await?;
+    let (project, actor) = (credential.project, actor(&credential));
+    let store = &state.store;
+    if suppress {
+        let done = super::track::committed(state, store.suppress(project, id, actor)).await?;
+        return Ok(json_response(
+            json!({"suppressed": true, "deleted": done.deleted}),
+        ));
+    }
+    if !super::track::committed(state, store.unsuppress(project, id, actor)).await? {
         return Err(ApiError::NotFound("id: not suppressed".into()));
     }
     Ok(json_response(json!({"suppressed": false})))

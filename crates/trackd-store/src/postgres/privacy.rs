@@ -132,12 +132,7 @@ pub(super) async fn suppress(
     )
     .await
     .map_err(unavailable)?;
-    let act = AuditAct {
-        project,
-        actor: actor.clone(),
-        action: "user.suppress",
-        target: key.audit_target(project, user_key),
-    };
+    let act = AuditAct::on_user(key, project, user_key, actor.clone(), "user.suppress");
     record(&tx, &act, now).await.map_err(unavailable)?;
     pending.write(&tx).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)?;
@@ -164,12 +159,7 @@ pub(super) async fn unsuppress(
         .await
         .map_err(unavailable)?;
     if n > 0 {
-        let act = AuditAct {
-            project,
-            actor: actor.clone(),
-            action: "user.unsuppress",
-            target: key.audit_target(project, user_key),
-        };
+        let act = AuditAct::on_user(key, project, user_key, actor.clone(), "user.unsuppress");
         record(&tx, &act, now).await.map_err(unavailable)?;
     }
     tx.commit().await.map_err(unavailable)?;

@@ -105,9 +105,15 @@ impl Suppressions {
         Ok(n > 0)
     }
 
-    /// How the audit log names the user of `key`.
-    pub fn target(&self, project: ProjectId, key: &str) -> String {
-        self.key.audit_target(project, key)
+    /// The audit log's record of an act on the user of `key`.
+    pub fn act(
+        &self,
+        project: ProjectId,
+        key: &str,
+        actor: trackd_core::privacy::Actor,
+        action: &'static str,
+    ) -> AuditAct {
+        AuditAct::on_user(&self.key, project, key, actor, action)
     }
 }
 

@@ -551,12 +551,9 @@ fn write_batch(
                 let already =
                     b.suppressions
                         .add(&tx, *project, key, &found.unwrap_or_default(), b.now)?;
-                let act = trackd_core::privacy::AuditAct {
-                    project: *project,
-                    actor: actor.clone(),
-                    action: "user.suppress",
-                    target: b.suppressions.target(*project, key),
-                };
+                let act = b
+                    .suppressions
+                    .act(*project, key, actor.clone(), "user.suppress");
                 privacy::record(&tx, &act, b.now)?;
                 done.push(Done::Suppressed(trackd_core::privacy::Suppressed {
                     deleted,
@@ -585,12 +582,9 @@ fn write_batch(
             } => {
                 let lifted = b.suppressions.lift(&tx, *project, key)?;
                 if lifted {
-                    let act = trackd_core::privacy::AuditAct {
-                        project: *project,
-                        actor: actor.clone(),
-                        action: "user.unsuppress",
-                        target: b.suppressions.target(*project, key),
-                    };
+                    let act = b
+                        .suppressions
+                        .act(*project, key, actor.clone(), "user.unsuppress");
                     privacy::record(&tx, &act, b.now)?;
                 }
                 done.push(Done::Lifted(lifted));
