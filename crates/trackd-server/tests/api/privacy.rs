@@ -365,6 +365,24 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
         );
     let as_token = app.read_as(&app.token, "/api/v2/audit").await;
     assert!([401, 403].contains(&as_token.status));
+    // Nothing alters it: the log has no write route.
+    let url = app.url("/api/v2/audit");
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+    ] {
+        let answer = app
+            .send(app.client.request(method, &url).bearer_auth(&app.secret))
+            .await;
+        assert_eq!(answer.status, 405, "{}", answer.body);
+    }
+    assert_eq!(
+        app.read_json("/api/v2/audit").await["entries"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
     app.read("/api/v2/audit?limit=0")
         .await
         .assert_error(400, "limit: must be an integer from 1 to 1000");
@@ -413,6 +431,50 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
     // writer, which held it in memory, read its index again after the other process's
     // deletion (it answered duplicate before).
     app.track(&track).await.assert_success(false);
+    // Every other administrative command leaves one row; one that fails leaves none.
+    let (ok, stdout, stderr) = cli(&["key", "add", "--json"]);
+    assert!(ok, "{stderr}");
+    let added: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    let key = added["secret_key"].as_str().expect("key").to_owned();
+    let hook = "http://127.0.0.1:9/hook";
+    for args in [
+        vec!["key", "revoke", key.as_str()],
+        vec![
+            "destination",
+            "add",
+            "--name",
+            "d1",
+            "--kind",
+            "webhook",
+            "--url",
+            hook,
+        ],
+        vec!["destination", "pause", "--name", "d1"],
+        vec!["destination", "remove", "--name", "d1"],
+    ] {
+        let (ok, _, stderr) = cli(&args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    let (ok, _, _) = cli(&["key", "revoke", key.as_str()]);
+    assert!(!ok, "revoked already: refused, not recorded");
+    let set = [
+        "project",
+        "set",
+        "test",
+        "--retention",
+        "30d",
+        "--data-dir",
+        &dir,
+    ];
+    assert!(run_cli(&set).0);
+    let (ok, _, stderr) = run_cli(&["project", "create", "other", "--data-dir", &dir]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, _) = run_cli(&["audit", "--project", "other", "--data-dir", &dir]);
+    assert!(ok);
+    assert!(
+        stdout.lines().count() == 1 && stdout.contains("cli") && stdout.contains("project.create"),
+        "{stdout}"
+    );
     let (ok, stdout, stderr) = cli(&["audit", "--json"]);
     assert!(ok, "{stderr}");
     let lines: Vec<Value> = stdout
@@ -431,6 +493,12 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
     assert_eq!(
         acts,
         [
+            ("cli", "project.set"),
+            ("cli", "destination.remove"),
+            ("cli", "destination.pause"),
+            ("cli", "destination.add"),
+            ("cli", "key.revoke"),
+            ("cli", "key.add"),
             ("cli", "user.unsuppress"),
             ("cli", "token.add"),
             ("cli", "user.suppress"),
