@@ -121,6 +121,11 @@ impl Pending {
         })
     }
 
+    /// Whether any of the batch's projects has suppressed users.
+    pub fn any_suppressing(&self) -> bool {
+        !self.suppressing.is_empty()
+    }
+
     /// Whether the project has suppressed users.
     pub fn suppressing(&self, project: ProjectId) -> bool {
         self.suppressing.contains(&project.get())

@@ -168,8 +168,11 @@ impl Writers {
             }),
         )
         .await?;
+        // Identifiers are gathered (and hashed) only when some project of the batch has
+        // suppressed users.
         let writes = batch
             .iter()
+            .filter(|_| outbox.any_suppressing())
             .flat_map(|job| match job {
                 Job::Track { event, .. } => vec![event.record.identifiers()],
                 Job::Profile { request, .. } => vec![request.identifiers()],

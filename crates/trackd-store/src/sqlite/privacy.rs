@@ -47,6 +47,10 @@ impl Suppressions {
         tx: &Transaction<'_>,
         write: &impl Suppressible,
     ) -> rusqlite::Result<bool> {
+        // The common case, no suppression anywhere: nothing to look at.
+        if self.projects.is_empty() {
+            return Ok(false);
+        }
         let (project, identifiers) = write.identifiers();
         if !self.projects.contains(&project.get()) {
             return Ok(false);
