@@ -206,7 +206,10 @@ async fn the_application_role_needs_no_superuser() {
     let (ok, listed, stderr) =
         crate::helpers::run_cli(&["project", "list", "--database-url", &url, "--json"]);
     assert!(ok, "{stderr}");
-    assert_eq!(listed.trim(), r#"[{"id":1,"name":"app","retention":"off"}]"#);
+    assert_eq!(
+        listed.trim(),
+        r#"[{"id":1,"name":"app","retention":"off"}]"#
+    );
     let (ok, exported, stderr) =
         crate::helpers::run_cli(&["export", "--project", "app", "--database-url", &url]);
     assert!(ok, "{stderr}");
