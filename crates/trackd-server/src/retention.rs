@@ -36,18 +36,26 @@ pub async fn run(store: DynStore, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) 
     }
 }
 
-/// Deletes everything past its retention now, project by project.
+/// Deletes everything past its retention now. Projects take turns, a step each: one
+/// project's large backlog never holds back another's retention.
 pub async fn expire_all(
     store: &DynStore,
     clock: &dyn Clock,
     metrics: &Metrics,
 ) -> Result<(), StoreError> {
-    for project in store.projects().await? {
-        let Some(retention) = project.retention else {
-            continue;
-        };
-        let cutoff = Timestamp::from_micros(clock.now().as_micros().saturating_sub(retention));
-        loop {
+    let now = clock.now().as_micros();
+    let mut due: Vec<(trackd_core::Project, Timestamp)> = store
+        .projects()
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            let cutoff = Timestamp::from_micros(now.saturating_sub(p.retention?));
+            Some((p, cutoff))
+        })
+        .collect();
+    while !due.is_empty() {
+        let mut more = Vec::new();
+        for (project, cutoff) in due {
             let started = std::time::Instant::now();
             let expired = store.expire(project.id, cutoff, RETENTION_CHUNK).await?;
             metrics.expired(expired);
@@ -62,11 +70,12 @@ pub async fn expire_all(
                 );
             }
             let full = RETENTION_CHUNK as u64;
-            if expired.events < full && expired.items < full {
-                break;
+            if expired.events >= full || expired.items >= full {
+                more.push((project, cutoff));
+                tokio::time::sleep((started.elapsed() * PAUSE_PER_STEP).max(MIN_PAUSE)).await;
             }
-            tokio::time::sleep((started.elapsed() * PAUSE_PER_STEP).max(MIN_PAUSE)).await;
         }
+        due = more;
     }
     Ok(())
 }

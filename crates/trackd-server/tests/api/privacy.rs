@@ -392,20 +392,33 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
     );
 }
 
-/// The command line beside a running server (SQLite): `trackd user suppress` takes effect
-/// on the server's next write, `trackd audit` lists the CLI's acts, `unsuppress` lifts it.
+/// Where the command line finds the test server's data: its data directory, or its
+/// PostgreSQL database.
+fn store_args(app: &TestApp) -> [String; 2] {
+    match &app.pg {
+        Some(db) => ["--database-url".into(), db.url.clone()],
+        None => [
+            "--data-dir".into(),
+            app.data_dir().to_str().expect("path").to_owned(),
+        ],
+    }
+}
+
+/// The command line beside a running server: `trackd user suppress` takes effect on the
+/// server's next write (on SQLite the server's writer drops the user's dedup keys it held
+/// in memory), `trackd audit` lists every administrative command once, `unsuppress` lifts
+/// the suppression.
 #[tokio::test]
 async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
-    if crate::helpers::postgres() {
-        return; // the command line works on the SQLite data directory here
-    }
+    crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
-    let dir = app.data_dir().to_str().expect("path").to_owned();
+    let [flag, dir] = store_args(&app);
+    let (flag, dir) = (flag.as_str(), dir.as_str());
     let track = json!({"identity": {"id": "cli-user"}, "event_name": "Viewed"});
     app.track(&track).await.assert_success(false);
     let cli = |args: &[&str]| {
         let mut all = args.to_vec();
-        all.extend(["--data-dir", dir.as_str(), "--project", "test"]);
+        all.extend([flag, dir, "--project", "test"]);
         run_cli(&all)
     };
     let (ok, stdout, stderr) = cli(&["user", "export", "cli-user"]);
@@ -457,19 +470,11 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
     }
     let (ok, _, _) = cli(&["key", "revoke", key.as_str()]);
     assert!(!ok, "revoked already: refused, not recorded");
-    let set = [
-        "project",
-        "set",
-        "test",
-        "--retention",
-        "30d",
-        "--data-dir",
-        &dir,
-    ];
+    let set = ["project", "set", "test", "--retention", "30d", flag, dir];
     assert!(run_cli(&set).0);
-    let (ok, _, stderr) = run_cli(&["project", "create", "other", "--data-dir", &dir]);
+    let (ok, _, stderr) = run_cli(&["project", "create", "other", flag, dir]);
     assert!(ok, "{stderr}");
-    let (ok, stdout, _) = run_cli(&["audit", "--project", "other", "--data-dir", &dir]);
+    let (ok, stdout, _) = run_cli(&["audit", "--project", "other", flag, dir]);
     assert!(ok);
     assert!(
         stdout.lines().count() == 1 && stdout.contains("cli") && stdout.contains("project.create"),
@@ -537,43 +542,20 @@ async fn retention_deletes_old_history_in_the_background_and_the_files_forget_it
     let stats = "/api/v2/stats/events?since=2019-12-01T00:00:00Z&interval=day";
     let before = app.read_json(stats).await;
 
-    if crate::helpers::postgres() {
-        let store = app.another_store().await;
-        let project = store.project("test").await.expect("project");
-        store
-            .set_retention(project.id, Some(90 * 86_400_000_000))
-            .await
-            .expect("set");
-        store.shutdown().await.expect("closed");
-    } else {
-        let dir = app.data_dir().to_str().expect("path").to_owned();
-        let set = [
-            "project",
-            "set",
-            "test",
-            "--retention",
-            "90d",
-            "--data-dir",
-            &dir,
-        ];
+    {
+        let [flag, dir] = store_args(&app);
+        let (flag, dir) = (flag.as_str(), dir.as_str());
+        let set = ["project", "set", "test", "--retention", "90d", flag, dir];
         let (ok, _, stderr) = run_cli(&set);
         assert!(
             ok && stderr.contains("project test: retention 90d"),
             "{stderr}"
         );
-        let (ok, stdout, _) = run_cli(&["project", "list", "--json", "--data-dir", &dir]);
+        let (ok, stdout, _) = run_cli(&["project", "list", "--json", flag, dir]);
         assert!(ok);
         let listed: Value = serde_json::from_str(stdout.trim()).expect("JSON");
         assert_eq!(listed[0]["retention"], "90d");
-        let (ok, _, stderr) = run_cli(&[
-            "project",
-            "set",
-            "test",
-            "--retention",
-            "90",
-            "--data-dir",
-            &dir,
-        ]);
+        let (ok, _, stderr) = run_cli(&["project", "set", "test", "--retention", "90", flag, dir]);
         assert!(!ok);
         assert!(
             stderr.contains("retention: must be a whole number and a unit"),
