@@ -804,6 +804,31 @@ mod tests {
         }
     }
 
+    /// The bundled SQLite is built with `.cargo/config.toml`'s flags: each connection its
+    /// own page cache (with SQLITE_ENABLE_MEMORY_MANAGEMENT, libsqlite3-sys's default, every
+    /// page fetch of every connection takes one global mutex), no memory statistics, and
+    /// fdatasync for commits. A build without the file falls back silently; this says so.
+    #[test]
+    fn sqlite_is_built_with_the_repository_flags() {
+        let conn = Connection::open_in_memory().expect("open");
+        let options: Vec<String> = conn
+            .prepare("SELECT compile_options FROM pragma_compile_options")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(options.iter().any(|o| o == "DQS=0"), "{options:?}");
+    }
+
     /// Regression: with checkpoints only on another connection, a checkpoint never finished
     /// while the writer kept appending, the WAL never started over, and a 10-million-event
     /// import grew it past 45 GB. The writer now finishes one past the threshold.
