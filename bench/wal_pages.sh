@@ -17,6 +17,8 @@ command -v strace >/dev/null || { echo "strace is not installed: apt-get install
 mode=${1:-ingest}
 . bench/lib.sh
 bench_setup
+# The traced server is strace's child: a signal to strace alone would only detach it.
+trap '[ -n "$pid" ] && { pkill -TERM -P "$pid"; kill "$pid"; } 2>/dev/null; rm -rf "$work"' EXIT
 count_events() {
   python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from events").fetchone()[0])' "$1"
 }
@@ -36,7 +38,6 @@ ingest)
   for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
   WRK_OFFSET=100000000 wrk -t1 -c64 -d"${secs}s" -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk.out" 2>&1
   commits=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^trackd_store_commit_batch_size_count/{print $2}')
-  # SIGTERM to strace would only detach it: the server is its child.
   pkill -TERM -P "$pid" || true; wait "$pid" || true; pid=
   grep -E "Requests/sec|Non-2xx" "$work/wrk.out"; tail -3 "$work/trackd.log"
   events=$(( $(count_events "$work/data/trackd.db") - warm ))
