@@ -17,15 +17,9 @@ import sys
 log, database, events = sys.argv[1], sys.argv[2], int(sys.argv[3])
 commits = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 
-owner = dict(
-    (pageno, name)
-    for name, pageno in sqlite3.connect(f"file:{database}?mode=ro", uri=True).execute(
-        "SELECT name, pageno FROM dbstat"
-    )
-)
-page_size = sqlite3.connect(f"file:{database}?mode=ro", uri=True).execute(
-    "PRAGMA page_size"
-).fetchone()[0]
+db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+owner = {pageno: name for name, pageno in db.execute("SELECT name, pageno FROM dbstat")}
+page_size = db.execute("PRAGMA page_size").fetchone()[0]
 
 # pwrite64(FD, "escaped bytes", 24, OFFSET) = 24: a frame header. strace escapes bytes as
 # \n, \t, \", \\, \ooo (octal) or \xhh; the first four are the page number, big-endian.
@@ -58,6 +52,7 @@ if total == 0:
     sys.exit("no WAL frame headers in the log: was it written by strace -e trace=pwrite64?")
 print(f"{total} WAL frames of {page_size + 24} bytes for {events} events: "
       f"{total / events:.3f} frames, {total * (page_size + 24) / events:.0f} bytes an event"
-      + (f"; {total / commits:.1f} frames a commit" if commits else ""))
+      + (f"; {commits} commits: {total / commits:.1f} frames and {events / commits:.1f} "
+         f"events a commit" if commits else ""))
 for name, n in frames.most_common():
     print(f"  {name:28} {n:9}  {n / events:7.3f} an event  {100 * n / total:5.1f}%")

@@ -6,9 +6,9 @@
 #   bench/wal_pages.sh ingest [SECONDS]        # wrk_track.lua's load, 64 connections
 #   bench/wal_pages.sh import DATA_DIR FILE    # `trackd import FILE` into (a copy of) DATA_DIR
 #
-# The writer runs under `strace -f --seccomp-bpf -e trace=pwrite64` (only its writes stop,
-# so it is slower and its batches are larger than without strace: the requests per commit
-# are printed beside the frames); bench/wal_pages.py maps each frame's page number to its
+# The process runs under `strace -f --seccomp-bpf -e trace=pwrite64` (only its writes stop,
+# so it is slower and its batches may differ from a run without strace: for ingest the
+# requests per commit are printed beside the frames); bench/wal_pages.py maps each frame's page number to its
 # B-tree with the database's `dbstat`. TRACKD_BIN=path measures another build. Needs strace,
 # wrk, python3.
 set -euo pipefail
@@ -33,9 +33,7 @@ ingest)
   wrk -t1 -c64 -d"${secs}s" -s bench/wrk_track.lua "http://127.0.0.1:$port" >/dev/null 2>&1
   kill -TERM "$pid"; wait "$pid" || true; pid=
   warm=$(count_events "$work/data/trackd.db")
-  $trace "$bin" serve --data-dir "$work/data" --listen "127.0.0.1:$port" >"$work/trackd.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+  serve_wrap=$trace bench_serve "$work/data" "$work/trackd.log"
   WRK_OFFSET=100000000 wrk -t1 -c64 -d"${secs}s" -s bench/wrk_track.lua "http://127.0.0.1:$port" >"$work/wrk.out" 2>&1
   commits=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^trackd_store_commit_batch_size_count/{print $2}')
   pkill -TERM -P "$pid" || true; wait "$pid" || true; pid=

@@ -806,8 +806,8 @@ mod tests {
 
     /// The bundled SQLite is built with `.cargo/config.toml`'s flags: each connection its
     /// own page cache (with SQLITE_ENABLE_MEMORY_MANAGEMENT, libsqlite3-sys's default, every
-    /// page fetch of every connection takes one global mutex), no memory statistics, and
-    /// fdatasync for commits. A build without the file falls back silently; this says so.
+    /// page fetch of every connection takes one global mutex), no memory statistics, no
+    /// double-quoted strings. A build without the file falls back silently; this says so.
     #[test]
     fn sqlite_is_built_with_the_repository_flags() {
         let conn = Connection::open_in_memory().expect("open");
