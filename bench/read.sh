@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Read-side benchmark: bulk-loads N events (default 10 million) with `trackd import`, then
 # measures a user's timeline (last 100 events) and a filtered query with wrk, `trackd
-# export` throughput and its RSS over time.
+# export` throughput and its anonymous RSS over time. `bench/read_rounds.sh` compares builds
+# on the data dir this leaves when READ_KEEP=DIR.
 #
 #   bench/read.sh [EVENTS] [USERS]
 #
@@ -71,7 +72,9 @@ start=$(date +%s.%N)
 pid=$!
 : >"$work/rss"
 while kill -0 "$pid" 2>/dev/null; do
-  awk '/VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null >>"$work/rss" || true
+  # Its own memory: readers map the database file, whose pages (the OS's file cache) the
+  # resident size counts too.
+  awk '/RssAnon/{print $2}' "/proc/$pid/status" 2>/dev/null >>"$work/rss" || true
   sleep 1
 done
 wait "$pid"; pid=
@@ -81,7 +84,11 @@ python3 - "$work/rss" "$events" "$start" "$end" "$import_eps" <<'PY'
 import sys
 rss = [int(x) / 1024 for x in open(sys.argv[1]).read().split() if x.strip()]
 events, start, end, import_eps = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-print(f"export: {events / (end - start):.0f} events/s; RSS MiB min {min(rss):.0f} max {max(rss):.0f} "
+print(f"export: {events / (end - start):.0f} events/s; anonymous RSS MiB min {min(rss):.0f} max {max(rss):.0f} "
       f"(samples each second: {', '.join(f'{r:.0f}' for r in rss[:: max(1, len(rss) // 10)])})")
 print(f"import: {import_eps} events/s")
 PY
+if [ -n "${READ_KEEP:-}" ]; then
+  mv "$data" "$READ_KEEP"
+  echo "data dir kept in $READ_KEEP (project bench, secret key $key)"
+fi

@@ -505,6 +505,7 @@ async fn open_store(
     dedup_window: Duration,
     message_id_window: Duration,
     queue: usize,
+    writer_cache_kib: u32,
 ) -> Result<DynStore, CliError> {
     if let Some(url) = &args.database_url {
         let store = PostgresStore::open(PgConfig {
@@ -521,6 +522,7 @@ async fn open_store(
     }
     let store = SqliteStore::open(SqliteConfig {
         wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
+        writer_cache_kib,
         data_dir: args.data_dir.clone(),
         dedup_window,
         message_id_window,
@@ -533,7 +535,27 @@ async fn open_store(
 pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
     // The CLI takes no Segment calls: a zero window leaves the server's messageIds (and
     // their epochs) alone.
-    open_store(args, Duration::from_secs(180), Duration::ZERO, 16).await
+    open_store(
+        args,
+        Duration::from_secs(180),
+        Duration::ZERO,
+        16,
+        trackd_store::sqlite::DEFAULT_CACHE_KIB,
+    )
+    .await
+}
+
+/// The store `trackd import` writes to: on SQLite, a writer cache that holds the pages its
+/// large transactions dirty ([`crate::import::Limits::BULK`]).
+pub(crate) async fn bulk_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    open_store(
+        args,
+        Duration::from_secs(180),
+        Duration::ZERO,
+        16,
+        trackd_store::sqlite::BULK_WRITER_CACHE_KIB,
+    )
+    .await
 }
 
 /// Runs a parsed command.
@@ -922,6 +944,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         Duration::from_secs(args.dedup_window),
         Duration::from_secs(args.message_id_window),
         args.write_queue,
+        trackd_store::sqlite::DEFAULT_CACHE_KIB,
     )
     .await?;
     let listener = TcpListener::bind(args.listen).await?;

@@ -12,12 +12,34 @@ use trackd_core::{Clock, DynStore, EventRecord, InsertOutcome, ProjectId, StoreE
 
 /// The longest line read; a longer one is a bad line, skipped without holding it.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-/// Restored events per store transaction, at most.
-const RESTORE_BATCH: usize = 2000;
-/// Bytes of input held at once, by the batch being built, the batch being written and the
-/// track bodies waiting for the writer: whatever the lines' sizes, an import's memory stays
-/// near this.
-const MAX_BYTES_HELD: usize = 16 * 1024 * 1024;
+/// How much an import writes in one transaction and holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Restored events per store transaction, at most.
+    pub restore_batch: usize,
+    /// Bytes of input held at once, by the batch being built, the batch being written and
+    /// the track bodies waiting for the writer: whatever the lines' sizes, an import's
+    /// memory stays near this.
+    pub bytes_held: usize,
+}
+
+impl Limits {
+    /// `POST /api/v2/events/import`: a server's live writes queue behind each transaction,
+    /// so transactions stay short (a few milliseconds).
+    pub const SERVER: Limits = Limits {
+        restore_batch: 2000,
+        bytes_held: 16 * 1024 * 1024,
+    };
+    /// `trackd import` into SQLite. Lines of random users each dirty a page of the per-user
+    /// index, and a commit writes every dirty page once: 50,000 events a commit share those
+    /// pages (with the writer's bulk cache holding them) where 2,000 did not, which
+    /// more than doubles the rate (README, "Benchmarks"). A running server's writes wait up
+    /// to a second behind such a commit.
+    pub const BULK: Limits = Limits {
+        restore_batch: 50_000,
+        bytes_held: 64 * 1024 * 1024,
+    };
+}
 /// Track bodies waiting for the writer at once (the writer batches them).
 const TRACKS_IN_FLIGHT: usize = 2048;
 /// Bad lines listed in the summary (all are counted).
@@ -82,6 +104,7 @@ pub async fn run(
     project: ProjectId,
     mut input: impl AsyncBufRead + Unpin,
     dedup: bool,
+    limits: Limits,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
@@ -171,7 +194,7 @@ pub async fn run(
                 tracks.push_back(store.track(*event));
                 track_bytes.push_back(line.len());
                 held_by_tracks += line.len();
-                while tracks.len() >= TRACKS_IN_FLIGHT || held_by_tracks > MAX_BYTES_HELD / 2 {
+                while tracks.len() >= TRACKS_IN_FLIGHT || held_by_tracks > limits.bytes_held / 2 {
                     let Some(outcome) = tracks.next().await else {
                         break;
                     };
@@ -191,7 +214,9 @@ pub async fn run(
                 }
             }
         }
-        if restores.len() + fresh.len() >= RESTORE_BATCH || restore_bytes > MAX_BYTES_HELD / 4 {
+        if restores.len() + fresh.len() >= limits.restore_batch
+            || restore_bytes > limits.bytes_held / 4
+        {
             restore_bytes = 0;
             for (batch, deliver) in [(&mut restores, false), (&mut fresh, true)] {
                 if batch.is_empty() {

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use trackd_core::read::ExportQuery;
 use trackd_core::SystemClock;
 
-use crate::cli::{admin_store, CliError, ExportArgs, ImportArgs, UserExportArgs};
+use crate::cli::{admin_store, bulk_store, CliError, ExportArgs, ImportArgs, UserExportArgs};
 use crate::import::{ImportSummary, Progress};
 
 fn time_params(since: &Option<String>, until: &Option<String>) -> Vec<(String, String)> {
@@ -214,7 +214,14 @@ pub async fn import(args: ImportArgs) -> Result<(), CliError> {
             summary
         }
         _ => {
-            let store = admin_store(&args.store).await?;
+            let store = bulk_store(&args.store).await?;
+            // Large transactions on SQLite only: its writer's bulk cache holds what they
+            // dirty (PostgreSQL's restore is measured at the server's size).
+            let limits = if args.store.database_url.is_none() {
+                crate::import::Limits::BULK
+            } else {
+                crate::import::Limits::SERVER
+            };
             let imported = async {
                 let project = store.project(&args.project).await?;
                 let progress = bar.clone();
@@ -224,6 +231,7 @@ pub async fn import(args: ImportArgs) -> Result<(), CliError> {
                     project.id,
                     tokio::io::BufReader::with_capacity(256 * 1024, file),
                     !args.no_dedup,
+                    limits,
                     move |event| match event {
                         Progress::Read(n) => progress.set_position(n),
                         Progress::Bad(e) => {

@@ -63,6 +63,7 @@ fn open() -> Bench {
             queue_capacity: 100_000,
             clock: Arc::new(SystemClock),
             wal_checkpoint_pages: DEFAULT_WAL_CHECKPOINT_PAGES,
+            writer_cache_kib: trackd_store::sqlite::DEFAULT_CACHE_KIB,
         })
         .expect("store"),
     );

@@ -46,6 +46,7 @@ impl Backend {
                 queue_capacity: 1000,
                 clock: clock.clone(),
                 wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
+                writer_cache_kib: trackd_store::sqlite::DEFAULT_CACHE_KIB,
             })
             .expect("sqlite store"),
         );
@@ -113,6 +114,7 @@ impl Backend {
                 queue_capacity: 1000,
                 clock: self.clock.clone(),
                 wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
+                writer_cache_kib: trackd_store::sqlite::DEFAULT_CACHE_KIB,
             })
             .expect("sqlite store"),
         )

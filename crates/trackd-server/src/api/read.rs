@@ -324,6 +324,7 @@ pub async fn import(
         credential.project,
         input,
         dedup,
+        crate::import::Limits::SERVER,
         |_| {},
     )
     .await;

@@ -306,6 +306,7 @@ async fn open_store(
     Arc::new(
         SqliteStore::open(SqliteConfig {
             wal_checkpoint_pages: trackd_store::sqlite::DEFAULT_WAL_CHECKPOINT_PAGES,
+            writer_cache_kib: trackd_store::sqlite::DEFAULT_CACHE_KIB,
             data_dir: dir.to_path_buf(),
             dedup_window: config.dedup_window,
             message_id_window: config.message_id_window,

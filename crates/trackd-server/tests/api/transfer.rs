@@ -136,6 +136,61 @@ async fn bad_lines_are_reported_with_their_numbers_and_skipped_whole() {
     );
 }
 
+/// `trackd import` into SQLite commits 50,000 restored events at a time: every line of a
+/// file of two full transactions and a partial one is stored once, a bad line between
+/// them is skipped alone, and the export after it has every event in order.
+#[tokio::test]
+async fn a_bulk_import_stores_every_line_across_its_large_transactions() {
+    let target = data_dir_with_vero_token();
+    let t = target.path().to_str().expect("utf-8");
+    let file = target.path().join("in.ndjson");
+    let lines = 100_001;
+    let mut text = String::with_capacity(lines * 200);
+    for i in 0..lines {
+        if i == 50_000 {
+            text.push_str("{\"user\":{\"id\":\"bad\"}}\n");
+        }
+        text.push_str(&format!(
+            "{{\"user\":{{\"id\":\"u{}\"}},\"event_name\":\"n\",\"event_key\":\"n\",\"data\":{{\"i\":{i}}},\
+             \"source\":null,\"created_at\":\"2024-01-01T00:00:00Z\",\"received_at\":\"2024-01-01T00:00:00Z\"}}\n",
+            i % 997
+        ));
+    }
+    std::fs::write(&file, text).expect("write");
+    let (ok, stdout, stderr) = run_cli(&[
+        "import",
+        file.to_str().expect("utf-8"),
+        "--data-dir",
+        t,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
+    assert_eq!(summary["imported"], 100_001, "{summary}");
+    assert_eq!(summary["rejected"], 1, "{summary}");
+    assert_eq!(summary["errors"][0]["line"], 50_001, "{summary}");
+    let db = rusqlite::Connection::open(target.path().join("trackd.db")).expect("db");
+    let (count, distinct, users): (i64, i64, i64) = db
+        .query_row(
+            "SELECT count(*), count(DISTINCT json_extract(data, '$.i')), \
+             (SELECT count(*) FROM users) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("counts");
+    assert_eq!((count, distinct, users), (100_001, 100_001, 997));
+    // Ids follow the file's order, so the export does too.
+    let out_of_order: i64 = db
+        .query_row(
+            "SELECT count(*) FROM events a JOIN events b ON b.id = a.id + 1 \
+             WHERE json_extract(b.data, '$.i') != json_extract(a.data, '$.i') + 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("order");
+    assert_eq!(out_of_order, 0);
+}
+
 #[tokio::test]
 async fn export_and_import_through_a_running_server() {
     let source = data_dir_with_vero_token();

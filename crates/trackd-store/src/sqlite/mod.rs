@@ -55,6 +55,10 @@ pub struct SqliteConfig {
     /// WAL pages after which the writer finishes a checkpoint itself (bounds the WAL
     /// under sustained writes); [`DEFAULT_WAL_CHECKPOINT_PAGES`] unless tuning.
     pub wal_checkpoint_pages: u32,
+    /// The writer connection's page cache in KiB: [`DEFAULT_CACHE_KIB`] for a server,
+    /// [`BULK_WRITER_CACHE_KIB`] for `trackd import`, whose large transactions would
+    /// otherwise spill dirty pages of the per-user index before their commit.
+    pub writer_cache_kib: u32,
 }
 
 /// The embedded SQLite store.
@@ -81,6 +85,18 @@ pub struct SqliteStore {
 /// WAL pages after which the writer finishes a checkpoint itself (about 40 MiB).
 pub const DEFAULT_WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
+/// Each connection's page cache, in KiB.
+pub const DEFAULT_CACHE_KIB: u32 = 16 * 1024;
+/// The writer's page cache for a bulk import: at 10 million events of 100,000 users the
+/// per-user index alone is 220 MiB.
+pub const BULK_WRITER_CACHE_KIB: u32 = 512 * 1024;
+
+/// How much of the database file a reader connection maps into memory (all of it, up to
+/// 1 TiB; `SQLITE_MAX_MMAP_SIZE` in `.cargo/config.toml` allows as much). A query then
+/// reads pages in place: no `pread` copy into a cache page of its own, which was half of a
+/// user timeline's CPU at 10 million events (ARCHITECTURE, "Reads").
+pub const READER_MMAP_BYTES: i64 = 1 << 40;
+
 /// How many queries read at once.
 const MAX_READERS: usize = 8;
 /// How many exports run at once (beside the queries).
@@ -101,7 +117,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit is on disk (WAL fsynced) before it returns, so a 200 survives a power
     // cut, not only a process crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -16_384)?; // KiB
+    conn.pragma_update(None, "cache_size", -i64::from(DEFAULT_CACHE_KIB))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Deleted content is overwritten with zeros, so a deleted user is gone from the file.
     // On for every transaction, not only deletions: with it off, page splits during
@@ -120,9 +136,24 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 /// the 10-million-event import). So the writer still checkpoints once the WAL passes
 /// `wal_checkpoint_pages`; by then the background checkpoints have copied nearly all of it,
 /// so this one is short.
-fn open_write_connection(path: &Path, wal_checkpoint_pages: u32) -> rusqlite::Result<Connection> {
+fn open_write_connection(
+    path: &Path,
+    wal_checkpoint_pages: u32,
+    cache_kib: u32,
+) -> rusqlite::Result<Connection> {
     let conn = open_connection(path)?;
     conn.pragma_update(None, "wal_autocheckpoint", wal_checkpoint_pages)?;
+    conn.pragma_update(None, "cache_size", -i64::from(cache_kib))?;
+    Ok(conn)
+}
+
+/// A reader's connection: the database file mapped ([`READER_MMAP_BYTES`]). The file
+/// never shrinks (no VACUUM, no auto-vacuum: freed pages are reused), so a mapped page
+/// stays valid; the resident size the OS reports counts each connection's mapped pages,
+/// which are the OS's file cache, shared, not memory of the process's own.
+fn open_read_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     Ok(conn)
 }
 
@@ -132,8 +163,9 @@ impl SqliteStore {
     pub fn open(config: SqliteConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.data_dir).map_err(StoreError::unavailable)?;
         let path = config.data_dir.join(DB_FILE);
-        let mut conn = open_write_connection(&path, config.wal_checkpoint_pages)
-            .map_err(StoreError::unavailable)?;
+        let mut conn =
+            open_write_connection(&path, config.wal_checkpoint_pages, config.writer_cache_kib)
+                .map_err(StoreError::unavailable)?;
         schema::migrate(&mut conn).map_err(StoreError::unavailable)?;
         let checkpointer =
             spawn_checkpointer(open_connection(&path).map_err(StoreError::unavailable)?)?;
@@ -149,6 +181,7 @@ impl SqliteStore {
             WriterConfig {
                 path: path.clone(),
                 wal_checkpoint_pages: config.wal_checkpoint_pages,
+                cache_kib: config.writer_cache_kib,
                 clock: config.clock.clone(),
                 window_micros: i64::try_from(config.dedup_window.as_micros()).unwrap_or(i64::MAX),
                 message_window_micros: i64::try_from(config.message_id_window.as_micros())
@@ -231,7 +264,7 @@ impl SqliteStore {
                 let idle = readers.lock().ok().and_then(|mut r| r.pop());
                 let conn = match idle {
                     Some(conn) => conn,
-                    None => open_connection(&path).map_err(unavailable)?,
+                    None => open_read_connection(&path).map_err(unavailable)?,
                 };
                 let result = f(&conn).map_err(unavailable);
                 if let Ok(mut idle) = readers.lock() {
@@ -827,6 +860,35 @@ mod tests {
             "{options:?}"
         );
         assert!(options.iter().any(|o| o == "DQS=0"), "{options:?}");
+        assert!(
+            options
+                .iter()
+                .any(|o| o == &format!("MAX_MMAP_SIZE={READER_MMAP_BYTES}")),
+            "{options:?}"
+        );
+    }
+
+    /// Queries read the database file in place: every reader connection maps all of it
+    /// (SQLite lowers a larger `mmap_size` to its compiled ceiling, 2 GiB by default).
+    #[tokio::test]
+    async fn readers_map_the_whole_database_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(SqliteConfig {
+            data_dir: dir.path().to_path_buf(),
+            dedup_window: Duration::from_secs(180),
+            message_id_window: Duration::from_secs(86_400),
+            queue_capacity: 16,
+            clock: Arc::new(SystemClock),
+            wal_checkpoint_pages: DEFAULT_WAL_CHECKPOINT_PAGES,
+            writer_cache_kib: DEFAULT_CACHE_KIB,
+        })
+        .expect("open");
+        let mapped: i64 = store
+            .read(|conn| conn.query_row("PRAGMA mmap_size", [], |r| r.get(0)))
+            .await
+            .expect("read");
+        store.shutdown().await.expect("shutdown");
+        assert_eq!(mapped, READER_MMAP_BYTES);
     }
 
     /// Regression: with checkpoints only on another connection, a checkpoint never finished
@@ -842,6 +904,7 @@ mod tests {
             queue_capacity: 16,
             clock: Arc::new(SystemClock),
             wal_checkpoint_pages: 100,
+            writer_cache_kib: DEFAULT_CACHE_KIB,
         })
         .expect("open");
         let wal = dir.path().join(format!("{DB_FILE}-wal"));

@@ -101,7 +101,9 @@ pub(crate) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Opti
     // Events added after the walk started are not part of it.
     let max_id = match q.cursor {
         Some(c) => c.max_id,
-        None => conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?,
+        None => conn
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
+            .query_row([], |r| r.get(0))?,
     };
     sql.push_str(" AND e.id <= ?");
     args.push(Box::new(max_id));

@@ -74,6 +74,8 @@ pub(crate) struct WriterConfig {
     /// The database file, to reopen it after a failure.
     pub path: PathBuf,
     pub wal_checkpoint_pages: u32,
+    /// The connection's page cache, in KiB.
+    pub cache_kib: u32,
     pub clock: Arc<dyn Clock>,
     /// Dedup window in microseconds; 0 turns dedup off.
     pub window_micros: i64,
@@ -281,16 +283,19 @@ impl Writer {
     /// file. `false` (and `broken`) when that fails; the next batch or probe tries again.
     fn reopen(&mut self) -> bool {
         self.config.metrics.reopens.inc();
-        let opened =
-            super::open_write_connection(&self.config.path, self.config.wal_checkpoint_pages)
-                .and_then(|conn| {
-                    let (dedup, data_version) = load_index(&conn, &self.config)?;
-                    let outbox = OutboxState::load(&conn)?;
-                    let messages = MessageIds::load(&conn, self.config.message_window_micros)?;
-                    self.suppressions.reload(&conn)?;
-                    self.dedup_deletions = dedup_deletions(&conn)?;
-                    Ok((conn, dedup, data_version, outbox, messages))
-                });
+        let opened = super::open_write_connection(
+            &self.config.path,
+            self.config.wal_checkpoint_pages,
+            self.config.cache_kib,
+        )
+        .and_then(|conn| {
+            let (dedup, data_version) = load_index(&conn, &self.config)?;
+            let outbox = OutboxState::load(&conn)?;
+            let messages = MessageIds::load(&conn, self.config.message_window_micros)?;
+            self.suppressions.reload(&conn)?;
+            self.dedup_deletions = dedup_deletions(&conn)?;
+            Ok((conn, dedup, data_version, outbox, messages))
+        });
         match opened {
             Ok((conn, dedup, data_version, outbox, messages)) => {
                 self.messages = messages;
