@@ -25,20 +25,28 @@ pub struct Limits {
 
 impl Limits {
     /// `POST /api/v2/events/import`: a server's live writes queue behind each transaction,
-    /// so transactions stay short (a few milliseconds).
-    pub const SERVER: Limits = Limits {
-        restore_batch: 2000,
-        bytes_held: 16 * 1024 * 1024,
-    };
+    /// so transactions stay short (tens of milliseconds).
+    pub const SERVER: Limits = Limits::batch(2000);
     /// `trackd import` into SQLite. Lines of random users each dirty a page of the per-user
     /// index, and a commit writes every dirty page once: 50,000 events a commit share those
     /// pages (with the writer's bulk cache holding them) where 2,000 did not, which
-    /// more than doubles the rate (README, "Benchmarks"). A running server's writes wait up
-    /// to a second behind such a commit.
-    pub const BULK: Limits = Limits {
-        restore_batch: 50_000,
-        bytes_held: 64 * 1024 * 1024,
-    };
+    /// doubles the rate (README, "Benchmarks"). A server on the same data dir waits for
+    /// each such commit (`--batch` makes them smaller).
+    pub const BULK: Limits = Limits::batch(50_000);
+
+    /// Transactions of `events` restored events, holding room for lines of about 300 bytes
+    /// (longer ones make smaller transactions), 16 MiB at least.
+    pub const fn batch(events: usize) -> Limits {
+        let bytes = events.saturating_mul(4 * 320);
+        Limits {
+            restore_batch: events,
+            bytes_held: if bytes > 16 * 1024 * 1024 {
+                bytes
+            } else {
+                16 * 1024 * 1024
+            },
+        }
+    }
 }
 /// Track bodies waiting for the writer at once (the writer batches them).
 const TRACKS_IN_FLIGHT: usize = 2048;

@@ -215,12 +215,12 @@ pub async fn import(args: ImportArgs) -> Result<(), CliError> {
         }
         _ => {
             let store = bulk_store(&args.store).await?;
-            // Large transactions on SQLite only: its writer's bulk cache holds what they
-            // dirty (PostgreSQL's restore is measured at the server's size).
-            let limits = if args.store.database_url.is_none() {
-                crate::import::Limits::BULK
-            } else {
-                crate::import::Limits::SERVER
+            // Large transactions on SQLite by default: its writer's bulk cache holds what
+            // they dirty (PostgreSQL's restore is measured at the server's size).
+            let limits = match (args.batch, &args.store.database_url) {
+                (Some(batch), _) => crate::import::Limits::batch(batch as usize),
+                (None, None) => crate::import::Limits::BULK,
+                (None, Some(_)) => crate::import::Limits::SERVER,
             };
             let imported = async {
                 let project = store.project(&args.project).await?;

@@ -191,6 +191,43 @@ async fn a_bulk_import_stores_every_line_across_its_large_transactions() {
     assert_eq!(out_of_order, 0);
 }
 
+/// `--batch N` sets the lines a transaction; out of 1..=100,000 it is refused before
+/// anything is read.
+#[tokio::test]
+async fn import_batch_sizes_are_taken_within_bounds() {
+    let target = data_dir_with_vero_token();
+    let t = target.path().to_str().expect("utf-8");
+    let file = target.path().join("in.ndjson");
+    let lines: String = (0..7)
+        .map(|i| {
+            format!(
+                "{{\"user\":{{\"id\":\"u{i}\"}},\"event_name\":\"n\",\"event_key\":\"n\",\"data\":{{}},\
+                 \"source\":null,\"created_at\":\"2024-01-01T00:00:00Z\",\"received_at\":\"2024-01-01T00:00:00Z\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines).expect("write");
+    let f = file.to_str().expect("utf-8");
+    for bad in ["0", "100001", "-1", "x"] {
+        let flag = format!("--batch={bad}");
+        let (ok, stdout, stderr) = run_cli(&["import", f, "--data-dir", t, &flag, "--json"]);
+        assert!(!ok, "--batch {bad}: {stdout}");
+        assert!(stderr.contains("--batch"), "--batch {bad}: {stderr}");
+    }
+    let (ok, stdout, stderr) = run_cli(&["import", f, "--data-dir", t, "--batch", "3", "--json"]);
+    assert!(ok, "{stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
+    assert_eq!(
+        summary,
+        json!({"imported": 7, "duplicates": 0, "rejected": 0, "errors": []})
+    );
+    let db = rusqlite::Connection::open(target.path().join("trackd.db")).expect("db");
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 7);
+}
+
 #[tokio::test]
 async fn export_and_import_through_a_running_server() {
     let source = data_dir_with_vero_token();
