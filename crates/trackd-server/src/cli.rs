@@ -538,6 +538,16 @@ async fn open_store(
 }
 
 pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    command_store(args, trackd_store::sqlite::DEFAULT_CACHE_KIB).await
+}
+
+/// The store `trackd import` writes to: on SQLite, a writer cache that holds the pages its
+/// large transactions dirty ([`crate::import::Limits::BULK`]).
+pub(crate) async fn bulk_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    command_store(args, trackd_store::sqlite::BULK_WRITER_CACHE_KIB).await
+}
+
+async fn command_store(args: &StoreArgs, writer_cache_kib: u32) -> Result<DynStore, CliError> {
     // The CLI takes no Segment calls: a zero window leaves the server's messageIds (and
     // their epochs) alone.
     open_store(
@@ -545,20 +555,7 @@ pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> 
         Duration::from_secs(180),
         Duration::ZERO,
         16,
-        trackd_store::sqlite::DEFAULT_CACHE_KIB,
-    )
-    .await
-}
-
-/// The store `trackd import` writes to: on SQLite, a writer cache that holds the pages its
-/// large transactions dirty ([`crate::import::Limits::BULK`]).
-pub(crate) async fn bulk_store(args: &StoreArgs) -> Result<DynStore, CliError> {
-    open_store(
-        args,
-        Duration::from_secs(180),
-        Duration::ZERO,
-        16,
-        trackd_store::sqlite::BULK_WRITER_CACHE_KIB,
+        writer_cache_kib,
     )
     .await
 }

@@ -136,6 +136,21 @@ async fn bad_lines_are_reported_with_their_numbers_and_skipped_whole() {
     );
 }
 
+/// `trackd import FILE --data-dir DIR --json EXTRA...`, which must succeed: its summary.
+fn import_file(file: &std::path::Path, data_dir: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "import",
+        file.to_str().expect("utf-8"),
+        "--data-dir",
+        data_dir,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = run_cli(&args);
+    assert!(ok, "{stderr}");
+    serde_json::from_str(stdout.trim()).expect("summary")
+}
+
 /// `trackd import` into SQLite commits 50,000 restored events at a time: every line of a
 /// file of two full transactions and a partial one is stored once, a bad line between
 /// them is skipped alone, and the export after it has every event in order.
@@ -157,15 +172,7 @@ async fn a_bulk_import_stores_every_line_across_its_large_transactions() {
         ));
     }
     std::fs::write(&file, text).expect("write");
-    let (ok, stdout, stderr) = run_cli(&[
-        "import",
-        file.to_str().expect("utf-8"),
-        "--data-dir",
-        t,
-        "--json",
-    ]);
-    assert!(ok, "{stderr}");
-    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
+    let summary = import_file(&file, t, &[]);
     assert_eq!(summary["imported"], 100_001, "{summary}");
     assert_eq!(summary["rejected"], 1, "{summary}");
     assert_eq!(summary["errors"][0]["line"], 50_001, "{summary}");
@@ -214,11 +221,8 @@ async fn import_batch_sizes_are_taken_within_bounds() {
         assert!(!ok, "--batch {bad}: {stdout}");
         assert!(stderr.contains("--batch"), "--batch {bad}: {stderr}");
     }
-    let (ok, stdout, stderr) = run_cli(&["import", f, "--data-dir", t, "--batch", "3", "--json"]);
-    assert!(ok, "{stderr}");
-    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
     assert_eq!(
-        summary,
+        import_file(&file, t, &["--batch", "3"]),
         json!({"imported": 7, "duplicates": 0, "rejected": 0, "errors": []})
     );
     let db = rusqlite::Connection::open(target.path().join("trackd.db")).expect("db");

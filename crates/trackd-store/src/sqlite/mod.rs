@@ -868,21 +868,25 @@ mod tests {
         );
     }
 
+    fn config(dir: &Path, wal_checkpoint_pages: u32) -> SqliteConfig {
+        SqliteConfig {
+            data_dir: dir.to_path_buf(),
+            dedup_window: Duration::from_secs(180),
+            message_id_window: Duration::from_secs(86_400),
+            queue_capacity: 16,
+            clock: Arc::new(SystemClock),
+            wal_checkpoint_pages,
+            writer_cache_kib: DEFAULT_CACHE_KIB,
+        }
+    }
+
     /// Queries read the database file in place: every reader connection maps all of it
     /// (SQLite lowers a larger `mmap_size` to its compiled ceiling, 2 GiB by default).
     #[tokio::test]
     async fn readers_map_the_whole_database_file() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(SqliteConfig {
-            data_dir: dir.path().to_path_buf(),
-            dedup_window: Duration::from_secs(180),
-            message_id_window: Duration::from_secs(86_400),
-            queue_capacity: 16,
-            clock: Arc::new(SystemClock),
-            wal_checkpoint_pages: DEFAULT_WAL_CHECKPOINT_PAGES,
-            writer_cache_kib: DEFAULT_CACHE_KIB,
-        })
-        .expect("open");
+        let store =
+            SqliteStore::open(config(dir.path(), DEFAULT_WAL_CHECKPOINT_PAGES)).expect("open");
         let mapped: i64 = store
             .read(|conn| conn.query_row("PRAGMA mmap_size", [], |r| r.get(0)))
             .await
@@ -897,16 +901,7 @@ mod tests {
     #[tokio::test]
     async fn the_wal_stays_bounded_under_sustained_writes() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(SqliteConfig {
-            data_dir: dir.path().to_path_buf(),
-            dedup_window: Duration::from_secs(180),
-            message_id_window: Duration::from_secs(86_400),
-            queue_capacity: 16,
-            clock: Arc::new(SystemClock),
-            wal_checkpoint_pages: 100,
-            writer_cache_kib: DEFAULT_CACHE_KIB,
-        })
-        .expect("open");
+        let store = SqliteStore::open(config(dir.path(), 100)).expect("open");
         let wal = dir.path().join(format!("{DB_FILE}-wal"));
         let mut largest = 0;
         for batch in 0..40 {
