@@ -255,8 +255,9 @@ pub struct ImportArgs {
     pub(crate) no_dedup: bool,
     /// Export lines restored a transaction (with --data-dir; default 50,000 on SQLite,
     /// 2,000 on PostgreSQL). A server on the same data dir waits for each commit: a
-    /// smaller batch keeps its writes quick, at a lower import rate.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// smaller batch keeps its writes quick, at a lower import rate. Not with --url: the
+    /// server's import route sets its own.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "url")]
     pub(crate) batch: Option<u32>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]

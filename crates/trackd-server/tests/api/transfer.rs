@@ -198,8 +198,8 @@ async fn a_bulk_import_stores_every_line_across_its_large_transactions() {
     assert_eq!(out_of_order, 0);
 }
 
-/// `--batch N` sets the lines a transaction; out of 1..=100,000 it is refused before
-/// anything is read.
+/// `--batch N` sets the lines a transaction; out of 1..=100,000, or with `--url`, it is
+/// refused before anything is read.
 #[tokio::test]
 async fn import_batch_sizes_are_taken_within_bounds() {
     let target = data_dir_with_vero_token();
@@ -221,6 +221,22 @@ async fn import_batch_sizes_are_taken_within_bounds() {
         assert!(!ok, "--batch {bad}: {stdout}");
         assert!(stderr.contains("--batch"), "--batch {bad}: {stderr}");
     }
+    // Through a server, the route sets the batch: asking for one is an error, not ignored.
+    let (ok, _, stderr) = run_cli(&[
+        "import",
+        f,
+        "--batch",
+        "3",
+        "--url",
+        "http://127.0.0.1:9",
+        "--key",
+        "sk_x",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("'--batch <BATCH>' cannot be used with '--url <URL>'"),
+        "{stderr}"
+    );
     assert_eq!(
         import_file(&file, t, &["--batch", "3"]),
         json!({"imported": 7, "duplicates": 0, "rejected": 0, "errors": []})
