@@ -378,7 +378,7 @@ async fn a_deleted_users_undelivered_items_leave_the_files_and_its_delete_is_del
                 .any(|i| i["type"] == "user.delete")
         })
         .await;
-    let items = receiver.acknowledged_items();
+    let items = receiver.delivered_items();
     assert_eq!(items.len(), 51);
     let delete = items
         .iter()

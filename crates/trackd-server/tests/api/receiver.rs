@@ -2,7 +2,7 @@
 //! request and answers what the test scripted (a status, a slow answer, a `Retry-After`),
 //! then 200 once the script is used up.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,13 @@ impl Receiver {
             .collect()
     }
 
+    /// The items a receiver that keeps each `webhook-id` once (as Standard Webhooks asks of
+    /// it) processes, in arrival order. Delivery is at least once: a batch whose answer
+    /// came after the sender's timeout is sent again, under the same id.
+    pub fn delivered_items(&self) -> Vec<Value> {
+        delivered(&self.log())
+    }
+
     /// Waits until `done` holds for the log (at most `limit`); panics with the log if not.
     pub async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&[Received]) -> bool) {
         let deadline = Instant::now() + limit;
@@ -117,6 +124,15 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The items of `log`'s acknowledged requests, each `webhook-id` once.
+pub fn delivered(log: &[Received]) -> Vec<Value> {
+    let mut seen = HashSet::new();
+    log.iter()
+        .filter(|r| r.status == 200 && seen.insert(r.id.as_str()))
+        .flat_map(Received::items)
+        .collect()
 }
 
 async fn receive(

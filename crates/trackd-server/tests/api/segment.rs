@@ -577,7 +577,7 @@ async fn destinations_get_v1_calls_as_they_get_vero_calls() {
     .await
     .assert_success(false);
     crate::delivery::wait_drained(&app, "hook", 0).await;
-    let items = receiver.acknowledged_items();
+    let items = receiver.delivered_items();
     assert_eq!(items.len(), 4, "{items:?}");
     // Item ids and event ids differ; everything else is the same but the user.
     let normal = |item: &Value| {
