@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 
 use deadpool_postgres::{Client, Transaction};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
 use trackd_core::delivery::{
     DeliveryReport, Destination, DestinationChange, DestinationSpec, ItemKind, OutboxItem,
@@ -94,8 +95,6 @@ impl Pending {
                  FROM unnest($2::int4[]) WITH ORDINALITY AS x(k, o) ORDER BY o",
             )
             .await?;
-        tx.execute(&lock, &[&WRITE_LOCK, &lock_keys(projects.iter().copied())])
-            .await?;
         // In the same statement: which of them have suppressed users (`privacy.rs`).
         let read = tx
             .prepare_cached(
@@ -105,8 +104,18 @@ impl Pending {
                  WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.project_id = p)",
             )
             .await?;
+        // Pipelined: both are sent at once, and the server runs the read after the locks
+        // are held, with a snapshot of its own (READ COMMITTED), so it sees every commit
+        // that held them exclusively.
+        let keys = lock_keys(projects.iter().copied());
+        let (lock_params, read_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 1]) =
+            ([&WRITE_LOCK, &keys], [&projects]);
+        let (_, rows) = tokio::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query(&read, &read_params)
+        )?;
         let (mut wanted, mut suppressing) = (HashSet::new(), HashSet::new());
-        for row in tx.query(&read, &[&projects]).await? {
+        for row in rows {
             let project: i64 = row.try_get(0)?;
             if row.try_get::<_, bool>(1)? {
                 wanted.insert(project);

@@ -835,63 +835,39 @@ async fn insert_events(
         firsts.push(t.first);
         lasts.push(t.last);
     }
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO users (project_id, user_key, user_id, email, first_seen, last_seen, \
-                                created_at, updated_at) \
-             SELECT p, k, i, e, f, l, f, f \
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                         $6::bigint[]) AS u(p, k, i, e, f, l) \
-             ORDER BY p, k \
-             ON CONFLICT (project_id, user_key) DO UPDATE \
-               SET first_seen = LEAST(users.first_seen, EXCLUDED.first_seen), \
-                   last_seen = GREATEST(users.last_seen, EXCLUDED.last_seen), \
-                   user_id = COALESCE(EXCLUDED.user_id, users.user_id), \
-                   email = COALESCE(EXCLUDED.email, users.email) \
-             RETURNING project_id, user_key, id",
-        )
-        .await?;
-    let refs: HashMap<(i64, String), i64> = tx
-        .query(
-            &upsert,
-            &[&projects, &user_keys, &ids, &emails, &firsts, &lasts],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            (
-                (r.get::<_, i64>(0), r.get::<_, String>(1)),
-                r.get::<_, i64>(2),
-            )
-        })
-        .collect();
-    let mut user_refs = Vec::with_capacity(events.len());
-    for (e, key) in events.iter().zip(keys) {
-        // Every user was just upserted and returned: a miss is a broken invariant, and the
-        // batch fails rather than file an event under no user.
-        let user_ref = refs
-            .get(&(e.project.get(), key.clone()))
-            .copied()
-            .ok_or(WriteError::Invariant("an upserted user was not returned"))?;
-        user_refs.push(user_ref);
-    }
-    let projects: Vec<i64> = events.iter().map(|e| e.project.get()).collect();
+    let projects_of: Vec<i64> = events.iter().map(|e| e.project.get()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
     let event_keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
     let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
     let sources: Vec<Option<&str>> = events.iter().map(|e| e.source.as_deref()).collect();
     let created: Vec<i64> = events.iter().map(|e| e.created_at.as_micros()).collect();
     let received: Vec<i64> = events.iter().map(|e| e.received_at.as_micros()).collect();
+    // One statement: the users' upsert, then each event filed under its user's row. The
+    // events are inserted in their order, so their ids (from the sequence) are too.
     let insert = tx
         .prepare_cached(
-            "INSERT INTO events (project_id, user_ref, event_name, event_key, data, source, \
+            "WITH u AS ( \
+               INSERT INTO users (project_id, user_key, user_id, email, first_seen, \
+                                  last_seen, created_at, updated_at) \
+               SELECT p, k, i, e, f, l, f, f \
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                           $6::bigint[]) AS u(p, k, i, e, f, l) \
+               ORDER BY p, k \
+               ON CONFLICT (project_id, user_key) DO UPDATE \
+                 SET first_seen = LEAST(users.first_seen, EXCLUDED.first_seen), \
+                     last_seen = GREATEST(users.last_seen, EXCLUDED.last_seen), \
+                     user_id = COALESCE(EXCLUDED.user_id, users.user_id), \
+                     email = COALESCE(EXCLUDED.email, users.email) \
+               RETURNING project_id, user_key, id) \
+             INSERT INTO events (project_id, user_ref, event_name, event_key, data, source, \
                                  created_at, received_at) \
-             SELECT p, u, n, k, d, s, c, r \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                         $6::text[], $7::bigint[], $8::bigint[]) WITH ORDINALITY \
-               AS x(p, u, n, k, d, s, c, r, o) \
-             ORDER BY o \
-             RETURNING id",
+             SELECT x.p, u.id, x.n, x.k, x.d, x.s, x.c, x.r \
+             FROM unnest($7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], \
+                         $12::text[], $13::bigint[], $14::bigint[]) WITH ORDINALITY \
+               AS x(p, uk, n, k, d, s, c, r, o) \
+             JOIN u ON u.project_id = x.p AND u.user_key = x.uk \
+             ORDER BY x.o \
+             RETURNING id, user_ref",
         )
         .await?;
     let rows = tx
@@ -899,7 +875,13 @@ async fn insert_events(
             &insert,
             &[
                 &projects,
-                &user_refs,
+                &user_keys,
+                &ids,
+                &emails,
+                &firsts,
+                &lasts,
+                &projects_of,
+                &keys,
                 &names,
                 &event_keys,
                 &data,
@@ -909,10 +891,15 @@ async fn insert_events(
             ],
         )
         .await?;
+    // Every user was just upserted and returned: an event missing here is a broken
+    // invariant, and the batch fails rather than file an event under no user.
+    if rows.len() != events.len() {
+        return Err(WriteError::Invariant("an upserted user was not returned"));
+    }
     // Ids come from the sequence in row order, so sorted they are the events' own order.
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    Ok(ids.into_iter().zip(user_refs).collect())
+    let mut stored: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    stored.sort_unstable();
+    Ok(stored)
 }
 
 /// Why a batch did not commit.
