@@ -5,9 +5,11 @@
 #
 #   bench/ingest_pg.sh [NODES] [ROUNDS] [SECONDS] [DATABASE_URL]
 #
-# Prints per round: events/s (stored), p50/p99 (wrk's, per node), and PostgreSQL's CPU
-# time per stored event (all postgres processes, from /proc) and the WAL written per stored
-# event (the database's whole WAL, pg_current_wal_lsn). DATABASE_URL is a server
+# Prints per round: events/s (stored), p50/p99 (wrk's, per node), PostgreSQL's CPU
+# time per stored event (all postgres processes, from /proc), the WAL written per stored
+# event (the database's whole WAL, pg_current_wal_lsn), trackd's CPU time per stored event
+# (every node), how busy the machine was (/proc/stat, 100% = one core), and the writers'
+# average batch and its time from start to commit (every node's /metrics). DATABASE_URL is a server
 # where the bench may create and drop the database `trackd_bench` (default: the local one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +21,19 @@ url="${admin%/*}/trackd_bench"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-pg_cpu() { # clock ticks used by every postgres process so far
+ticks() { # clock ticks used by the given processes so far
   local total=0
-  for p in $(pgrep -x postgres); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
+  for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
   echo "$total"
+}
+pg_cpu() { ticks $(pgrep -x postgres); } # every postgres process's
+busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; } # the machine's, all cores
+commits() { # every node's committed batches, writes in them, and seconds spent: "n writes secs"
+  for port in "${ports[@]}"; do curl -s "http://127.0.0.1:$port/metrics"; done | awk '
+    /^trackd_store_commit_batch_size_count/ {n += $2}
+    /^trackd_store_commit_batch_size_sum/ {w += $2}
+    /^trackd_store_commit_duration_seconds_sum/ {s += $2}
+    END {print n + 0, w + 0, s + 0}'
 }
 
 for r in $(seq 1 "$rounds"); do
@@ -51,6 +60,7 @@ for r in $(seq 1 "$rounds"); do
   before_events=$(psql "$url" -tAc "select count(*) from events")
   before_wal=$(psql "$url" -tAc "select pg_current_wal_lsn()")
   before_cpu=$(pg_cpu)
+  before_trackd=$(ticks "${pids[@]}"); before_busy=$(busy); before_commits=$(commits)
   i=0
   for port in "${ports[@]}"; do
     i=$((i + 1))
@@ -59,16 +69,23 @@ for r in $(seq 1 "$rounds"); do
   done
   wait_wrk
   after_cpu=$(pg_cpu)
+  after_trackd=$(ticks "${pids[@]}"); after_busy=$(busy); after_commits=$(commits)
   after_events=$(psql "$url" -tAc "select count(*) from events")
   wal=$(psql "$url" -tAc "select pg_wal_lsn_diff(pg_current_wal_lsn(), '$before_wal')::bigint")
   for p in "${pids[@]}"; do kill -TERM "$p"; wait "$p" || true; done
   pids=()
-  python3 - "$work" "$r" "$nodes" "$secs" "$before_events" "$after_events" "$before_cpu" "$after_cpu" "$(getconf CLK_TCK)" "$wal" <<'PY'
+  python3 - "$work" "$r" "$nodes" "$secs" "$before_events" "$after_events" "$before_cpu" "$after_cpu" "$(getconf CLK_TCK)" "$wal" \
+    "$before_trackd" "$after_trackd" "$before_busy" "$after_busy" "$before_commits" "$after_commits" <<'PY'
 import re, sys
 work, r, nodes, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 events = int(sys.argv[6]) - int(sys.argv[5])
-cpu = (int(sys.argv[8]) - int(sys.argv[7])) / int(sys.argv[9])
+tck = int(sys.argv[9])
+cpu = (int(sys.argv[8]) - int(sys.argv[7])) / tck
 wal = int(sys.argv[10])
+trackd = (int(sys.argv[12]) - int(sys.argv[11])) / tck
+busy = (int(sys.argv[14]) - int(sys.argv[13])) / tck
+c0, c1 = [list(map(float, a.split())) for a in sys.argv[15:17]]
+batches, writes, commit_s = (c1[0] - c0[0]), (c1[1] - c0[1]), (c1[2] - c0[2])
 lat = []
 answered = 0.0
 for n in range(1, nodes + 1):
@@ -81,7 +98,9 @@ for n in range(1, nodes + 1):
     lat.append(f"node {n} p50 {p50:.2f} ms p99 {p99:.2f} ms")
 print(f"round {r}: {nodes} node(s): {events / secs:.0f} events/s stored ({answered:.0f}/s answered); {'; '.join(lat)}; "
       f"PostgreSQL CPU {cpu:.1f} s = {cpu / events * 1e6:.0f} µs per event; "
-      f"WAL {wal / events:.0f} bytes per event")
+      f"WAL {wal / events:.0f} bytes per event; trackd CPU {trackd / events * 1e6:.0f} µs per event; "
+      f"machine busy {busy / secs * 100:.0f}% of one core; "
+      f"batches of {writes / max(batches, 1):.1f} writes, {commit_s / max(batches, 1) * 1e3:.2f} ms each")
 PY
 done
 psql "$admin" -qc "DROP DATABASE IF EXISTS trackd_bench WITH (FORCE)"
