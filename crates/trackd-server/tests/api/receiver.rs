@@ -22,6 +22,9 @@ pub enum Reply {
     RetryAfter(u64),
     /// Nothing for this long (past the sender's timeout), then 200.
     Hang(Duration),
+    /// Processed (logged as acknowledged), but answered 200 only after this long, past the
+    /// sender's timeout: at-least-once delivery sends it again.
+    Late(Duration),
 }
 
 /// One request as it arrived.
@@ -166,9 +169,10 @@ async fn receive(
         ),
         // The sender gives up before the answer: whatever it says, nobody reads it.
         Some(Reply::Hang(_)) => (0, StatusCode::OK.into_response()),
+        Some(Reply::Late(_)) => (200, StatusCode::OK.into_response()),
     };
     let hang = match reply_kind {
-        Some(Reply::Hang(d)) => Some(d),
+        Some(Reply::Hang(d) | Reply::Late(d)) => Some(d),
         _ => None,
     };
     inner.lock().expect("lock").log.push(Received {

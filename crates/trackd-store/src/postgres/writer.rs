@@ -782,9 +782,9 @@ async fn user_keys(
     Ok(keys)
 }
 
-/// The users of `events` (created or touched, one statement, in key order), each event
-/// filed under `keys[i]`, and the event rows (one statement, in order); returns the events'
-/// ids and their users' row ids, in order.
+/// In one statement: the users of `events` (created or touched, in key order), then the
+/// event rows in order, each filed under the user of `keys[i]`; returns the events' ids and
+/// their users' row ids, in order.
 async fn insert_events(
     tx: &Transaction<'_>,
     events: &[&EventRecord],
