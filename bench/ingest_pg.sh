@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ingest against PostgreSQL: NODES release trackd processes on one fresh database, the same
-# wrk load as bench/ingest.sh (64 connections in all, split over the nodes), durable
+# wrk load as bench/ingest.sh (64 connections in all unless CONNS says, split over the nodes), durable
 # commits (synchronous_commit=on, the server's default).
 #
 #   bench/ingest_pg.sh [NODES] [ROUNDS] [SECONDS] [DATABASE_URL]
@@ -11,6 +11,7 @@
 # (every node), how busy the machine was (/proc/stat, 100% = one core), and the writers'
 # average batch and its time from start to commit (every node's /metrics). DATABASE_URL is a server
 # where the bench may create and drop the database `trackd_bench` (default: the local one).
+# CONNS (default 64) sets the connections in all, split over the nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=${1:-1}; rounds=${2:-3}; secs=${3:-10}
@@ -48,7 +49,7 @@ for r in $(seq 1 "$rounds"); do
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
   done
   export WRK_PATH="/api/v2/events/track?auth_token=$token"
-  conns=$((64 / nodes))
+  conns=$((${CONNS:-64} / nodes))
   i=0
   for port in "${ports[@]}"; do
     i=$((i + 1))

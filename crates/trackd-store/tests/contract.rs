@@ -307,6 +307,7 @@ store_contract!(
     delete_removes_profile_events_and_dedup_records,
     reidentify_renames_merges_and_keeps_dedup_under_the_old_id,
     restore_keeps_events_as_they_were_without_dedup,
+    a_large_restore_stores_every_event_under_its_user_in_order,
     export_is_oldest_first_by_receive_time,
     export_chunks_end_at_their_byte_budget_and_hold_nothing_between,
     stats_count_events_duplicates_and_refusals,
@@ -580,6 +581,62 @@ async fn reidentify_renames_merges_and_keeps_dedup_under_the_old_id(b: &Backend)
         b.track(event("a", "Paid", json!({"n": 1}))).await,
         InsertOutcome::Inserted
     );
+}
+
+/// A restore larger than one multi-row insert (SQLite writes 64 rows a statement), with a
+/// suppressed user's events among the others: every other event is stored under its own
+/// user with its own data, and the items delivered for them name their own rows, in order.
+async fn a_large_restore_stores_every_event_under_its_user_in_order(b: &Backend) {
+    let d = b.add("hook").await;
+    let actor = trackd_core::privacy::Actor::Key("abcd1234".into());
+    b.store
+        .suppress(b.project, "ghost".into(), actor)
+        .await
+        .expect("suppressed");
+    let suppressed = |n: i64| n % 7 == 3;
+    let user = |n: i64| {
+        if suppressed(n) {
+            "ghost".to_owned()
+        } else {
+            format!("u{}", n % 5)
+        }
+    };
+    let start = b.now().as_micros() - 1_000;
+    let records: Vec<trackd_core::EventRecord> = (0..150)
+        .map(|n| {
+            let mut r = b
+                .tracked(event(&user(n), "Imported", json!({ "n": n })))
+                .record;
+            r.received_at = Timestamp::from_micros(start + n);
+            r
+        })
+        .collect();
+    let skipped = (0..150).filter(|&n| suppressed(n)).count() as u64;
+    assert_eq!(skipped, 21);
+    assert_eq!(
+        b.store.restore(records, true).await.expect("restored"),
+        skipped
+    );
+    let delivered: Vec<(Option<String>, String)> = b
+        .items(d.cursor)
+        .await
+        .iter()
+        .map(|i| {
+            let e = i.committed_event().expect("the item's event row");
+            (e.user_id, e.data)
+        })
+        .collect();
+    let expected: Vec<(Option<String>, String)> = (0..150)
+        .filter(|&n| !suppressed(n))
+        .map(|n| (Some(user(n)), format!(r#"{{"n":{n}}}"#)))
+        .collect();
+    assert_eq!(delivered, expected);
+    for u in 0..5 {
+        let stored = b.events_of(&format!("u{u}")).await.expect("the user");
+        let want = (0..150).filter(|&n| !suppressed(n) && n % 5 == u).count();
+        assert_eq!(stored.len(), want, "u{u}");
+    }
+    assert_eq!(b.events_of("ghost").await, None);
 }
 
 async fn restore_keeps_events_as_they_were_without_dedup(b: &Backend) {

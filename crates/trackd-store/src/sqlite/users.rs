@@ -54,7 +54,11 @@ impl Touches {
             "UPDATE users SET first_seen = min(first_seen, ?2), last_seen = max(last_seen, ?3) \
              WHERE id = ?1",
         )?;
-        for (id, (first, last)) in self.seen.drain() {
+        // In row order: consecutive updates land on the same or neighbouring pages (an
+        // import's commit touches tens of thousands of users; a map's order is random).
+        let mut seen: Vec<(i64, (i64, i64))> = self.seen.drain().collect();
+        seen.sort_unstable_by_key(|&(id, _)| id);
+        for (id, (first, last)) in seen {
             touch.execute(params![id, first, last])?;
         }
         Ok(())
