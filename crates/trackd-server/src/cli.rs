@@ -253,11 +253,11 @@ pub struct ImportArgs {
     /// Store track bodies even when they are duplicates within the window.
     #[arg(long)]
     pub(crate) no_dedup: bool,
-    /// Export lines restored a transaction (with --data-dir; default 50,000 on SQLite,
+    /// Export lines restored a transaction (with --data-dir; default 200,000 on SQLite,
     /// 2,000 on PostgreSQL). A server on the same data dir waits for each commit: a
-    /// smaller batch keeps its writes quick, at a lower import rate. Not with --url: the
-    /// server's import route sets its own.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "url")]
+    /// smaller batch keeps its writes quick, at a lower import rate and a smaller memory.
+    /// Not with --url: the server's import route sets its own.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500_000), conflicts_with = "url")]
     pub(crate) batch: Option<u32>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]

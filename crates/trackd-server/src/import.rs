@@ -28,11 +28,14 @@ impl Limits {
     /// so transactions stay short (tens of milliseconds).
     pub const SERVER: Limits = Limits::batch(2000);
     /// `trackd import` into SQLite. Lines of random users each dirty a page of the per-user
-    /// index, and a commit writes every dirty page once: 50,000 events a commit share those
-    /// pages (with the writer's bulk cache holding them) where 2,000 did not, which
-    /// doubles the rate (README, "Benchmarks"). A server on the same data dir waits for
-    /// each such commit (`--batch` makes them smaller).
-    pub const BULK: Limits = Limits::batch(50_000);
+    /// index, and a commit writes every dirty page once (to the WAL, then again at the
+    /// checkpoint), so the more events a commit holds, the more of them share each page:
+    /// with the writer's bulk cache holding them, 10 million lines of 100,000 users went in
+    /// at 71k events/s with 50,000 a commit, 91k with 100,000, 125k with 200,000 and 145k
+    /// with 400,000 (README, "Benchmarks"). 200,000 keeps the memory under 1 GiB (two
+    /// batches of lines and the 512 MiB cache). A server on the same data dir waits for each
+    /// such commit, about 2 s (`--batch` makes them smaller).
+    pub const BULK: Limits = Limits::batch(200_000);
 
     /// Transactions of `events` restored events, holding room for lines of about 300 bytes
     /// (longer ones make smaller transactions), 16 MiB at least.
