@@ -18,6 +18,7 @@ mod connections;
 mod dedup;
 #[path = "../api/delivery.rs"]
 mod delivery;
+mod failures;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/hostile.rs"]
