@@ -4,24 +4,8 @@
 //! records, and the connection it used goes back to the pool rolled back, fit for the next
 //! batch.
 
-use serde_json::json;
-
 use crate::helpers::{ChildServer, PgDatabase};
-
-async fn send(client: &reqwest::Client, node: &ChildServer, token: &str, n: u64) -> (u16, bool) {
-    let body = json!({"identity": {"id": "u1"}, "event_name": "clicked", "data": {"n": n}});
-    let answer = client
-        .post(format!(
-            "{}/api/v2/events/track?auth_token={token}",
-            node.addr
-        ))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("sent");
-    let duplicate = answer.headers().contains_key("trackd-duplicate");
-    (answer.status().as_u16(), duplicate)
-}
+use crate::nodes::send;
 
 fn sql(db: &PgDatabase, statements: &str) {
     let statements = statements.to_owned();

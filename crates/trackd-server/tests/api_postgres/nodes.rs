@@ -20,7 +20,14 @@ async fn two_nodes(extra: &[(&str, &str)]) -> (PgDatabase, ChildServer, ChildSer
     (db, a, b, token)
 }
 
-async fn send(client: &reqwest::Client, node: &ChildServer, token: &str, n: u64) -> (u16, bool) {
+/// Tracks `clicked` with `data.n = n` for one shared user through `node`: the status, and
+/// whether it was answered as a duplicate.
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    node: &ChildServer,
+    token: &str,
+    n: u64,
+) -> (u16, bool) {
     let body = json!({"identity": {"id": "shared-user"}, "event_name": "clicked",
                       "data": {"n": n}});
     let answer = client
