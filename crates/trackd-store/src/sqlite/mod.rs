@@ -12,6 +12,7 @@ mod schema;
 mod users;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -72,6 +73,9 @@ pub struct SqliteStore {
     /// Idle reader connections, and a bound on how many queries read at once.
     readers: Arc<Mutex<Vec<Connection>>>,
     reading: Arc<tokio::sync::Semaphore>,
+    /// Per project, the permits of `reading` its queries may hold at once: all but one
+    /// ([`read_share`]), so one project's slow queries always leave a reader to the others.
+    read_shares: Mutex<HashMap<i64, Arc<tokio::sync::Semaphore>>>,
     /// Exports last as long as their clients read: they get their own permits so slow
     /// export readers cannot starve the other read queries.
     exporting: Arc<tokio::sync::Semaphore>,
@@ -105,6 +109,13 @@ pub const READER_MMAP_BYTES: i64 = 1 << 40;
 /// disk.
 fn max_readers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
+}
+
+/// How many queries of one project read at once: all the readers but one (at least one).
+/// A statistics query over 10 million events takes 7 to 9 s; a project running several
+/// still leaves a reader to the other projects' queries.
+fn read_share() -> usize {
+    max_readers().saturating_sub(1).max(1)
 }
 /// How many exports run at once (beside the queries).
 const MAX_EXPORTS: usize = 4;
@@ -211,6 +222,7 @@ impl SqliteStore {
             admin: Arc::new(Mutex::new(admin)),
             readers: Arc::new(Mutex::new(Vec::new())),
             reading: Arc::new(tokio::sync::Semaphore::new(max_readers())),
+            read_shares: Mutex::new(HashMap::new()),
             exporting: Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)),
             path,
             ready,
@@ -252,6 +264,33 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.read_with(self.reading.clone(), f)
+    }
+
+    /// [`Self::read`] for one project's query: it holds one of the project's own permits
+    /// ([`read_share`]) first, then one of `reading`.
+    fn read_in<T, F>(&self, project: ProjectId, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let share = {
+            // A panic elsewhere while holding the map leaves it whole: its entries are
+            // only ever added.
+            let mut shares = self.read_shares.lock().unwrap_or_else(|e| e.into_inner());
+            shares
+                .entry(project.get())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(read_share())))
+                .clone()
+        };
+        // Lazy: `read`'s permit is asked for only once the project's is held.
+        let read = self.read(f);
+        Box::pin(async move {
+            let _share = share
+                .acquire_owned()
+                .await
+                .map_err(StoreError::unavailable)?;
+            read.await
+        })
     }
 
     /// [`Self::read`], holding a permit of `reading` while it runs.
@@ -429,11 +468,11 @@ impl Store for SqliteStore {
 
     fn user(&self, project: ProjectId, key: &str) -> StoreFuture<'_, Option<UserProfile>> {
         let key = key.to_owned();
-        self.read(move |conn| read::user(conn, project, &key))
+        self.read_in(project, move |conn| read::user(conn, project, &key))
     }
 
     fn events(&self, query: EventQuery) -> StoreFuture<'_, Option<EventPage>> {
-        self.read(move |conn| read::events(conn, &query))
+        self.read_in(query.project, move |conn| read::events(conn, &query))
     }
 
     fn export_chunk(
@@ -450,7 +489,7 @@ impl Store for SqliteStore {
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Stats> {
         Box::pin(async move {
             let too_many = query.too_many();
-            self.read(move |conn| read::stats(conn, &query))
+            self.read_in(query.project, move |conn| read::stats(conn, &query))
                 .await?
                 .ok_or(StoreError::Invalid(too_many))
         })
@@ -566,7 +605,7 @@ impl Store for SqliteStore {
         &self,
         query: trackd_core::privacy::AuditQuery,
     ) -> StoreFuture<'_, Vec<trackd_core::privacy::AuditEntry>> {
-        self.read(move |conn| privacy::page(conn, &query))
+        self.read_in(query.project, move |conn| privacy::page(conn, &query))
     }
 
     fn create_project(&self, name: &str) -> StoreFuture<'_, Project> {
@@ -728,7 +767,9 @@ impl Store for SqliteStore {
         after: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<OutboxItem>> {
-        self.read(move |conn| outbox::items(conn, project, after, limit))
+        self.read_in(project, move |conn| {
+            outbox::items(conn, project, after, limit)
+        })
     }
 
     fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>> {
@@ -900,6 +941,75 @@ mod tests {
             .expect("read");
         store.shutdown().await.expect("shutdown");
         assert_eq!(mapped, READER_MMAP_BYTES);
+    }
+
+    /// One project's queries hold at most all the readers but one: while as many of its
+    /// queries as there are readers wait inside SQLite, all but one of them running, another
+    /// project's query still gets a reader and answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_projects_slow_reads_leave_a_reader_to_the_others() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Condvar;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(
+            SqliteStore::open(config(dir.path(), DEFAULT_WAL_CHECKPOINT_PAGES)).expect("open"),
+        );
+        /// Opens the gate when dropped, also when an assertion fails: the runtime waits
+        /// for its blocking threads, so a query left waiting would hang the test.
+        struct Gate(Arc<(Mutex<bool>, Condvar)>);
+        impl Drop for Gate {
+            fn drop(&mut self) {
+                let (open, opened) = &*self.0;
+                *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                opened.notify_all();
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let opener = Gate(gate.clone());
+        let started = Arc::new(AtomicUsize::new(0));
+        let slow = ProjectId::new(1);
+        let mut held = Vec::new();
+        for _ in 0..max_readers() {
+            let (store, gate, started) = (store.clone(), gate.clone(), started.clone());
+            held.push(tokio::spawn(async move {
+                store
+                    .read_in(slow, move |_| {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let (open, opened) = &*gate;
+                        let mut open = open.lock().expect("gate");
+                        while !*open {
+                            open = opened.wait(open).expect("gate");
+                        }
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for _ in 0..3000 {
+            if started.load(Ordering::SeqCst) == read_share() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(started.load(Ordering::SeqCst), read_share());
+        // A guard against hanging, not a measure: without the share it waits for ever.
+        let other = tokio::time::timeout(
+            Duration::from_secs(30),
+            store.read_in(ProjectId::new(2), |conn| {
+                conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))
+            }),
+        )
+        .await
+        .expect("another project's query waited for the first project's")
+        .expect("read");
+        assert_eq!(other, 7);
+        // The first project's last query still waits for one of its own permits.
+        assert_eq!(started.load(Ordering::SeqCst), read_share());
+        drop(opener);
+        for query in held {
+            query.await.expect("joined").expect("read");
+        }
+        assert_eq!(started.load(Ordering::SeqCst), max_readers());
     }
 
     /// Regression: with checkpoints only on another connection, a checkpoint never finished
