@@ -34,7 +34,8 @@ impl Limits {
     /// at 71k events/s with 50,000 a commit, 91k with 100,000, 125k with 200,000 and 145k
     /// with 400,000 (README, "Benchmarks"). 200,000 keeps the memory under 1 GiB (two
     /// batches of lines and the 512 MiB cache). A server on the same data dir waits for each
-    /// such commit, about 2 s (`--batch` makes them smaller).
+    /// such commit (up to 2.5 s a write during 10 million lines; `--batch` makes them
+    /// smaller).
     pub const BULK: Limits = Limits::batch(200_000);
 
     /// Transactions of `events` restored events, holding room for lines of about 300 bytes

@@ -200,7 +200,7 @@ async fn a_bulk_import_stores_every_line_across_its_large_transactions() {
 }
 
 /// `--batch N` sets the lines a transaction; out of 1..=500,000, or with `--url`, it is
-/// refused before anything is read.
+/// refused before anything is read; both ends of the range are taken.
 #[tokio::test]
 async fn import_batch_sizes_are_taken_within_bounds() {
     let target = data_dir_with_vero_token();
@@ -238,15 +238,19 @@ async fn import_batch_sizes_are_taken_within_bounds() {
         stderr.contains("'--batch <BATCH>' cannot be used with '--url <URL>'"),
         "{stderr}"
     );
-    assert_eq!(
-        import_file(&file, t, &["--batch", "3"]),
-        json!({"imported": 7, "duplicates": 0, "rejected": 0, "errors": []})
-    );
+    for batch in ["3", "1", "500000"] {
+        assert_eq!(
+            import_file(&file, t, &["--batch", batch]),
+            json!({"imported": 7, "duplicates": 0, "rejected": 0, "errors": []}),
+            "--batch {batch}"
+        );
+    }
+    // Export lines are restored as they were, once per import.
     let db = rusqlite::Connection::open(target.path().join("trackd.db")).expect("db");
     let count: i64 = db
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .expect("count");
-    assert_eq!(count, 7);
+    assert_eq!(count, 21);
 }
 
 #[tokio::test]

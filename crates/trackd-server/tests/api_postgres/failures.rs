@@ -47,8 +47,8 @@ async fn a_batch_failing_in_the_database_answers_503_leaves_nothing_and_its_conn
     let client = reqwest::Client::new();
     assert_eq!(send(&client, &node, &token, 0).await, (200, false));
     assert_eq!(stored(&db, 0), (1, 1, 1));
-    // A statement fails while `boom` names its table: the events insert (mid-transaction,
-    // before the COMMIT is sent) or the counters upsert (sent together with the COMMIT).
+    // A statement fails while `boom` names its table: the events insert (mid-transaction)
+    // or the counters upsert (the batch's last statement before its COMMIT).
     sql(
         &db,
         "CREATE TABLE boom (at text); \
