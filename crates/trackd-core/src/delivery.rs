@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::read::EventRow;
 use crate::time::Timestamp;
 use crate::users::{ProfileChange, UserRef};
-use crate::{EventKey, FieldError, ProjectId};
+use crate::{FieldError, ProjectId};
 
 /// Vero's API, where a `vero` destination sends unless told otherwise.
 pub const VERO_DEFAULT_URL: &str = "https://api.getvero.com/api/v2";
@@ -158,16 +158,18 @@ impl DestinationSpec {
         };
         let events = match body.get("events") {
             None | Some(Value::Null) => Vec::new(),
+            // Each as an event's own name is checked (up to 254 characters), so every
+            // name that can be tracked can be filtered on.
             Some(Value::Array(list)) => list
                 .iter()
-                .map(|v| match v {
-                    Value::String(s) if !s.trim().is_empty() && s.len() <= 255 => {
-                        Ok(EventKey::of(s).as_str().to_owned())
+                .enumerate()
+                .map(|(i, v)| {
+                    let field = format!("events[{i}]");
+                    let name = crate::event::EventName::parse_field(Some(v), &field)?;
+                    if name.as_str().trim().is_empty() {
+                        return Err(FieldError::new(field, "is blank"));
                     }
-                    _ => Err(FieldError::new(
-                        "events",
-                        "must be a list of event names (1 to 255 bytes each)",
-                    )),
+                    Ok(name.key().as_str().to_owned())
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(FieldError::new("events", "must be a list of event names")),
@@ -432,6 +434,36 @@ impl Destination {
             "dead_letters": self.dead_letters,
             "last_error": self.last_error,
             "created_at": Timestamp::from_micros(self.created_at).to_rfc3339(),
+        })
+    }
+}
+
+/// A dead letter: an item a receiver refused for good (a batch's refusal makes one per
+/// item), kept until it is redriven and acknowledged or the destination is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The item's outbox position: its id is `trk_<project>_<pos>`.
+    pub pos: i64,
+    /// The receiver's status.
+    pub status: u16,
+    /// The first KiB of the receiver's answer.
+    pub response: String,
+    /// When it was refused, microseconds since the epoch.
+    pub failed_at: i64,
+    /// Marked to be sent again by a redrive, not yet acknowledged.
+    pub redrive: bool,
+}
+
+impl DeadLetter {
+    /// How the destinations API and the CLI show it.
+    pub fn to_json(&self, project: ProjectId) -> Value {
+        serde_json::json!({
+            "item": format!("trk_{}_{}", project.get(), self.pos),
+            "position": self.pos,
+            "status": self.status,
+            "response": self.response,
+            "failed_at": Timestamp::from_micros(self.failed_at).to_rfc3339(),
+            "redrive": self.redrive,
         })
     }
 }
@@ -980,6 +1012,10 @@ mod tests {
             ),
             (
                 json!({"name": "a", "kind": "webhook", "url": "http://x", "events": [1]}),
+                "events[0]",
+            ),
+            (
+                json!({"name": "a", "kind": "webhook", "url": "http://x", "events": "Paid"}),
                 "events",
             ),
         ] {

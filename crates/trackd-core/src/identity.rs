@@ -33,6 +33,18 @@ impl UserId {
         Ok(Some(UserId(text)))
     }
 
+    /// Reads an id given as text outside a JSON body (a URL path, a command line), where
+    /// the JSON reader's checks have not run: it must not be empty or hold a NUL.
+    pub fn from_text(text: &str, field: &str) -> Result<Self, FieldError> {
+        if text.contains('\0') {
+            return Err(FieldError::new(field, "contains a NUL character (\\u0000)"));
+        }
+        match Self::parse(&Value::String(text.to_owned()), field)? {
+            Some(id) => Ok(id),
+            None => Err(FieldError::new(field, "is required")),
+        }
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

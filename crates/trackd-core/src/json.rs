@@ -13,6 +13,7 @@
 //! [`canonical`] writes the form the dedup key is computed from: keys sorted at every depth,
 //! no whitespace, numbers by exact decimal value (`1`, `1.0` and `10e-1` are equal).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Number, Value};
@@ -68,6 +69,41 @@ pub fn parse_object(
 
 /// Parses a whole document holding any JSON value (see [`parse_object`]).
 pub fn parse_value(input: &[u8], root: &str, max_depth: usize) -> Result<Value, JsonError> {
+    parse(input, root, max_depth, None)
+}
+
+/// What a batch body's items got wrong, by item index: the first problem of each.
+pub type ItemFaults = BTreeMap<usize, JsonError>;
+
+/// Parses a request body that is an object holding independent calls in the array under
+/// `items` (Segment's `batch`), so that one bad call does not refuse the others: a problem
+/// in a value inside `items[i]` (a duplicate key, a NUL, a lone surrogate, nesting past
+/// `max_depth`, a number out of range) is returned against `i`, the first one per item,
+/// and the parse goes on; that item's parsed value is then not what was sent and must not
+/// be used. Invalid UTF-8, a syntax error anywhere, and any problem outside the items
+/// refuse the whole body, as [`parse_object`] does.
+pub fn parse_object_with_items(
+    input: &[u8],
+    root: &str,
+    max_depth: usize,
+    items: &str,
+) -> Result<(Map<String, Value>, ItemFaults), JsonError> {
+    let mut faults = ItemFaults::new();
+    match parse(input, root, max_depth, Some((items, &mut faults)))? {
+        Value::Object(map) => Ok((map, faults)),
+        _ => Err(JsonError {
+            path: root_name(root).to_owned(),
+            problem: "must be a JSON object".to_owned(),
+        }),
+    }
+}
+
+fn parse(
+    input: &[u8],
+    root: &str,
+    max_depth: usize,
+    items: Option<(&str, &mut ItemFaults)>,
+) -> Result<Value, JsonError> {
     let text = std::str::from_utf8(input).map_err(|e| JsonError {
         path: root_name(root).to_owned(),
         problem: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
@@ -77,6 +113,7 @@ pub fn parse_value(input: &[u8], root: &str, max_depth: usize) -> Result<Value, 
         text,
         pos: 0,
         max_depth,
+        items,
     };
     parser.skip_ws();
     if parser.pos == parser.src.len() {
@@ -104,14 +141,16 @@ fn root_name(root: &str) -> &str {
     }
 }
 
-struct Parser<'s> {
+struct Parser<'s, 'f> {
     src: &'s [u8],
     text: &'s str,
     pos: usize,
     max_depth: usize,
+    /// A tolerant parse's items key and the faults found in its items so far.
+    items: Option<(&'f str, &'f mut ItemFaults)>,
 }
 
-impl<'s> Parser<'s> {
+impl Parser<'_, '_> {
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.pos) {
             self.pos += 1;
@@ -143,8 +182,35 @@ impl<'s> Parser<'s> {
         self.error(root, format!("invalid JSON: {what} at byte {}", self.pos))
     }
 
+    /// A problem with one value (not with the grammar): refuses the document, except inside
+    /// an item of a tolerant parse, where it is recorded against the item (the first one
+    /// counts) and the parse goes on with a stand-in value.
+    fn fault(&mut self, path: &Path<'_>, problem: impl Into<String>) -> Result<(), JsonError> {
+        let e = self.error(path, problem);
+        let Some((key, _)) = &self.items else {
+            return Err(e);
+        };
+        match item_index(path, key) {
+            Some(i) => {
+                if let Some((_, faults)) = self.items.as_mut() {
+                    faults.entry(i).or_insert(e);
+                }
+                Ok(())
+            }
+            None => Err(e),
+        }
+    }
+
     fn value(&mut self, path: &Path<'_>, depth: usize) -> Result<Value, JsonError> {
         match self.peek() {
+            Some(b'{' | b'[') if depth + 1 > self.max_depth => {
+                self.fault(
+                    path,
+                    format!("nested deeper than {} levels", self.max_depth),
+                )?;
+                self.skip_value(path)?;
+                Ok(Value::Null)
+            }
             Some(b'{') => self.object(path, depth + 1).map(Value::Object),
             Some(b'[') => self.array(path, depth + 1).map(Value::Array),
             Some(b'"') => self.string(path).map(Value::String),
@@ -166,19 +232,93 @@ impl<'s> Parser<'s> {
         }
     }
 
-    fn enter(&self, path: &Path<'_>, depth: usize) -> Result<(), JsonError> {
-        if depth > self.max_depth {
-            Err(self.error(
-                path,
-                format!("nested deeper than {} levels", self.max_depth),
-            ))
-        } else {
-            Ok(())
+    /// Checks the grammar of one value without building it or recursing: the value of an
+    /// item nested past the limit, in a tolerant parse. Open containers are a stack of bytes.
+    fn skip_value(&mut self, path: &Path<'_>) -> Result<(), JsonError> {
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            self.skip_ws();
+            match self.peek() {
+                Some(b'{') => {
+                    self.pos += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                    } else {
+                        open.push(b'{');
+                        self.key(path)?;
+                        continue;
+                    }
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b']') {
+                        self.pos += 1;
+                    } else {
+                        open.push(b'[');
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string(path)?;
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    self.number(path)?;
+                }
+                Some(b't') => {
+                    self.literal("true", Value::Null, path)?;
+                }
+                Some(b'f') => {
+                    self.literal("false", Value::Null, path)?;
+                }
+                Some(b'n') => {
+                    self.literal("null", Value::Null, path)?;
+                }
+                Some(_) => return Err(self.syntax(path, "expected a value")),
+                None => return Err(self.syntax(path, "unexpected end of input")),
+            }
+            // After a value: close what ends here, up to the next one.
+            loop {
+                self.skip_ws();
+                let Some(&container) = open.last() else {
+                    return Ok(());
+                };
+                match (container, self.peek()) {
+                    (_, Some(b',')) => {
+                        self.pos += 1;
+                        if container == b'{' {
+                            self.key(path)?;
+                        }
+                        break;
+                    }
+                    (b'{', Some(b'}')) | (b'[', Some(b']')) => {
+                        self.pos += 1;
+                        open.pop();
+                    }
+                    (b'{', _) => return Err(self.syntax(path, "expected ',' or '}'")),
+                    _ => return Err(self.syntax(path, "expected ',' or ']'")),
+                }
+            }
         }
     }
 
+    /// An object's key and its ':' (for [`Self::skip_value`]).
+    fn key(&mut self, path: &Path<'_>) -> Result<(), JsonError> {
+        self.skip_ws();
+        if self.peek() != Some(b'"') {
+            return Err(self.syntax(path, "expected a string key"));
+        }
+        self.string(path)?;
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return Err(self.syntax(path, "expected ':'"));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
     fn object(&mut self, path: &Path<'_>, depth: usize) -> Result<Map<String, Value>, JsonError> {
-        self.enter(path, depth)?;
         self.pos += 1; // '{'
         let mut map = Map::new();
         self.skip_ws();
@@ -201,9 +341,11 @@ impl<'s> Parser<'s> {
             let child = Path::Key(path, &key);
             let value = self.value(&child, depth)?;
             if map.contains_key(&key) {
-                return Err(self.error(&child, "duplicate key"));
+                // Tolerated only inside an item, which is then refused: the first is kept.
+                self.fault(&child, "duplicate key")?;
+            } else {
+                map.insert(key, value);
             }
-            map.insert(key, value);
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -217,7 +359,6 @@ impl<'s> Parser<'s> {
     }
 
     fn array(&mut self, path: &Path<'_>, depth: usize) -> Result<Vec<Value>, JsonError> {
-        self.enter(path, depth)?;
         self.pos += 1; // '['
         let mut items = Vec::new();
         self.skip_ws();
@@ -254,7 +395,10 @@ impl<'s> Parser<'s> {
                     return Ok(s.to_owned());
                 }
                 b'\\' => break,
-                0 => return Err(self.error(path, "contains a NUL character (\\u0000)")),
+                0 => {
+                    self.fault(path, "contains a NUL character (\\u0000)")?;
+                    self.pos += 1;
+                }
                 0x01..=0x1f => return Err(self.syntax(path, "control character in string")),
                 _ => self.pos += 1,
             }
@@ -288,7 +432,11 @@ impl<'s> Parser<'s> {
                         _ => return Err(self.syntax(path, "invalid escape")),
                     }
                 }
-                0 => return Err(self.error(path, "contains a NUL character (\\u0000)")),
+                0 => {
+                    self.fault(path, "contains a NUL character (\\u0000)")?;
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    self.pos += 1;
+                }
                 0x01..=0x1f => return Err(self.syntax(path, "control character in string")),
                 _ => {
                     // Copy one whole UTF-8 character.
@@ -317,24 +465,39 @@ impl<'s> Parser<'s> {
     }
 
     fn unicode_escape(&mut self, path: &Path<'_>) -> Result<char, JsonError> {
+        const LONE: &str = "contains a lone surrogate";
         let first = self.hex4(path)?;
         let code = match first {
-            0 => return Err(self.error(path, "contains a NUL character (\\u0000)")),
+            0 => {
+                self.fault(path, "contains a NUL character (\\u0000)")?;
+                return Ok(char::REPLACEMENT_CHARACTER);
+            }
             0xD800..=0xDBFF => {
                 if self.src.get(self.pos..self.pos + 2) != Some(b"\\u") {
-                    return Err(self.error(path, "contains a lone surrogate"));
+                    self.fault(path, LONE)?;
+                    return Ok(char::REPLACEMENT_CHARACTER);
                 }
                 self.pos += 2;
                 let second = self.hex4(path)?;
                 if !(0xDC00..=0xDFFF).contains(&second) {
-                    return Err(self.error(path, "contains a lone surrogate"));
+                    self.fault(path, LONE)?;
+                    return Ok(char::REPLACEMENT_CHARACTER);
                 }
                 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
             }
-            0xDC00..=0xDFFF => return Err(self.error(path, "contains a lone surrogate")),
+            0xDC00..=0xDFFF => {
+                self.fault(path, LONE)?;
+                return Ok(char::REPLACEMENT_CHARACTER);
+            }
             other => other,
         };
-        char::from_u32(code).ok_or_else(|| self.error(path, "contains a lone surrogate"))
+        match char::from_u32(code) {
+            Some(c) => Ok(c),
+            None => {
+                self.fault(path, LONE)?;
+                Ok(char::REPLACEMENT_CHARACTER)
+            }
+        }
     }
 
     fn number(&mut self, path: &Path<'_>) -> Result<Number, JsonError> {
@@ -365,17 +528,40 @@ impl<'s> Parser<'s> {
             self.digits();
         }
         let text = &self.text[start..self.pos];
-        if DecimalParts::of(text).is_none() {
-            return Err(self.error(path, "number out of range"));
-        }
         // With `arbitrary_precision` serde_json keeps the text as written.
-        text.parse::<Number>()
-            .map_err(|_| self.error(path, "number out of range"))
+        match DecimalParts::of(text).and_then(|_| text.parse::<Number>().ok()) {
+            Some(n) => Ok(n),
+            None => {
+                self.fault(path, "number out of range")?;
+                Ok(Number::from(0))
+            }
+        }
     }
 
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
             self.pos += 1;
+        }
+    }
+}
+
+/// `Some(i)` when `path` is inside `<items>[i]` of the document (its two outermost steps).
+fn item_index(path: &Path<'_>, items: &str) -> Option<usize> {
+    let mut child: Option<&Path<'_>> = None;
+    let mut step = path;
+    loop {
+        match step {
+            Path::Root(_) => return None,
+            Path::Key(Path::Root(_), key) => {
+                return match child {
+                    Some(Path::Index(_, i)) if *key == items => Some(*i),
+                    _ => None,
+                }
+            }
+            Path::Key(parent, _) | Path::Index(parent, _) => {
+                child = Some(step);
+                step = parent;
+            }
         }
     }
 }
@@ -590,6 +776,101 @@ mod tests {
         // Far past the limit it still fails cleanly instead of exhausting the stack.
         let very = format!("{{\"a\":{}", "[".repeat(1_000_000));
         assert!(parse(&very).is_err());
+    }
+
+    fn items(s: &str) -> Result<(Map<String, Value>, Vec<String>), String> {
+        parse_object_with_items(s.as_bytes(), "", 64, "batch")
+            .map(|(map, faults)| {
+                let faults = faults
+                    .into_iter()
+                    .map(|(i, e)| format!("{i} {e}"))
+                    .collect();
+                (map, faults)
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_tolerant_parse_refuses_items_not_the_body() {
+        let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+        let body = format!(
+            r#"{{"batch":[{{"a":1}},{{"k":1,"k":2}},{{"s":"x\u0000"}},{{"s":"\ud83d"}},
+               {{"p":{{"q":"\udc00"}}}},{{"d":{deep}}},{{"n":1e9999999}},{{"s":"\ud83d\u0041"}},
+               {{"ok":"\ud83d\ude00","d2":{{"k":1,"k":2}},"then":"\u0000"}}],"context":{{}}}}"#
+        );
+        let (map, faults) = items(&body).expect("a batch");
+        assert_eq!(
+            faults,
+            [
+                "1 batch[1].k: duplicate key",
+                "2 batch[2].s: contains a NUL character (\\u0000)",
+                "3 batch[3].s: contains a lone surrogate",
+                "4 batch[4].p.q: contains a lone surrogate",
+                &format!(
+                    "5 batch[5].d{}: nested deeper than 64 levels",
+                    "[0]".repeat(61)
+                ),
+                "6 batch[6].n: number out of range",
+                "7 batch[7].s: contains a lone surrogate",
+                // Only the first problem of an item is kept.
+                "8 batch[8].d2.k: duplicate key",
+            ]
+        );
+        let batch = map["batch"].as_array().expect("array");
+        assert_eq!(batch.len(), 9);
+        assert_eq!(batch[0], serde_json::json!({"a": 1}));
+        assert_eq!(batch[8]["ok"], "\u{1f600}");
+        assert!(map.contains_key("context"));
+        // A raw NUL byte inside an item is a fault of that item too.
+        let (_, faults) = items("{\"batch\":[{\"s\":\"a\0b\"},{}]}").expect("a batch");
+        assert_eq!(faults, ["0 batch[0].s: contains a NUL character (\\u0000)"]);
+    }
+
+    #[test]
+    fn a_tolerant_parse_still_refuses_the_body_for_what_is_not_in_an_item() {
+        // Outside the items: the envelope, the items array itself, another array.
+        assert_eq!(
+            items(r#"{"batch":[],"batch":[]}"#).expect_err("refused"),
+            "batch: duplicate key"
+        );
+        assert_eq!(
+            items(r#"{"batch":[{}],"context":{"s":"\u0000"}}"#).expect_err("refused"),
+            "context.s: contains a NUL character (\\u0000)"
+        );
+        assert_eq!(
+            items(r#"{"other":[{"k":1,"k":2}],"batch":[]}"#).expect_err("refused"),
+            "other[0].k: duplicate key"
+        );
+        assert_eq!(
+            items(r#"{"nested":{"batch":[{"k":1,"k":2}]}}"#).expect_err("refused"),
+            "nested.batch[0].k: duplicate key"
+        );
+        // Broken grammar anywhere, also inside a value skipped for its depth.
+        assert!(items(r#"{"batch":[{"a":1,}]}"#)
+            .expect_err("refused")
+            .starts_with("body: invalid JSON"));
+        let broken = format!(
+            "{{\"batch\":[{{\"d\":{}1 2{}}}]}}",
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        assert!(items(&broken)
+            .expect_err("refused")
+            .starts_with("body: invalid JSON: expected ',' or ']'"));
+        let unclosed = format!("{{\"batch\":[{{\"d\":{}", "[".repeat(1_000_000));
+        assert!(items(&unclosed)
+            .expect_err("refused")
+            .starts_with("body: invalid JSON: unexpected end of input"));
+        let invalid_utf8 = parse_object_with_items(b"{\"batch\":[\"\xff\"]}", "", 64, "batch");
+        assert_eq!(
+            invalid_utf8.expect_err("refused").to_string(),
+            "body: invalid UTF-8 at byte 11"
+        );
+        // The strict parse of the same bodies refuses them whole, as before.
+        assert_eq!(
+            err(r#"{"batch":[{"a":1},{"k":1,"k":2}]}"#),
+            "batch[1].k: duplicate key"
+        );
     }
 
     #[test]

@@ -102,6 +102,38 @@ pub fn json_canonical(bytes: &[u8]) -> Result<Value, Refusal> {
     Ok(value)
 }
 
+/// A batch body read item by item ([`json::parse_object_with_items`]) agrees with the strict
+/// reading: what the strict reading takes is taken whole, with no item refused and the same
+/// value; a body with refused items is one the strict reading refuses, with the first
+/// item's problem; what the item reading refuses, the strict reading refuses too. Returns
+/// how many items were refused.
+pub fn batch_items(bytes: &[u8]) -> Result<usize, Refusal> {
+    let depth = crate::MAX_JSON_DEPTH;
+    let strict = json::parse_object(bytes, "", depth);
+    let items = json::parse_object_with_items(bytes, "", depth, "batch");
+    match (strict, items) {
+        (Ok(strict), Ok((read, faults))) => {
+            assert!(
+                faults.is_empty(),
+                "items refused in a valid body: {faults:?}"
+            );
+            assert_eq!(strict, read, "the item reading names another value");
+            Ok(0)
+        }
+        (Ok(_), Err(e)) => panic!("the item reading refuses a valid body: {e}"),
+        (Err(e), Ok((_, faults))) => {
+            let first = faults.values().next();
+            assert_eq!(
+                first,
+                Some(&e),
+                "the strict reading's refusal is not the first item's problem"
+            );
+            Ok(faults.len())
+        }
+        (Err(_), Err(e)) => Err(e.into()),
+    }
+}
+
 /// A track body's bytes, parsed strictly, then [`track_map`].
 pub fn track_body(bytes: &[u8]) -> Result<TrackedEvent, Refusal> {
     let map = json::parse_object(bytes, "", crate::MAX_JSON_DEPTH)?;
@@ -855,6 +887,8 @@ mod tests {
     //! them valid. Each test counts what was accepted, prints it past libtest's capture and
     //! asserts a floor, so a generator that stops reaching the success path fails.
 
+    use std::cell::Cell;
+
     use proptest::prelude::*;
 
     use super::strategies::{self, mostly_valid, tally};
@@ -883,6 +917,38 @@ mod tests {
         assert!(
             accepted > 0 && refused > 0,
             "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn batch_items_hold() {
+        let faulted = Cell::new(0u32);
+        let (accepted, refused) =
+            tally(
+                "batch_items",
+                512,
+                strategies::batch_body(),
+                |bytes| match batch_items(&bytes) {
+                    Ok(n) => {
+                        faulted.set(faulted.get() + u32::from(n > 0));
+                        true
+                    }
+                    Err(_) => false,
+                },
+            );
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "property batch_items: {} accepted with items refused\n",
+                faulted.get()
+            ),
+        );
+        // Each path reached: bodies taken whole, bodies taken with items refused, bodies
+        // refused (a problem outside the items, broken grammar).
+        assert!(
+            faulted.get() > 0 && accepted > faulted.get() && refused > 0,
+            "{accepted} accepted ({} with items refused), {refused} refused",
+            faulted.get()
         );
     }
 

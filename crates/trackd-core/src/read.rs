@@ -270,12 +270,14 @@ impl<'a> Params<'a> {
     pub fn new(pairs: &'a [(String, String)], allowed: &[&str]) -> Result<Self, FieldError> {
         for (i, (name, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {
+                let takes = if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                };
                 return Err(FieldError::new(
                     name.clone(),
-                    format!(
-                        "unknown parameter (this route takes {})",
-                        allowed.join(", ")
-                    ),
+                    format!("unknown parameter (this route takes {})", takes),
                 ));
             }
             if pairs[..i].iter().any(|(n, _)| n == name) {

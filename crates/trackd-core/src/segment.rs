@@ -175,9 +175,11 @@ pub struct Batch {
 
 /// Validates a `/v1/batch` (or `/v1/import`) body: `batch` (at most `max_items` calls,
 /// each with its `type`), and the batch's own `sentAt` and `context`, which apply to the
-/// calls that lack their own.
+/// calls that lack their own. `faults` are the items the body's parse found broken
+/// ([`crate::json::parse_object_with_items`]): each is refused with its problem.
 pub fn batch(
     body: &Map<String, Value>,
+    faults: &crate::json::ItemFaults,
     received: &Received,
     max_items: usize,
 ) -> Result<Batch, BatchRefusal> {
@@ -205,6 +207,10 @@ pub fn batch(
     let shared = Shared::of(body).map_err(BatchRefusal::Invalid)?;
     let mut out = Batch::default();
     for (i, item) in items.iter().enumerate() {
+        if let Some(fault) = faults.get(&i) {
+            out.rejected.push((i, FieldError::from(fault.clone())));
+            continue;
+        }
         let prefix = format!("batch[{i}].");
         let parsed = match item {
             Value::Object(call) => match call.get("type") {
@@ -864,7 +870,7 @@ mod tests {
                 {"type": "identify", "userId": "u", "context": {}},
             ]
         }));
-        let b = batch(&body, &at(), 10).expect("valid");
+        let b = batch(&body, &Default::default(), &at(), 10).expect("valid");
         assert_eq!(
             b.messages.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             vec![0, 5]
@@ -885,15 +891,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            batch(&body, &at(), 5).expect_err("refused"),
+            batch(&body, &Default::default(), &at(), 5).expect_err("refused"),
             BatchRefusal::TooMany { items: 6, max: 5 }
         );
         assert_eq!(
-            batch(&obj(json!({"batch": {}})), &at(), 5).expect_err("refused"),
+            batch(&obj(json!({"batch": {}})), &Default::default(), &at(), 5).expect_err("refused"),
             BatchRefusal::Invalid(FieldError::new("batch", "must be an array of calls"))
         );
         assert_eq!(
-            batch(&obj(json!({})), &at(), 5).expect_err("refused"),
+            batch(&obj(json!({})), &Default::default(), &at(), 5).expect_err("refused"),
             BatchRefusal::Invalid(FieldError::new("batch", "is required (an array of calls)"))
         );
     }

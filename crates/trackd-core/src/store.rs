@@ -234,6 +234,15 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` dead letters of a destination marked for redrive, in position order.
     fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>>;
 
+    /// Up to `limit` dead letters of a destination after position `after`, in position
+    /// order (what the operator lists before a redrive).
+    fn dead_letters(
+        &self,
+        destination: i64,
+        after: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<crate::delivery::DeadLetter>>;
+
     /// Records what an attempt achieved (cursor, pending batch, counts, dead letters, the
     /// last error, a pause), in one transaction, only while the destination is still at the
     /// report's generation and leased to its node, and (for a report announcing a batch to

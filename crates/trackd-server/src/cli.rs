@@ -186,6 +186,19 @@ pub enum DestinationCommand {
     },
     /// Send the dead letters again.
     Redrive(DestinationName),
+    /// The items a receiver refused for good: one JSON object a line, in position order,
+    /// each with the receiver's status and the first KiB of its answer.
+    DeadLetters {
+        /// Which destination.
+        #[command(flatten)]
+        which: DestinationName,
+        /// Only those after this position (the last one printed, to page on).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// Which destination.
@@ -740,6 +753,34 @@ async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
             }
             return Ok(());
         }
+        DestinationCommand::DeadLetters {
+            which,
+            after,
+            limit,
+        } => {
+            if !(1..=trackd_core::read::MAX_LIMIT).contains(&limit) {
+                return Err(CliError::Invalid(format!(
+                    "--limit: must be from 1 to {}",
+                    trackd_core::read::MAX_LIMIT
+                )));
+            }
+            if after < 0 {
+                return Err(CliError::Invalid("--after: must be 0 or more".into()));
+            }
+            let store = admin_store(&which.store).await?;
+            let listed = async {
+                let p = store.project(&which.project).await?;
+                let d = crate::api::destinations::find(&store, p.id, &which.name).await?;
+                Ok::<_, CliError>((p.id, store.dead_letters(d.id, after, limit).await?))
+            }
+            .await;
+            store.shutdown().await?;
+            let (project, letters) = listed?;
+            for letter in &letters {
+                println!("{}", letter.to_json(project));
+            }
+            return Ok(());
+        }
         DestinationCommand::Pause(w) => (w, DestinationChange::Pause),
         DestinationCommand::Resume(w) => (w, DestinationChange::Resume),
         DestinationCommand::Remove(w) => (w, DestinationChange::Remove),
@@ -856,7 +897,7 @@ pub(crate) async fn audited(
 
 /// `trackd user suppress` (`suppress`) and `unsuppress`.
 async fn suppression(args: SuppressArgs, suppress: bool) -> Result<(), CliError> {
-    trackd_core::UserId::parse(&serde_json::Value::String(args.id.clone()), "id")?;
+    trackd_core::UserId::from_text(&args.id, "id")?;
     let store = admin_store(&args.store).await?;
     let done = async {
         let p = store.project(&args.project).await?;

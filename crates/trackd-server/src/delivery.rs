@@ -778,7 +778,8 @@ impl Loop {
                     p.pending.insert(pos, 0);
                     let cursor = p.cursor();
                     self.shared.metrics.attempt(&self.d, "paused");
-                    tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
+                    tracing::warn!(destination = %self.d.spec.name, reason = %why.what, "destination paused");
+                    let why = why.status_text();
                     self.report(DeliveryReport {
                         cursor: Some(cursor),
                         delivered: std::mem::take(&mut p.delivered),
@@ -897,8 +898,9 @@ impl Loop {
     }
 
     /// Records a failed attempt (once per run of failures, or when the error changes).
-    async fn failed(&mut self, error: String) -> Result<(), Stop> {
-        tracing::info!(destination = %self.d.spec.name, %error, "delivery attempt failed");
+    async fn failed(&mut self, failure: Failure) -> Result<(), Stop> {
+        tracing::info!(destination = %self.d.spec.name, error = %failure.what, "delivery attempt failed");
+        let error = failure.status_text();
         if !self.failing || self.d.last_error.as_deref() != Some(error.as_str()) {
             self.report(DeliveryReport {
                 last_error: Some(Some(error.clone())),
@@ -948,7 +950,7 @@ impl Loop {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
             let Some(signature) = sign(&self.d.secret, &id, timestamp, &body) else {
-                self.pause("the signing secret is not a whsec_ secret".into())
+                self.pause(Failure::plain("the signing secret is not a whsec_ secret"))
                     .await?;
                 return Err(Stop::Cancelled);
             };
@@ -1035,7 +1037,7 @@ impl Loop {
     /// Reads an answer (or its absence) into what to do next.
     async fn judge(&self, answer: Result<reqwest::Response, reqwest::Error>) -> Judged {
         match answer {
-            Err(e) => Judged::Retry(describe(&e), None),
+            Err(e) => Judged::Retry(Failure::plain(describe(&e)), None),
             Ok(response) => {
                 let status = response.status().as_u16();
                 let asked = response
@@ -1053,22 +1055,23 @@ impl Loop {
                 match v {
                     Verdict::Ack => Judged::Ack,
                     Verdict::Retry(asked) => Judged::Retry(
-                        format!("the receiver answered {status}: {}", one_line(&excerpt)),
+                        Failure::answered(format!("the receiver answered {status}"), &excerpt),
                         asked,
                     ),
                     Verdict::Dead => Judged::Dead(status, excerpt),
-                    Verdict::Pause => Judged::Pause(format!(
-                        "Vero answered {status} (the destination's token is refused): {}",
-                        one_line(&excerpt)
+                    Verdict::Pause => Judged::Pause(Failure::answered(
+                        format!("Vero answered {status} (the destination's token is refused)"),
+                        &excerpt,
                     )),
                 }
             }
         }
     }
 
-    async fn pause(&mut self, why: String) -> Result<(), Stop> {
+    async fn pause(&mut self, why: Failure) -> Result<(), Stop> {
         self.shared.metrics.attempt(&self.d, "paused");
-        tracing::warn!(destination = %self.d.spec.name, reason = %why, "destination paused");
+        tracing::warn!(destination = %self.d.spec.name, reason = %why.what, "destination paused");
+        let why = why.status_text();
         let delivered = std::mem::take(&mut self.delivered);
         let upto = self.unreported.take();
         self.report(DeliveryReport {
@@ -1124,9 +1127,9 @@ impl Loop {
                 Judged::Ack => return Ok(CallOutcome::Ack),
                 Judged::Dead(status, excerpt) => return Ok(CallOutcome::Dead(status, excerpt)),
                 Judged::Pause(why) => return Ok(CallOutcome::Pause(why)),
-                Judged::Retry(error, asked) => {
-                    tracing::info!(destination = %self.d.spec.name, %error, "vero call failed");
-                    self.note_failure(&error).await?;
+                Judged::Retry(failure, asked) => {
+                    tracing::info!(destination = %self.d.spec.name, error = %failure.what, "vero call failed");
+                    self.note_failure(&failure.status_text()).await?;
                     self.back_off(attempt, asked).await?;
                     attempt = attempt.saturating_add(1);
                     if !self.still_there(item).await {
@@ -1191,7 +1194,7 @@ impl Loop {
                 Err(error) => {
                     self.shared.metrics.attempt(&self.d, "retry");
                     self.nats = None;
-                    self.failed(error).await?;
+                    self.failed(Failure::plain(error)).await?;
                     self.back_off(attempt, None).await?;
                     attempt = attempt.saturating_add(1);
                 }
@@ -1295,15 +1298,50 @@ enum CallOutcome {
     /// Its user was deleted while it waited: nothing to send.
     Gone,
     Dead(u16, String),
-    Pause(String),
+    Pause(Failure),
 }
 
 /// What became of an attempt.
 enum Judged {
     Ack,
-    Retry(String, Option<Duration>),
+    Retry(Failure, Option<Duration>),
     Dead(u16, String),
-    Pause(String),
+    Pause(Failure),
+}
+
+/// Why an attempt failed or a destination paused: what happened, and what the receiver
+/// answered (the first KiB of its body, on one line). The answer goes into the
+/// destination's status, which the project's secret key reads, but never into the log: a
+/// receiver (a proxy's error page, Vero itself) may echo the request, user ids, emails and
+/// payloads included, and logs hold none of those (DESIGN §4).
+#[derive(Debug, Clone)]
+struct Failure {
+    what: String,
+    answer: Option<String>,
+}
+
+impl Failure {
+    fn plain(what: impl Into<String>) -> Self {
+        Failure {
+            what: what.into(),
+            answer: None,
+        }
+    }
+
+    fn answered(what: String, excerpt: &str) -> Self {
+        Failure {
+            what,
+            answer: Some(one_line(excerpt)),
+        }
+    }
+
+    /// The destination's `last_error` or pause reason.
+    fn status_text(&self) -> String {
+        match &self.answer {
+            Some(answer) => format!("{}: {answer}", self.what),
+            None => self.what.clone(),
+        }
+    }
 }
 
 /// Renews a loop's lease every third of its life; cancels the loop when it is lost, or

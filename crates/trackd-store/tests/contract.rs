@@ -329,6 +329,7 @@ store_contract!(
     a_delete_names_the_user_it_deleted,
     a_users_fields_and_seen_times_follow_every_event,
     a_suppressed_user_is_deleted_and_refused_until_unsuppressed,
+    a_suppression_by_email_deletes_the_user_the_read_api_finds_by_it,
     the_audit_log_pages_newest_first_and_names_users_by_hash,
     retention_deletes_old_events_in_steps_and_keeps_their_counts,
 );
@@ -2266,6 +2267,45 @@ async fn a_suppressed_user_is_deleted_and_refused_until_unsuppressed(b: &Backend
         .expect("answered"));
     assert_eq!(b.track(alice(5)).await, InsertOutcome::Inserted);
     assert_eq!(b.events_of("alice").await.expect("alice").len(), 1);
+}
+
+/// DESIGN §10: a suppression names a user as the read API's `{id}` does, by key or else by
+/// email: suppressing the email of a user keyed by its id deletes that user, and refuses
+/// its id and its email from then on (a `users/delete` by email included).
+async fn a_suppression_by_email_deletes_the_user_the_read_api_finds_by_it(b: &Backend) {
+    let ann = json!({"identity": {"id": "u42", "email": "ann@example.com"}, "event_name": "Paid"});
+    assert_eq!(b.track(ann).await, InsertOutcome::Inserted);
+    assert!(b
+        .store
+        .user(b.project, "ann@example.com")
+        .await
+        .expect("read")
+        .is_some());
+    let actor = trackd_core::privacy::Actor::Key("abcd1234".into());
+    let done = b
+        .store
+        .suppress(b.project, "ann@example.com".into(), actor)
+        .await
+        .expect("suppressed");
+    assert_eq!((done.deleted, done.already), (true, false));
+    assert_eq!(
+        b.events_of("u42").await,
+        None,
+        "the user and its events are gone"
+    );
+    assert!(b
+        .store
+        .user(b.project, "u42")
+        .await
+        .expect("read")
+        .is_none());
+    let again = json!({"identity": {"id": "u42"}, "event_name": "Paid", "data": {"n": 2}});
+    assert_eq!(b.track(again).await, InsertOutcome::Suppressed);
+    let delete = b.request(ProfileOp::Delete, json!({"email": "ann@example.com"}));
+    assert_eq!(
+        b.store.change_profile(delete).await.expect("answered"),
+        InsertOutcome::Suppressed
+    );
 }
 
 /// The audit log: a project's acts newest first, paged by `before`, filtered by `since`,

@@ -1263,6 +1263,34 @@ pub fn json_document() -> BoxedStrategy<Vec<u8>> {
         .boxed()
 }
 
+/// `/v1/batch`-shaped bodies whose calls are valid JSON or carry one problem the strict
+/// reading refuses (a duplicate key, a NUL, a lone surrogate, nesting past the limit, a
+/// number out of range); sometimes the envelope carries one too, and a fifth are edited
+/// bytes (mostly broken grammar).
+pub fn batch_body() -> BoxedStrategy<Vec<u8>> {
+    let item = (0u8..8, json_value()).prop_map(|(kind, value)| {
+        let v = serde_json::to_string(&value)
+            .unwrap_or_else(|e| panic!("a generated value serialises: {e}"));
+        match kind {
+            0 => format!(r#"{{"a":{v},"a":{v}}}"#),
+            1 => format!(r#"{{"v":{v},"s":"x\u0000"}}"#),
+            2 => format!(r#"{{"s":"\ud800","v":{v}}}"#),
+            3 => format!(r#"{{"d":{}{v}{}}}"#, "[".repeat(70), "]".repeat(70)),
+            4 => format!(r#"[{v},1e9999999]"#),
+            _ => v,
+        }
+    });
+    let body = (prop::collection::vec(item, 0..6), 0u8..6).prop_map(|(items, envelope)| {
+        let context = match envelope {
+            0 => r#"{"k":1,"k":2}"#,
+            1 => r#""\u0000""#,
+            _ => "{}",
+        };
+        format!(r#"{{"batch":[{}],"context":{context}}}"#, items.join(",")).into_bytes()
+    });
+    prop_oneof![4 => body.clone().boxed(), 1 => havoc(body.boxed())].boxed()
+}
+
 /// Import lines: export lines as `trackd export` writes them, track bodies, and both one
 /// mutation away from valid. The flag says whether the line is valid.
 pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {

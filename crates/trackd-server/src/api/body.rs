@@ -301,12 +301,21 @@ pub async fn decode(headers: &HeaderMap, bytes: Vec<u8>) -> Result<Map<String, V
 }
 
 /// Decodes a body that must be a JSON object (the `/v1` routes: Segment's API is JSON
-/// only), whatever its content type says; large ones on the blocking pool.
-pub async fn decode_json(bytes: Vec<u8>) -> Result<Map<String, Value>, ApiError> {
+/// only), whatever its content type says; large ones on the blocking pool. With `items`
+/// (a batch's array), a problem inside one of its items is that item's, returned by index,
+/// not the body's ([`json::parse_object_with_items`]).
+pub async fn decode_json(
+    bytes: Vec<u8>,
+    items: Option<&'static str>,
+) -> Result<(Map<String, Value>, json::ItemFaults), ApiError> {
     let small = bytes.len() <= BLOCKING_BYTES;
     let parse = move || {
-        json::parse_object(&bytes, "", trackd_core::MAX_JSON_DEPTH)
-            .map_err(|e| ApiError::BadRequest(FieldError::from(e)))
+        let depth = trackd_core::MAX_JSON_DEPTH;
+        match items {
+            Some(items) => json::parse_object_with_items(&bytes, "", depth, items),
+            None => json::parse_object(&bytes, "", depth).map(|map| (map, Default::default())),
+        }
+        .map_err(|e| ApiError::BadRequest(FieldError::from(e)))
     };
     if small {
         return parse();

@@ -15,7 +15,7 @@ use trackd_core::delivery::{
     DestinationSpec,
 };
 use trackd_core::read::Params;
-use trackd_core::{DynStore, ProjectId, StoreError, Timestamp};
+use trackd_core::{json, DynStore, FieldError, ProjectId, StoreError, Timestamp};
 
 use super::error::ApiError;
 use super::{body, read::authenticate, AppState};
@@ -39,6 +39,8 @@ pub enum Action {
     Replay,
     /// `POST /api/v2/destinations/{name}/redrive`.
     Redrive,
+    /// `GET /api/v2/destinations/{name}/dead-letters` (`after`, `limit`).
+    DeadLetters,
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
@@ -104,10 +106,10 @@ pub async fn handle(
     let (credential, query) = authenticate(&state, peer, &uri, &headers).await?;
     let project = credential.project;
     let now = state.clock.now();
-    let allowed: &[&str] = if action == Action::Replay {
-        &["since"]
-    } else {
-        &[]
+    let allowed: &[&str] = match action {
+        Action::Replay => &["since"],
+        Action::DeadLetters => &["after", "limit"],
+        _ => &[],
     };
     let params = Params::new(&query, allowed)?;
     let name = match action {
@@ -120,21 +122,13 @@ pub async fn handle(
             Some(name)
         }
     };
-    // Bodies are small JSON objects (or nothing).
+    // Bodies are small JSON objects (or nothing), read as strictly as every other body: a
+    // duplicate key (which would silently choose what is delivered) or a NUL is a 400.
     let bytes = body::read(&headers, request_body, 64 * 1024, state.limits.body_timeout).await?;
     let object: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(ApiError::bad_request("body", "must be a JSON object")),
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "body",
-                    format!("not valid JSON: {e}"),
-                ))
-            }
-        }
+        json::parse_object(&bytes, "", trackd_core::MAX_JSON_DEPTH).map_err(FieldError::from)?
     };
     if action != Action::Create && action != Action::Replay {
         if let Some(field) = object.keys().next() {
@@ -176,6 +170,30 @@ pub async fn handle(
         Action::Show => {
             let d = find(store, project, name_ref).await?;
             Ok(json_response(StatusCode::OK, &d.to_json(now)))
+        }
+        Action::DeadLetters => {
+            let after = match params.get("after") {
+                None => 0,
+                Some(text) => text
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("after", "must be an item's position (0 or more)")
+                    })?,
+            };
+            let limit = params.limit()?;
+            let d = find(store, project, name_ref).await?;
+            let letters = store.dead_letters(d.id, after, limit).await?;
+            let next_after = match letters.last() {
+                Some(last) if letters.len() == limit => Some(last.pos),
+                _ => None,
+            };
+            let list: Vec<Value> = letters.iter().map(|l| l.to_json(project)).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"dead_letters": list, "next_after": next_after}),
+            ))
         }
         Action::Remove => {
             changed(DestinationChange::Remove).await?;

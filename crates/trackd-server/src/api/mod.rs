@@ -355,7 +355,7 @@ type DestinationRoute = (
     &'static str,
     &'static [(&'static str, destinations::Action)],
 );
-pub(crate) const DESTINATION_ROUTES: [DestinationRoute; 6] = {
+pub(crate) const DESTINATION_ROUTES: [DestinationRoute; 7] = {
     use destinations::Action::*;
     [
         (
@@ -387,6 +387,11 @@ pub(crate) const DESTINATION_ROUTES: [DestinationRoute; 6] = {
             "/api/v2/destinations/{name}/redrive",
             "POST",
             &[("POST", Redrive)],
+        ),
+        (
+            "/api/v2/destinations/{name}/dead-letters",
+            "GET",
+            &[("GET", DeadLetters)],
         ),
     ]
 };

@@ -370,10 +370,22 @@ fn destination_operation(action: Action) -> Value {
             "Sends the dead letters again",
             json_ok("Destination"),
         ),
+        Action::DeadLetters => (
+            "list_dead_letters",
+            "The items a receiver refused for good, in position order, with its answer",
+            json_ok("DeadLetterList"),
+        ),
     };
     let mut parameters = Vec::new();
     if !matches!(action, Action::List | Action::Create) {
         parameters.push(name);
+    }
+    if action == Action::DeadLetters {
+        parameters.push(json!({"name": "after", "in": "query", "required": false,
+            "schema": {"type": "integer", "minimum": 0},
+            "description": "List the dead letters after this position (next_after of the page before)"}));
+        parameters.push(json!({"name": "limit", "in": "query", "required": false,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}));
     }
     if action == Action::Replay {
         parameters.push(json!({"name": "since", "in": "query", "required": true,
@@ -626,6 +638,18 @@ fn base_components() -> Value {
                 "last_error": {"type": "string", "nullable": true},
                 "created_at": {"type": "string"},
                 "secret": {"type": "string", "description": "whsec_…, in the create answer only"}}},
+            "DeadLetterList": {"type": "object", "required": ["dead_letters", "next_after"],
+                "properties": {
+                "dead_letters": {"type": "array", "items": {"type": "object",
+                    "required": ["item", "position", "status", "response", "failed_at", "redrive"],
+                    "properties": {
+                    "item": {"type": "string", "description": "trk_<project>_<position>"},
+                    "position": {"type": "integer"},
+                    "status": {"type": "integer"},
+                    "response": {"type": "string", "description": "the first KiB of the answer"},
+                    "failed_at": {"type": "string"},
+                    "redrive": {"type": "boolean", "description": "marked to be sent again"}}}},
+                "next_after": {"type": "integer", "nullable": true}}},
             "DestinationSpec": {"type": "object", "required": ["name", "kind"],
                 "additionalProperties": false, "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},

@@ -61,7 +61,7 @@ async fn suppression_target(
             "unknown parameter (this route takes none)",
         ));
     }
-    UserId::parse(&Value::String(id.clone()), "id")?;
+    UserId::from_text(&id, "id")?;
     Ok((credential, id))
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use trackd_core::segment::{self, BatchRefusal, Call, Received, Write};
-use trackd_core::{Credential, FieldError, InsertOutcome, StoreError, Token};
+use trackd_core::{json, Credential, FieldError, InsertOutcome, StoreError, Token};
 
 use super::auth::{self, Location};
 use super::error::ApiError;
@@ -30,7 +30,7 @@ pub async fn single(
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (credential, received, decoded) =
+        let (credential, received, decoded, _) =
             decode_authenticated(&state, peer, &headers, request_body, false).await?;
         let message = segment::single(call, &decoded, &received)
             .inspect_err(|e| state.rejections.record(credential.project, &e.field))?;
@@ -83,10 +83,10 @@ pub async fn batch(
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (credential, received, decoded) =
+        let (credential, received, decoded, faults) =
             decode_authenticated(&state, peer, &headers, request_body, true).await?;
-        let parsed = segment::batch(&decoded, &received, state.limits.max_batch_items).map_err(
-            |refusal| match refusal {
+        let parsed = segment::batch(&decoded, &faults, &received, state.limits.max_batch_items)
+            .map_err(|refusal| match refusal {
                 BatchRefusal::Invalid(e) => {
                     state.rejections.record(credential.project, &e.field);
                     ApiError::BadRequest(e)
@@ -94,8 +94,7 @@ pub async fn batch(
                 BatchRefusal::TooMany { items, max } => ApiError::PayloadTooLarge(format!(
                     "batch: {items} calls, more than a batch may hold ({max})"
                 )),
-            },
-        )?;
+            })?;
         let mut rejected: Vec<(usize, FieldError)> = Vec::new();
         let mut suppressed = false;
         for (index, e) in parsed.rejected {
@@ -260,7 +259,7 @@ async fn decode_authenticated(
     headers: &HeaderMap,
     request_body: Body,
     batch: bool,
-) -> Result<(Credential, Received, Map<String, Value>), ApiError> {
+) -> Result<(Credential, Received, Map<String, Value>, json::ItemFaults), ApiError> {
     let received_at = state.clock.now();
     let limit = if batch {
         state.limits.max_batch_bytes
@@ -268,7 +267,14 @@ async fn decode_authenticated(
         state.limits.max_body_bytes
     };
     let bytes = body::read(headers, request_body, limit, state.limits.body_timeout).await?;
-    let decoded = body::decode_json(bytes).await?;
+    let (decoded, faults) = match body::decode_json(bytes, batch.then_some("batch")).await {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let found = write_key(headers, &Map::new()).ok().flatten();
+            super::track::count_undecodable(state, found, &e).await;
+            return Err(e);
+        }
+    };
     let found = write_key(headers, &decoded)?;
     let credential = admit(state, peer, async {
         match found {
@@ -286,7 +292,7 @@ async fn decode_authenticated(
         at: received_at,
         limits: state.limits.profile,
     };
-    Ok((credential, received, decoded))
+    Ok((credential, received, decoded, faults))
 }
 
 /// The write key: the HTTP Basic user name (Segment's SDKs), `Authorization: Bearer`, or

@@ -40,7 +40,14 @@ async fn decode_authenticated(
         state.limits.body_timeout,
     )
     .await?;
-    let decoded = body::decode(headers, bytes).await?;
+    let decoded = match body::decode(headers, bytes).await {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let found = auth::find(&query, &Map::new(), headers).ok().flatten();
+            count_undecodable(state, found, &e).await;
+            return Err(e);
+        }
+    };
     let found = auth::find(&query, &decoded, headers)?;
     let credential = admit(
         state,
@@ -49,6 +56,29 @@ async fn decode_authenticated(
     )
     .await?;
     Ok((received_at, credential, decoded))
+}
+
+/// A body refused before it could be read (bad JSON, a duplicate key, a bad form) is still a
+/// rejection of the project whose valid credential the query or the headers carry
+/// (`found`), counted by the refused field like any other; one sent only inside the
+/// unreadable body cannot be known. Never changes the answer: an unknown or rate-limited
+/// credential is simply not counted.
+pub(super) async fn count_undecodable(
+    state: &AppState,
+    found: Option<(trackd_core::Token, auth::Location)>,
+    e: &ApiError,
+) {
+    let ApiError::BadRequest(refused) = e else {
+        return;
+    };
+    if found.is_none() {
+        return;
+    }
+    if let Ok(credential) = auth::tracking_credential(&state.credentials, found).await {
+        if state.admission.check_token(&credential.hash).is_ok() {
+            state.rejections.record(credential.project, &refused.field);
+        }
+    }
 }
 
 /// Resolves a tracking credential behind the failed-credential limit of the client's

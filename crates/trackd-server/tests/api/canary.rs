@@ -152,3 +152,66 @@ async fn no_credential_id_email_or_payload_reaches_the_logs_on_any_route() {
         assert!(!logs.contains(needle), "the log holds {needle}:\n{logs}");
     }
 }
+
+/// A receiver that fails with an answer echoing what it was sent (a proxy's error page may)
+/// puts user ids, emails and payloads in the destination's status, where the secret key
+/// reads them, but never in the log: the log says what failed, not what was answered.
+#[tokio::test]
+async fn a_receivers_answer_never_reaches_the_logs() {
+    use crate::receiver::{Receiver, Reply};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::spawn(dir.path(), &[("TRACKD_LOG", "trace")]);
+    let token = server.printed("tracking token:");
+    let secret = server.printed("secret key:");
+    let receiver = Receiver::start(vec![Reply::Echo(503), Reply::Echo(503)]).await;
+    let client = reqwest::Client::new();
+    let base = server.addr.clone();
+    let added = client
+        .post(format!("{base}/api/v2/destinations"))
+        .bearer_auth(&secret)
+        .json(&json!({"name": "echo", "kind": "webhook", "url": receiver.url}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        added.status(),
+        201,
+        "{}",
+        added.text().await.unwrap_or_default()
+    );
+    let (id, email, payload) = (
+        "canary-echo-id-71",
+        "canary.echo.71@example.com",
+        "canary-echo-p",
+    );
+    let tracked = client
+        .post(format!("{base}/api/v2/events/track?auth_token={token}"))
+        .json(&json!({"identity": {"id": id, "email": email}, "event_name": "e", "data": {"p": payload}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(tracked.status(), 200);
+    // Two echoed failures, then acknowledged.
+    receiver
+        .wait_for(
+            Duration::from_secs(30),
+            "a delivery after two failures",
+            |log| log.iter().filter(|r| r.status == 200).count() == 1,
+        )
+        .await;
+    let echoed = receiver.log();
+    assert_eq!(echoed[0].status, 503);
+    assert!(
+        String::from_utf8_lossy(&echoed[0].raw).contains(email),
+        "the echo holds the email"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = server.stderr.lock().expect("lock").clone();
+    assert!(
+        logs.contains("delivery attempt failed") && logs.contains("the receiver answered 503"),
+        "the failures were logged: {logs}"
+    );
+    for needle in [id, email, payload, &token, &secret, "could not process"] {
+        assert!(!logs.contains(needle), "the log holds {needle}:\n{logs}");
+    }
+}

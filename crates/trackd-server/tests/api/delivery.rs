@@ -203,37 +203,108 @@ async fn every_event_arrives_signed_in_commit_order_per_user_through_failures() 
     );
 }
 
+/// `GET /api/v2/destinations/hook/dead-letters` with `query`.
+async fn dead_letters(app: &TestApp, query: &str) -> Value {
+    app.read_json(&format!("/api/v2/destinations/hook/dead-letters{query}"))
+        .await
+}
+
 #[tokio::test]
 async fn a_refused_batch_becomes_dead_letters_delivery_moves_on_and_redrive_sends_it() {
     crate::skip_without_postgres!();
     let app = TestApp::spawn().await;
-    let receiver = Receiver::start(vec![Reply::Status(400, "no thanks: field x")]).await;
+    let receiver = Receiver::start(vec![
+        Reply::Status(400, "no thanks: field x"),
+        Reply::Status(422, "no thanks: field y"),
+    ])
+    .await;
     add_webhook(&app, "hook", &receiver.url, json!({"batch": 1})).await;
     for n in 0..3 {
         app.track(&event("u", n)).await.assert_success(false);
     }
-    let d = wait_drained(&app, "hook", 1).await;
-    assert_eq!(d["delivered"], 2, "{d}");
-    assert_eq!(d["dead_letters"], 1);
+    let d = wait_drained(&app, "hook", 2).await;
+    assert_eq!(d["delivered"], 1, "{d}");
+    assert_eq!(d["dead_letters"], 2);
     let log = receiver.log();
     assert_eq!(log.len(), 3, "a 400 is not retried");
-    assert_eq!(log[0].status, 400);
-    let dead_item = log[0].items()[0].clone();
-    assert_eq!(dead_item["event"]["data"]["n"], 0);
+    assert_eq!((log[0].status, log[1].status), (400, 422));
+    let dead: Vec<Value> = log[..2].iter().map(|r| r.items()[0].clone()).collect();
+    assert_eq!(dead[0]["event"]["data"]["n"], 0);
+
+    // Listed (DESIGN §8: "dead letters are listed"), a page at a time, with the answers.
+    let first = dead_letters(&app, "?limit=1").await;
+    let letters = first["dead_letters"].as_array().expect("list").clone();
+    assert_eq!(letters.len(), 1, "{first}");
+    assert_eq!(letters[0]["item"], dead[0]["id"]);
+    assert_eq!(letters[0]["status"], 400);
+    assert_eq!(letters[0]["response"], "no thanks: field x");
+    assert_eq!(letters[0]["redrive"], false);
+    assert!(
+        letters[0]["failed_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    let after = first["next_after"].as_i64().expect("a next page");
+    assert_eq!(letters[0]["position"], after);
+    let second = dead_letters(&app, &format!("?limit=1&after={after}")).await;
+    assert_eq!(second["dead_letters"][0]["item"], dead[1]["id"]);
+    assert_eq!(second["dead_letters"][0]["status"], 422);
+    let all = dead_letters(&app, "").await;
+    assert_eq!(all["dead_letters"].as_array().map(Vec::len), Some(2));
+    assert_eq!(all["next_after"], Value::Null);
+    for (query, message) in [
+        ("?after=-1", "after: must be an item's position (0 or more)"),
+        ("?limit=0", "limit: must be an integer from 1 to 1000"),
+        (
+            "?since=1",
+            "since: unknown parameter (this route takes after, limit)",
+        ),
+    ] {
+        app.read(&format!("/api/v2/destinations/hook/dead-letters{query}"))
+            .await
+            .assert_error(400, message);
+    }
+    app.read("/api/v2/destinations/nope/dead-letters")
+        .await
+        .assert_error(404, "destination nope: not found");
+    // The command line lists the same, a JSON object a line.
+    let [flag, dir] = crate::privacy::store_args(&app);
+    let (ok, stdout, stderr) = crate::helpers::run_cli(&[
+        "destination",
+        "dead-letters",
+        "--project",
+        "test",
+        "--name",
+        "hook",
+        &flag,
+        &dir,
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines, all["dead_letters"].as_array().expect("list").clone());
 
     let answer = act(&app, "hook", "redrive").await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     receiver
-        .wait_for(Duration::from_secs(20), "the redriven item", |log| {
-            log.len() == 4
+        .wait_for(Duration::from_secs(20), "the redriven items", |log| {
+            log.len() == 5
         })
         .await;
     let d = wait_drained(&app, "hook", 0).await;
     assert_eq!(d["delivered"], 3, "{d}");
-    let again = &receiver.log()[3];
-    assert_eq!(again.status, 200);
-    assert_eq!(again.items(), vec![dead_item], "the same item, the same id");
-    assert_ne!(again.id, log[0].id, "a redrive is a message of its own");
+    let again = &receiver.log()[3..];
+    assert!(again.iter().all(|r| r.status == 200));
+    let redriven: Vec<Value> = again.iter().map(|r| r.items()[0].clone()).collect();
+    assert_eq!(redriven, dead, "the same items, the same ids");
+    assert_ne!(again[0].id, log[0].id, "a redrive is a message of its own");
+    assert_eq!(
+        dead_letters(&app, "").await,
+        json!({"dead_letters": [], "next_after": null})
+    );
 }
 
 #[tokio::test]
@@ -374,6 +445,61 @@ async fn the_destinations_api_checks_what_it_is_given() {
         )
         .await;
     assert_eq!(not_json.status, 400, "{}", not_json.body);
+    // Read as strictly as every body: a duplicate key would silently choose what is
+    // delivered; a NUL is refused everywhere.
+    let raw = |body: &'static str| {
+        app.send(
+            app.client
+                .post(app.url("/api/v2/destinations"))
+                .bearer_auth(&app.secret)
+                .body(body),
+        )
+    };
+    raw(r#"{"name":"d","kind":"webhook","url":"http://x","only":"users","only":"events"}"#)
+        .await
+        .assert_error(400, "only: duplicate key");
+    raw(r#"{"name":"d","kind":"webhook","url":"http://x","events":["x\u0000"]}"#)
+        .await
+        .assert_error(400, "events[0]: contains a NUL character (\\u0000)");
+    // Any name an event may have can be filtered on: 254 characters, not bytes.
+    let long = "ü".repeat(254);
+    for (events, message) in [
+        (
+            json!(["Paid", "ü".repeat(255)]),
+            "events[1]: longer than 254 characters",
+        ),
+        (json!(["  "]), "events[0]: is blank"),
+        (json!([1]), "events[0]: must be a string"),
+    ] {
+        post_destination(
+            &app,
+            &json!({"name": "d", "kind": "webhook", "url": "http://x", "events": events}),
+        )
+        .await
+        .assert_error(400, message);
+    }
+    assert!(
+        app.read("/api/v2/destinations/d").await.status == 404,
+        "nothing stored"
+    );
+    app.read("/api/v2/destinations?x=1")
+        .await
+        .assert_error(400, "x: unknown parameter (this route takes none)");
+    add_webhook(
+        &app,
+        "long",
+        "http://127.0.0.1:9/hook",
+        json!({"events": [long]}),
+    )
+    .await;
+    let removed = app
+        .send(
+            app.client
+                .delete(app.url("/api/v2/destinations/long"))
+                .bearer_auth(&app.secret),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
     add_webhook(&app, "a", "http://127.0.0.1:9/hook", json!({})).await;
     post_destination(
         &app,

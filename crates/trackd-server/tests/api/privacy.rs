@@ -274,6 +274,13 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
     suppression(&app, &app.secret, "suppress", &long)
         .await
         .assert_error(400, "id: longer than 254 characters");
+    // A NUL (refused in every body) is refused in the path too, and so is an empty id.
+    suppression(&app, &app.secret, "suppress", "a%00b")
+        .await
+        .assert_error(400, "id: contains a NUL character (\\u0000)");
+    suppression(&app, &app.secret, "suppress", "%00")
+        .await
+        .assert_error(400, "id: contains a NUL character (\\u0000)");
     assert!(app.profile(id).await.is_some(), "nothing done by refusals");
 
     assert_eq!(
@@ -415,7 +422,7 @@ async fn a_suppressed_user_is_refused_everywhere_until_unsuppressed() {
 
 /// Where the command line finds the test server's data: its data directory, or its
 /// PostgreSQL database.
-fn store_args(app: &TestApp) -> [String; 2] {
+pub(crate) fn store_args(app: &TestApp) -> [String; 2] {
     match &app.pg {
         Some(db) => ["--database-url".into(), db.url.clone()],
         None => [
@@ -444,6 +451,9 @@ async fn the_cli_suppresses_beside_a_running_server_and_every_act_is_audited() {
     };
     let (ok, stdout, stderr) = cli(&["user", "export", "cli-user"]);
     assert!(ok && stdout.lines().count() == 2, "{stderr}");
+    // An empty id is refused (an argument cannot hold a NUL: the route's test has that).
+    let (ok, _, stderr) = cli(&["user", "suppress", ""]);
+    assert!(!ok && stderr.contains("id: is required"), "{stderr}");
     let (ok, _, stderr) = cli(&["user", "suppress", "cli-user"]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("suppressed; the user and its events were deleted"));

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 pub enum Reply {
     /// This status and body.
     Status(u16, &'static str),
+    /// This status, with the request's own body echoed back (as some proxies' error pages do).
+    Echo(u16),
     /// 429 with `Retry-After: secs`.
     RetryAfter(u64),
     /// Nothing for this long (past the sender's timeout), then 200.
@@ -157,6 +159,14 @@ async fn receive(
         Some(Reply::Status(code, text)) => (
             code,
             (StatusCode::from_u16(code).expect("status"), text).into_response(),
+        ),
+        Some(Reply::Echo(code)) => (
+            code,
+            (
+                StatusCode::from_u16(code).expect("status"),
+                format!("could not process: {}", String::from_utf8_lossy(&body)),
+            )
+                .into_response(),
         ),
         Some(Reply::RetryAfter(secs)) => (
             429,

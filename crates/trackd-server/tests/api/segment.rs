@@ -340,6 +340,85 @@ async fn a_batch_stores_its_valid_calls_and_names_the_bad_ones() {
     assert_eq!(app.user_events("b").await.len(), 3);
 }
 
+/// A batch item that the strict JSON reading refuses (a lone surrogate, a duplicate key, a
+/// NUL, nesting too deep) is refused alone, like any other bad item (DESIGN §9: "one bad
+/// item must not lose the others"); the same problem outside the items refuses the body.
+#[tokio::test]
+async fn a_batch_item_the_json_reading_refuses_is_refused_alone() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+    let body = format!(
+        r#"{{"batch":[
+          {{"type":"track","userId":"j","event":"Good","messageId":"j-1"}},
+          {{"type":"track","userId":"j","event":"Bad","messageId":"j-2","properties":{{"name":"\ud83d"}}}},
+          {{"type":"track","userId":"j","event":"Bad","properties":{{"k":1,"k":2}}}},
+          {{"type":"track","userId":"j","event":"Bad","properties":{{"s":"a\u0000"}}}},
+          {{"type":"track","userId":"j","event":"Bad","properties":{{"d":{deep}}}}},
+          {{"type":"track","userId":"j","event":"Also good","messageId":"j-3","properties":{{"e":"\ud83d\ude00"}}}}
+        ]}}"#
+    );
+    let send = |body: String| {
+        app.send(
+            app.client
+                .post(app.url("/v1/batch"))
+                .basic_auth(&app.token, Some(""))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    let answer = send(body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.json(),
+        json!({"success": true, "rejected": [
+            {"index": 1, "message": "batch[1].properties.name: contains a lone surrogate"},
+            {"index": 2, "message": "batch[2].properties.k: duplicate key"},
+            {"index": 3, "message": "batch[3].properties.s: contains a NUL character (\\u0000)"},
+            {"index": 4, "message": format!(
+                "batch[4].properties.d{}: nested deeper than 64 levels", "[0]".repeat(60))},
+        ]})
+    );
+    let events = app.user_events("j").await;
+    let stored: Vec<(Value, Value)> = events
+        .iter()
+        .map(|e| (e["event_name"].clone(), e["data"].clone()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (json!("Also good"), json!({"e": "\u{1f600}"})),
+            (json!("Good"), json!({})),
+        ]
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = app.read_json("/api/v2/stats/events").await;
+        if stats["totals"]["rejected"] == json!({"properties": 4}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The refused item's messageId stays free: the corrected call is stored.
+    let fixed = r#"{"batch":[{"type":"track","userId":"j","event":"Fixed","messageId":"j-2"}]}"#;
+    send(fixed.to_owned()).await.assert_v1_success(false);
+    assert_eq!(app.user_events("j").await.len(), 3);
+    // Outside the items the same problems refuse the whole body, and nothing is stored.
+    let envelope =
+        r#"{"batch":[{"type":"track","userId":"k","event":"E"}],"context":{"a":1,"a":2}}"#;
+    send(envelope.to_owned())
+        .await
+        .assert_error(400, "context.a: duplicate key");
+    let twice = r#"{"batch":[{"type":"track","userId":"k","event":"E"}],"batch":[]}"#;
+    send(twice.to_owned())
+        .await
+        .assert_error(400, "batch: duplicate key");
+    let broken = r#"{"batch":[{"type":"track","userId":"k","event":"E"},{"a":}]}"#;
+    assert_eq!(send(broken.to_owned()).await.status, 400);
+    assert!(app.profile("k").await.is_none(), "nothing stored");
+}
+
 #[tokio::test]
 async fn what_is_not_a_batch_is_refused_whole() {
     crate::skip_without_postgres!();

@@ -942,3 +942,78 @@ async fn a_write_not_committed_within_the_request_timeout_is_503_and_its_retry_a
     );
     assert_eq!(app.totals().await, (1, 1));
 }
+
+/// A body refused before it could be read (a duplicate key, a conflicting form field, a
+/// JSON-string field that is not an object, broken JSON) is counted as a rejection of the
+/// project whose valid credential is in the query or the headers, by the refused field, as
+/// every refusal of a request with a valid credential is; a credential that is wrong, or
+/// only inside the unreadable body, counts nothing.
+#[tokio::test]
+async fn unreadable_bodies_are_counted_for_the_credentials_project() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn().await;
+    let track = app.url(&format!("/api/v2/events/track?auth_token={}", app.token));
+    let send = |url: String, kind: &'static str, body: String| {
+        app.send(app.client.post(url).header("content-type", kind).body(body))
+    };
+    let json = "application/json";
+    let form = "application/x-www-form-urlencoded";
+    for (kind, body, message) in [
+        (
+            json,
+            r#"{"identity":{"id":"u"},"event_name":"e","data":{"a":1,"a":2}}"#,
+            "data.a: duplicate key",
+        ),
+        (
+            form,
+            "identity[id]=u&event_name=e&data[a]=1&data[a][b]=2",
+            "",
+        ),
+        (
+            json,
+            r#"{"identity":{"id":"u"},"event_name":"e","data":"[1]"}"#,
+            "",
+        ),
+        (json, r#"{"identity":"#, ""),
+        (
+            json,
+            r#"{"identity":{"id":"u"},"event_name":"e","data":[1]}"#,
+            "",
+        ),
+    ] {
+        let answer = send(track.clone(), kind, body.to_owned()).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+        if !message.is_empty() {
+            answer.assert_error(400, message);
+        }
+    }
+    // /v1 with the write key in the header.
+    let v1 = app
+        .send(
+            app.client
+                .post(app.url("/v1/track"))
+                .basic_auth(&app.token, Some(""))
+                .body(r#"{"userId":"u","event":"E","properties":{"k":1,"k":2}}"#),
+        )
+        .await;
+    v1.assert_error(400, "properties.k: duplicate key");
+    // Not counted: a wrong token; a token only inside the unreadable body.
+    let wrong = app.url("/api/v2/events/track?auth_token=tk_nobody");
+    assert_eq!(
+        send(wrong, json, r#"{"a":1,"a":2}"#.into()).await.status,
+        400
+    );
+    let inside = format!(r#"{{"auth_token":"{}","a":1,"a":2}}"#, app.token);
+    let plain = app.url("/api/v2/events/track");
+    assert_eq!(send(plain, json, inside).await.status, 400);
+    let want = json!({"data": 4, "body": 1, "properties": 1});
+    let mut rejected = Value::Null;
+    for _ in 0..50 {
+        rejected = app.read_json("/api/v2/stats/events").await["totals"]["rejected"].clone();
+        if rejected == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(rejected, want);
+}

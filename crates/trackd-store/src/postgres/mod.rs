@@ -360,6 +360,20 @@ impl Store for PostgresStore {
         })
     }
 
+    fn dead_letters(
+        &self,
+        destination: i64,
+        after: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<trackd_core::delivery::DeadLetter>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            outbox::dead_letters(&client, destination, after, limit)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool> {
         let now = self.clock.now().as_micros();
         Box::pin(async move {

@@ -587,6 +587,34 @@ pub(super) async fn items(
     items_of(client, &stmt, &[&project.get(), &after, &rows], limit).await
 }
 
+/// A destination's dead letters after `after`, in position order.
+pub(super) async fn dead_letters(
+    client: &Client,
+    destination: i64,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<trackd_core::delivery::DeadLetter>, Error> {
+    let rows = i64::try_from(limit).unwrap_or(i64::MAX);
+    client
+        .query(
+            "SELECT pos, status, response, failed_at, redrive FROM dead_letters \
+             WHERE destination_id = $1 AND pos > $2 ORDER BY pos LIMIT $3",
+            &[&destination, &after, &rows],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(trackd_core::delivery::DeadLetter {
+                pos: r.try_get(0)?,
+                status: u16::try_from(r.try_get::<_, i32>(1)?).unwrap_or(0),
+                response: r.try_get(2)?,
+                failed_at: r.try_get(3)?,
+                redrive: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
 /// Dead letters marked for redrive.
 pub(super) async fn redrive_items(
     client: &Client,

@@ -89,9 +89,13 @@ pub(super) async fn suppress(
     let mut pending = Pending::start(&tx, [project.get()])
         .await
         .map_err(unavailable)?;
+    // The user found as the read API finds `{id}`: by key, else the oldest by email.
     let found = tx
         .query_opt(
-            "SELECT user_id, email FROM users WHERE project_id = $1 AND user_key = $2",
+            "SELECT user_key, user_id, email FROM users WHERE project_id = $1 AND user_key = \
+             coalesce((SELECT user_key FROM users WHERE project_id = $1 AND user_key = $2), \
+                      (SELECT user_key FROM users WHERE project_id = $1 AND email = $2 \
+                       ORDER BY id LIMIT 1))",
             &[&project.get(), &user_key],
         )
         .await
@@ -99,11 +103,12 @@ pub(super) async fn suppress(
     let mut identifiers = vec![user_key.to_owned()];
     let mut deleted = false;
     if let Some(row) = found {
-        for i in 0..2 {
+        let found_key: String = row.try_get(0).map_err(unavailable)?;
+        for i in 1..3 {
             let value: Option<String> = row.try_get(i).map_err(unavailable)?;
             identifiers.extend(value);
         }
-        if let Some(request) = crate::job::delete_request(project, user_key, now) {
+        if let Some(request) = crate::job::delete_request(project, &found_key, now) {
             let result = super::profile::apply(&tx, &request, &mut pending)
                 .await
                 .map_err(unavailable)?;

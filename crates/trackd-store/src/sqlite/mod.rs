@@ -777,6 +777,15 @@ impl Store for SqliteStore {
         self.read(move |conn| outbox::redrive_items(conn, destination, limit))
     }
 
+    fn dead_letters(
+        &self,
+        destination: i64,
+        after: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<trackd_core::delivery::DeadLetter>> {
+        self.read(move |conn| outbox::dead_letters(conn, destination, after, limit))
+    }
+
     fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool> {
         let done = self.submit(|reply| Job::Outbox {
             op: Box::new(OutboxOp::Report(report)),

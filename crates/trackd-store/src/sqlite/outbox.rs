@@ -367,6 +367,29 @@ pub(crate) fn redrive_items(
     Ok(PageBudget::fill(limit, rows.filter_map(|r| r.transpose()), OutboxItem::bytes)?.0)
 }
 
+/// A destination's dead letters after `after`, in position order.
+pub(crate) fn dead_letters(
+    conn: &Connection,
+    destination: i64,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<trackd_core::delivery::DeadLetter>> {
+    conn.prepare_cached(
+        "SELECT pos, status, response, failed_at, redrive FROM dead_letters \
+         WHERE destination_id = ?1 AND pos > ?2 ORDER BY pos LIMIT ?3",
+    )?
+    .query_map(params![destination, after, limit as i64], |r| {
+        Ok(trackd_core::delivery::DeadLetter {
+            pos: r.get(0)?,
+            status: r.get(1)?,
+            response: r.get(2)?,
+            failed_at: r.get(3)?,
+            redrive: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
 /// Applies a delivery report in the writer's transaction; `false` when the destination
 /// moved on (another generation, another lease holder, removed), or when the report
 /// announces a batch to send (`pending_to` > 0) and the destination is paused.

@@ -121,19 +121,26 @@ impl Suppressions {
     }
 }
 
-/// The id and email of the user whose key is `key`, if there is one.
-pub(crate) fn identifiers_of(
+/// The user a suppression of `key` deletes, found as the read API finds `{id}`: the user
+/// keyed by it, else the oldest whose email field it is. Its key, then its id and email.
+pub(crate) fn target_of(
     tx: &Transaction<'_>,
     project: ProjectId,
     key: &str,
-) -> rusqlite::Result<Option<Vec<String>>> {
-    tx.prepare_cached("SELECT user_id, email FROM users WHERE project_id = ?1 AND user_key = ?2")?
-        .query_row(params![project.get(), key], |r| {
-            let id: Option<String> = r.get(0)?;
-            let email: Option<String> = r.get(1)?;
-            Ok(id.into_iter().chain(email).collect())
-        })
-        .optional()
+) -> rusqlite::Result<Option<(String, Vec<String>)>> {
+    tx.prepare_cached(
+        "SELECT user_key, user_id, email FROM users WHERE project_id = ?1 AND user_key = coalesce(\
+             (SELECT user_key FROM users WHERE project_id = ?1 AND user_key = ?2), \
+             (SELECT user_key FROM users WHERE project_id = ?1 AND email = ?2 \
+              ORDER BY id LIMIT 1))",
+    )?
+    .query_row(params![project.get(), key], |r| {
+        let user_key: String = r.get(0)?;
+        let id: Option<String> = r.get(1)?;
+        let email: Option<String> = r.get(2)?;
+        Ok((user_key, id.into_iter().chain(email).collect()))
+    })
+    .optional()
 }
 
 /// Appends an act to the audit log.

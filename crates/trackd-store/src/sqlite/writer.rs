@@ -540,12 +540,14 @@ fn write_batch(
                 actor,
                 ..
             } => {
-                // The user goes as `users/delete` takes it (its outbox item included), then
-                // the hashes of the key and of the user's id and email are kept.
-                let found = privacy::identifiers_of(&tx, *project, key)?;
+                // The user (found as the read API finds `{id}`: by key, else by email) goes
+                // as `users/delete` takes it (its outbox item included), then the hashes of
+                // the key and of the user's id and email are kept.
+                let found = privacy::target_of(&tx, *project, key)?;
                 let mut deleted = false;
-                if let (Some(_), Some(request)) =
-                    (&found, crate::job::delete_request(*project, key, b.now))
+                if let Some(request) = found
+                    .as_ref()
+                    .and_then(|(user_key, _)| crate::job::delete_request(*project, user_key, b.now))
                 {
                     let result = users.before_profile(&tx, || {
                         profile::apply(&tx, &request, index, &mut overlay)
@@ -553,9 +555,14 @@ fn write_batch(
                     after.profile(&tx, &request, &result)?;
                     deleted = matches!(result, Ok(Some(_)));
                 }
-                let already =
-                    b.suppressions
-                        .add(&tx, *project, key, &found.unwrap_or_default(), b.now)?;
+                let identifiers = found.map(|(_, identifiers)| identifiers);
+                let already = b.suppressions.add(
+                    &tx,
+                    *project,
+                    key,
+                    &identifiers.unwrap_or_default(),
+                    b.now,
+                )?;
                 let act = b
                     .suppressions
                     .act(*project, key, actor.clone(), "user.suppress");
