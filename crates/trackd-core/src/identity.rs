@@ -25,7 +25,12 @@ impl UserId {
                 if !text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
                     return Err(FieldError::new(field, "must be a string or an integer"));
                 }
-                text
+                // The integer's decimal string: -0 is 0 (JSON allows no other leading zero).
+                if text == "-0" {
+                    "0".to_owned()
+                } else {
+                    text
+                }
             }
             _ => return Err(FieldError::new(field, "must be a string or an integer")),
         };
@@ -189,6 +194,11 @@ mod tests {
             identity(big).expect("valid").user_key(),
             "123456789012345678901234"
         );
+        // -0 is the integer 0: its decimal string is "0", one user with 0.
+        let minus_zero: Value = serde_json::from_str(r#"{"id": -0}"#).expect("json");
+        assert_eq!(identity(minus_zero).expect("valid").user_key(), "0");
+        let negative: Value = serde_json::from_str(r#"{"id": -10}"#).expect("json");
+        assert_eq!(identity(negative).expect("valid").user_key(), "-10");
     }
 
     #[test]

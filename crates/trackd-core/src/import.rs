@@ -1,6 +1,9 @@
 //! Import lines: an export line (`{id, user, event_name, event_key, data, source,
 //! created_at, received_at}`) is restored as it was; anything else is read as a Vero track
-//! body and ingested like an API request.
+//! body and ingested like an API request. A line with any field only an export line has
+//! (`user`, `event_key`, `received_at`) is an export line, and must be a whole one: read as
+//! a track body, its event `id` would be taken for a user id (older Vero clients send the
+//! identity at the top level).
 
 use serde_json::{Map, Value};
 
@@ -28,8 +31,11 @@ pub fn parse_line(
     now: Timestamp,
 ) -> Result<ImportItem, FieldError> {
     let map = json::parse_object(line, "", crate::MAX_JSON_DEPTH)?;
-    if map.contains_key("event_key") && map.contains_key("received_at") {
-        restore(map, project).map(|r| ImportItem::Restore(Box::new(r)))
+    if ["user", "event_key", "received_at"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+    {
+        restore(map, project, now).map(|r| ImportItem::Restore(Box::new(r)))
     } else {
         let mut map = map;
         crate::wire::decode_json_fields(&mut map, crate::MAX_JSON_DEPTH)?;
@@ -39,7 +45,16 @@ pub fn parse_line(
     }
 }
 
-fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<EventRecord, FieldError> {
+/// How far past the importing server's clock a restored receive time may be: clocks of two
+/// servers differ a little; a receive time beyond this would come back in every incremental
+/// export until then, and no retention could expire it.
+pub const RECEIVED_AT_SLACK_MICROS: i64 = 5 * 60 * 1_000_000;
+
+fn restore(
+    mut map: Map<String, Value>,
+    project: ProjectId,
+    now: Timestamp,
+) -> Result<EventRecord, FieldError> {
     let identity = match map.get("user") {
         Some(Value::Object(user)) => Identity::from_fields(user, "user.")?,
         _ => {
@@ -61,11 +76,21 @@ fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<EventRecor
         Some(_) => return Err(FieldError::new("source", "must be a string")),
     };
     let time = |field: &str| -> Result<Timestamp, FieldError> {
-        map.get(field)
-            .and_then(Value::as_str)
-            .and_then(parse_iso8601)
-            .ok_or_else(|| FieldError::new(field, "must be an ISO 8601 time"))
+        match map.get(field) {
+            None => Err(FieldError::new(field, "is required in an export line")),
+            Some(v) => v
+                .as_str()
+                .and_then(parse_iso8601)
+                .ok_or_else(|| FieldError::new(field, "must be an ISO 8601 time")),
+        }
     };
+    let received_at = time("received_at")?;
+    if received_at.as_micros() > now.as_micros().saturating_add(RECEIVED_AT_SLACK_MICROS) {
+        return Err(FieldError::new(
+            "received_at",
+            "is in the future (later than this server's clock by more than 5 minutes)",
+        ));
+    }
     Ok(EventRecord {
         project,
         identity,
@@ -75,7 +100,7 @@ fn restore(mut map: Map<String, Value>, project: ProjectId) -> Result<EventRecor
         data: serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_owned()),
         source,
         created_at: time("created_at")?,
-        received_at: time("received_at")?,
+        received_at,
     })
 }
 
@@ -84,7 +109,8 @@ mod tests {
     use super::*;
 
     const P: ProjectId = ProjectId::new(1);
-    const NOW: Timestamp = Timestamp::from_micros(0);
+    /// 2026-11-26T12:00:00Z.
+    const NOW: Timestamp = Timestamp::from_micros(1_795_694_400_000_000);
 
     #[test]
     fn export_lines_are_restored_as_they_were() {
@@ -99,14 +125,33 @@ mod tests {
     }
 
     #[test]
+    fn an_export_line_without_its_event_key_is_restored_with_the_key_derived() {
+        let line = br#"{"id":903,"user":{"id":"alice","email":"alice@x.com"},"event_name":"Purchase Made","data":{"amount":7},"source":"web","created_at":"2019-05-05T05:05:05Z","received_at":"2019-05-05T05:05:06Z"}"#;
+        let Ok(ImportItem::Restore(r)) = parse_line(line, P, NOW) else {
+            panic!("an export line");
+        };
+        assert_eq!(r.identity.user_key(), "alice");
+        assert_eq!(r.key.as_str(), "purchase_made");
+        assert_eq!(r.source.as_deref(), Some("web"));
+        assert_eq!(r.created_at.to_rfc3339(), "2019-05-05T05:05:05.000000Z");
+    }
+
+    #[test]
     fn track_bodies_are_validated_like_requests() {
         let line = br#"{"identity":{"id":"1"},"event_name":"x"}"#;
         assert!(matches!(parse_line(line, P, NOW), Ok(ImportItem::Track(_))));
-        let cases: [(&[u8], &str); 4] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"{", "body: invalid JSON: expected a string key at byte 1"),
             (br#"{"event_name":"x"}"#, "identity: an id or an email is required"),
             (br#"{"user":1,"event_name":"x","event_key":"x","received_at":"x"}"#, "user: must be an object with id and email"),
             (br#"{"user":{"id":"1"},"event_name":"x","event_key":"x","created_at":"2020-01-01T00:00:00Z","received_at":"soon"}"#, "received_at: must be an ISO 8601 time"),
+            // An export line missing a field is refused, not read as a track body whose
+            // top-level `id` (the event's) would name a user.
+            (br#"{"id":901,"user":{"id":"alice"},"event_name":"P","event_key":"p","created_at":"2019-05-05T05:05:05Z"}"#, "received_at: is required in an export line"),
+            (br#"{"id":903,"user":{"id":"alice"},"event_name":"P","created_at":"2019-05-05T05:05:05Z","received_at":"2019-05-05T05:05:06Z","data":7}"#, "data: must be an object"),
+            (br#"{"id":904,"event_name":"P","received_at":"2019-05-05T05:05:06Z"}"#, "user: must be an object with id and email"),
+            // Past NOW by more than the slack: in the future. Within it: taken.
+            (br#"{"user":{"id":"1"},"event_name":"x","created_at":"1970-01-01T00:00:00Z","received_at":"2026-11-26T12:05:01Z"}"#, "received_at: is in the future (later than this server's clock by more than 5 minutes)"),
         ];
         for (line, message) in cases {
             assert_eq!(

@@ -397,6 +397,9 @@ fn plan_unbounded(change: &ProfileChange, now: i64, found: Found) -> Plan {
                 }
                 (Some(old), Some(mut into)) => {
                     into.absorb(&old);
+                    // Renamed to new_id: that is its id now, also when the user it joins
+                    // was known by its email alone.
+                    into.user_id = Some(new_id.as_str().to_owned());
                     Plan::Merge { from: old, into }
                 }
             }
@@ -627,12 +630,15 @@ mod tests {
         a.first_seen = 5;
         let mut b = stored("b");
         b.id = 8;
+        // Known by its email alone until now.
+        b.user_id = None;
         b.properties = json!({"y": 2}).as_object().cloned().expect("map");
         b.tags = vec!["t2".into()];
         let Plan::Merge { from, into } = plan(&c, NOW, Found::Pair(Some(a), Some(b))) else {
             panic!("merge")
         };
         assert_eq!((from.id, into.id), (7, 8));
+        assert_eq!(into.user_id.as_deref(), Some("b"), "renamed to new_id");
         assert_eq!(Value::Object(into.properties), json!({"x": 1, "y": 2}));
         assert_eq!(into.tags, vec!["t1", "t2"]);
         assert!(!into.subscribed);

@@ -330,6 +330,8 @@ store_contract!(
     a_users_fields_and_seen_times_follow_every_event,
     a_suppressed_user_is_deleted_and_refused_until_unsuppressed,
     a_suppression_by_email_deletes_the_user_the_read_api_finds_by_it,
+    an_email_only_event_of_the_user_keyed_by_that_email_sets_its_email,
+    a_reidentify_into_a_user_known_by_email_gives_it_the_new_id,
     the_audit_log_pages_newest_first_and_names_users_by_hash,
     retention_deletes_old_events_in_steps_and_keeps_their_counts,
 );
@@ -2306,6 +2308,68 @@ async fn a_suppression_by_email_deletes_the_user_the_read_api_finds_by_it(b: &Ba
         b.store.change_profile(delete).await.expect("answered"),
         InsertOutcome::Suppressed
     );
+}
+
+/// DESIGN §3: an event naming its user by email alone belongs to the user keyed by that
+/// email; its email is the event's, as an event's identity fields always become the user's
+/// (both stores alike, also when the writer remembers the user).
+async fn an_email_only_event_of_the_user_keyed_by_that_email_sets_its_email(b: &Backend) {
+    let email_of = |b: &Backend| {
+        let store = b.store.clone();
+        let project = b.project;
+        async move {
+            store
+                .user(project, "ann@x.com")
+                .await
+                .expect("read")
+                .expect("the user")
+                .email
+        }
+    };
+    let first = json!({"identity": {"id": "ann@x.com", "email": "work@x.com"}, "event_name": "a"});
+    assert_eq!(b.track(first).await, InsertOutcome::Inserted);
+    assert_eq!(email_of(b).await.as_deref(), Some("work@x.com"));
+    let by_email = json!({"identity": {"email": "ann@x.com"}, "event_name": "b"});
+    assert_eq!(b.track(by_email).await, InsertOutcome::Inserted);
+    assert_eq!(email_of(b).await.as_deref(), Some("ann@x.com"));
+    // The id with its email again: the email follows.
+    let again = json!({"identity": {"id": "ann@x.com", "email": "work@x.com"}, "event_name": "c"});
+    assert_eq!(b.track(again).await, InsertOutcome::Inserted);
+    assert_eq!(email_of(b).await.as_deref(), Some("work@x.com"));
+    assert_eq!(b.events_of("ann@x.com").await.expect("events").len(), 3);
+}
+
+/// DESIGN §3: `reidentify` renames `id` to `new_id`, also when `new_id` is the key of a
+/// user known only by its email: the merged user's id is `new_id`.
+async fn a_reidentify_into_a_user_known_by_email_gives_it_the_new_id(b: &Backend) {
+    let anon = json!({"identity": {"email": "bob@x.com"}, "event_name": "anon"});
+    assert_eq!(b.track(anon).await, InsertOutcome::Inserted);
+    let known = b.request(
+        ProfileOp::Track,
+        json!({"id": "u-77", "email": "old@x.com", "data": {"plan": "pro"}}),
+    );
+    assert_eq!(
+        b.store.change_profile(known).await.expect("answered"),
+        InsertOutcome::Inserted
+    );
+    let rename = b.request(
+        ProfileOp::Reidentify,
+        json!({"id": "u-77", "new_id": "bob@x.com"}),
+    );
+    assert_eq!(
+        b.store.change_profile(rename).await.expect("answered"),
+        InsertOutcome::Inserted
+    );
+    let user = b
+        .store
+        .user(b.project, "bob@x.com")
+        .await
+        .expect("read")
+        .expect("the merged user");
+    assert_eq!(user.id.as_deref(), Some("bob@x.com"));
+    assert_eq!(user.email.as_deref(), Some("bob@x.com"));
+    assert!(user.properties.contains("\"plan\":\"pro\""), "{}", user.properties);
+    assert!(b.store.user(b.project, "u-77").await.expect("read").is_none());
 }
 
 /// The audit log: a project's acts newest first, paged by `before`, filtered by `since`,

@@ -1300,7 +1300,9 @@ pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {
         bounded_text(254),
         object_field(),
         prop::option::of(text(0, 20)),
-        (0i64..4_000_000_000, 0i64..4_000_000_000),
+        // Received before the properties' NOW (an export is of the past); events may have
+        // happened at any time.
+        (0i64..4_000_000_000, 0i64..super::NOW.as_micros() / 1_000_000),
     )
         .prop_map(|(id, who, name, data, source, (created, received))| {
             let time = |secs: i64| crate::Timestamp::from_micros(secs * 1_000_000).to_rfc3339();
@@ -1330,7 +1332,7 @@ pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {
             Value::Object(line)
         })
         .boxed();
-    let broken_export = (export.clone(), 0u8..4).prop_map(|(mut line, how)| {
+    let broken_export = (export.clone(), 0u8..5).prop_map(|(mut line, how)| {
         if let Value::Object(map) = &mut line {
             match how {
                 0 => {
@@ -1341,6 +1343,13 @@ pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {
                 }
                 2 => {
                     map.insert("event_name".into(), Value::String(String::new()));
+                }
+                3 => {
+                    // A day past NOW: in the future.
+                    let later = crate::Timestamp::from_micros(
+                        super::NOW.as_micros() + 86_400 * 1_000_000,
+                    );
+                    map.insert("received_at".into(), Value::String(later.to_rfc3339()));
                 }
                 _ => {
                     map.insert("data".into(), Value::Array(Vec::new()));

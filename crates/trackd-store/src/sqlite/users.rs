@@ -72,6 +72,11 @@ impl KnownUsers {
         self.len = 0;
     }
 
+    /// Whether the user keyed by `key` is remembered.
+    pub(crate) fn contains(&self, project: i64, key: &str) -> bool {
+        self.users.get(&project).is_some_and(|u| u.contains_key(key))
+    }
+
     /// The row id of the event's user (by its user key), created when new. Same effect as
     /// `INSERT ... ON CONFLICT (project_id, user_key) DO UPDATE SET first_seen = min(..),
     /// last_seen = max(..), user_id = coalesce(new, old), email = coalesce(new, old)`, with

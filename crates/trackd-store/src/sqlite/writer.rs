@@ -883,7 +883,7 @@ fn event_user(
     users: &mut BatchUsers<'_>,
     e: &EventRecord,
 ) -> rusqlite::Result<i64> {
-    match email_user(tx, e)? {
+    match email_user(tx, users.known, e)? {
         Some(user_ref) => {
             users.touches.add(user_ref, e.received_at.as_micros());
             Ok(user_ref)
@@ -983,28 +983,33 @@ fn restore_sql() -> String {
     )
 }
 
-/// For an event that names its user by email alone: the user whose key is that email, else
-/// the oldest whose email field it is (DESIGN §3); `None` when there is neither
-/// (the upsert then creates the user keyed by the email).
-fn email_user(tx: &Transaction<'_>, e: &EventRecord) -> rusqlite::Result<Option<i64>> {
+/// For an event that names its user by email alone, the user whose email field it is (the
+/// oldest) when no user is keyed by it (DESIGN §3). `None` otherwise: the upsert then finds
+/// the user keyed by the email, taking the email as its email field as PostgreSQL's upsert
+/// does, or creates it.
+fn email_user(
+    tx: &Transaction<'_>,
+    known: &KnownUsers,
+    e: &EventRecord,
+) -> rusqlite::Result<Option<i64>> {
     let (None, Some(email)) = (e.identity.id(), e.identity.email()) else {
         return Ok(None);
     };
     let project = e.project.get();
-    let mut found = None;
-    for sql in [
-        "SELECT id FROM users WHERE project_id = ?1 AND user_key = ?2",
-        "SELECT id FROM users WHERE project_id = ?1 AND email = ?2 ORDER BY id LIMIT 1",
-    ] {
-        found = tx
-            .prepare_cached(sql)?
-            .query_row(params![project, email.as_str()], |r| r.get::<_, i64>(0))
-            .optional()?;
-        if found.is_some() {
-            break;
-        }
+    if known.contains(project, email.as_str()) {
+        return Ok(None);
     }
-    Ok(found)
+    let keyed = tx
+        .prepare_cached("SELECT 1 FROM users WHERE project_id = ?1 AND user_key = ?2")?
+        .exists(params![project, email.as_str()])?;
+    if keyed {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "SELECT id FROM users WHERE project_id = ?1 AND email = ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![project, email.as_str()], |r| r.get::<_, i64>(0))
+    .optional()
 }
 
 /// One event: the dedup decision, then the user upsert, the event row and its dedup record.
