@@ -120,6 +120,15 @@ impl Token {
                 "must be printable characters without spaces",
             ));
         }
+        // A tracking token travels in query strings, where anything shaped like a secret
+        // key is refused on sight: such a token could never be used there.
+        if contains_secret_key(value) {
+            return Err(FieldError::new(
+                "token",
+                "holds the shape of a secret key (sk_ and 32 letters and digits), which \
+                 query strings refuse",
+            ));
+        }
         Ok(Token(value.to_owned()))
     }
 
@@ -274,6 +283,13 @@ mod tests {
         assert!(Token::import("").is_err());
         assert!(Token::import("a b").is_err());
         assert!(Token::import("a\u{7}").is_err());
+        let shaped = format!("sk_{}", "a".repeat(32));
+        assert_eq!(
+            Token::import(&shaped).expect_err("refused").to_string(),
+            "token: holds the shape of a secret key (sk_ and 32 letters and digits), which \
+             query strings refuse"
+        );
+        assert!(Token::import(&format!("task_{}", "a".repeat(32))).is_ok());
     }
 
     #[test]

@@ -551,7 +551,26 @@ async fn open_store(
     Ok(Arc::new(store))
 }
 
+/// The store of a command that works on existing data: on SQLite, a data dir without a
+/// database is refused (a mistyped `--data-dir` would otherwise get a new, empty database
+/// and then a puzzling "project default not found").
 pub(crate) async fn admin_store(args: &StoreArgs) -> Result<DynStore, CliError> {
+    if args.database_url.is_none() {
+        let file = args.data_dir.join(trackd_store::sqlite::DB_FILE);
+        if !file.exists() {
+            return Err(CliError::Invalid(format!(
+                "--data-dir {}: no trackd data here ({} not found; `trackd serve` or \
+                 `trackd project create` makes it)",
+                args.data_dir.display(),
+                trackd_store::sqlite::DB_FILE
+            )));
+        }
+    }
+    creating_store(args).await
+}
+
+/// The store of a command that may start a data set (`trackd project create`).
+pub(crate) async fn creating_store(args: &StoreArgs) -> Result<DynStore, CliError> {
     command_store(args, trackd_store::sqlite::DEFAULT_CACHE_KIB).await
 }
 
@@ -579,7 +598,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Project(ProjectCommand::Create { name, store, json }) => {
-            let store = admin_store(&store).await?;
+            let store = creating_store(&store).await?;
             let created = async {
                 let created = create_project(&store, &name).await?;
                 audited(&store, created.0.id, "project.create", name.clone()).await?;
@@ -997,6 +1016,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         // Nodes starting at once on an empty database: one creates it, the rest go on.
         match create_project(&store, "default").await {
             Ok((project, tracking, secret)) => {
+                // An administrative act like `trackd project create` (DESIGN §10).
+                audited(&store, project.id, "project.create", project.name.clone()).await?;
                 print_created(&project, &tracking, &secret);
                 let addr = listener.local_addr()?;
                 let host = if addr.ip().is_unspecified() {

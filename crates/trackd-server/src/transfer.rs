@@ -176,7 +176,9 @@ pub async fn user_export(args: UserExportArgs) -> Result<(), CliError> {
 /// `trackd import`.
 pub async fn import(args: ImportArgs) -> Result<(), CliError> {
     let started = Instant::now();
-    let file = tokio::fs::File::open(&args.file).await?;
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", args.file.display())))?;
     let size = file.metadata().await?.len();
     let bar = ProgressBar::new(size);
     if let Ok(style) =

@@ -2368,8 +2368,17 @@ async fn a_reidentify_into_a_user_known_by_email_gives_it_the_new_id(b: &Backend
         .expect("the merged user");
     assert_eq!(user.id.as_deref(), Some("bob@x.com"));
     assert_eq!(user.email.as_deref(), Some("bob@x.com"));
-    assert!(user.properties.contains("\"plan\":\"pro\""), "{}", user.properties);
-    assert!(b.store.user(b.project, "u-77").await.expect("read").is_none());
+    assert!(
+        user.properties.contains("\"plan\":\"pro\""),
+        "{}",
+        user.properties
+    );
+    assert!(b
+        .store
+        .user(b.project, "u-77")
+        .await
+        .expect("read")
+        .is_none());
 }
 
 /// The audit log: a project's acts newest first, paged by `before`, filtered by `since`,

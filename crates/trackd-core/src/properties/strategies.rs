@@ -1302,7 +1302,10 @@ pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {
         prop::option::of(text(0, 20)),
         // Received before the properties' NOW (an export is of the past); events may have
         // happened at any time.
-        (0i64..4_000_000_000, 0i64..super::NOW.as_micros() / 1_000_000),
+        (
+            0i64..4_000_000_000,
+            0i64..super::NOW.as_micros() / 1_000_000,
+        ),
     )
         .prop_map(|(id, who, name, data, source, (created, received))| {
             let time = |secs: i64| crate::Timestamp::from_micros(secs * 1_000_000).to_rfc3339();
@@ -1346,9 +1349,8 @@ pub fn import_line() -> BoxedStrategy<(Vec<u8>, bool)> {
                 }
                 3 => {
                     // A day past NOW: in the future.
-                    let later = crate::Timestamp::from_micros(
-                        super::NOW.as_micros() + 86_400 * 1_000_000,
-                    );
+                    let later =
+                        crate::Timestamp::from_micros(super::NOW.as_micros() + 86_400 * 1_000_000);
                     map.insert("received_at".into(), Value::String(later.to_rfc3339()));
                 }
                 _ => {

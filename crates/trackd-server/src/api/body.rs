@@ -67,10 +67,17 @@ enum Encoding {
 }
 
 fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
-    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+    // Every Content-Encoding header counts: two `gzip` headers say the body was gzipped
+    // twice, as `gzip, gzip` does, and are refused alike rather than read once.
+    let values: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
+        .collect();
+    if values.is_empty() {
         return Ok(Encoding::Identity);
-    };
-    let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    }
+    let value = values.join(",");
     match value.as_str() {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),

@@ -210,3 +210,82 @@ async fn first_start_prints_working_credentials_on_stdout() {
         .expect("sent");
     assert_eq!(events.status(), 200);
 }
+
+/// A command that fails says why: the cause of a storage failure (a refused connection, a
+/// missing database, a data dir that cannot be made), the file an import could not open; and
+/// a command on existing data refuses a data dir holding none, without making one there.
+#[test]
+fn failures_name_their_cause_and_a_mistyped_data_dir_is_not_created() {
+    let dir = tempfile::tempdir().expect("dir");
+    let typo = dir.path().join("typo");
+    let typo = typo.to_str().expect("path");
+    for args in [
+        vec!["export", "--data-dir", typo],
+        vec!["project", "list", "--data-dir", typo],
+        vec!["token", "add", "--project", "default", "--data-dir", typo],
+    ] {
+        let (ok, _, stderr) = run_cli(&args);
+        assert!(
+            !ok && stderr.contains(&format!("--data-dir {typo}: no trackd data here")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("typo").exists(), "nothing made");
+    // An import into a new data dir is a bulk load: it may start one, but names the file it
+    // could not open.
+    let missing = dir.path().join("missing.ndjson");
+    let missing = missing.to_str().expect("path");
+    let (ok, _, stderr) = run_cli(&["import", missing, "--data-dir", typo]);
+    assert!(
+        !ok && stderr.contains(&format!("{missing}: No such file or directory")),
+        "{stderr}"
+    );
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, b"").expect("write");
+    let under_a_file = format!("{}/data", blocked.to_str().expect("path"));
+    let (ok, _, stderr) = run_cli(&[
+        "serve",
+        "--data-dir",
+        &under_a_file,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !ok && stderr.contains(&format!("storage unavailable: data dir {under_a_file}:")),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run_cli(&[
+        "serve",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/nothing",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !ok && stderr.contains("storage unavailable:")
+            && stderr.contains("error connecting to server"),
+        "{stderr}"
+    );
+}
+
+/// The project `serve` makes on its first start is in the audit log, as one made by
+/// `trackd project create` is (DESIGN §10: every administrative act).
+#[tokio::test]
+async fn the_project_made_on_first_start_is_audited() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let server = ChildServer::spawn(dir.path(), &[]);
+    server.printed("secret key:");
+    let (ok, stdout, stderr) =
+        run_cli(&["audit", "--project", "default", "--json", "--data-dir", d]);
+    assert!(ok, "{stderr}");
+    let acts: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(acts.len(), 1, "{stdout}");
+    assert_eq!(acts[0]["action"], "project.create");
+    assert_eq!(acts[0]["actor"], "cli");
+    assert_eq!(acts[0]["target"], "default");
+    drop(server);
+}

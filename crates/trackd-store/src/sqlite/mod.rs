@@ -180,7 +180,12 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `config.data_dir`, applies migrations and
     /// starts the writer thread.
     pub fn open(config: SqliteConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(StoreError::unavailable)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::unavailable(std::io::Error::new(
+                e.kind(),
+                format!("data dir {}: {e}", config.data_dir.display()),
+            ))
+        })?;
         let path = config.data_dir.join(DB_FILE);
         let mut conn =
             open_write_connection(&path, config.wal_checkpoint_pages, config.writer_cache_kib)

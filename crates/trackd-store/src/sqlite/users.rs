@@ -74,7 +74,9 @@ impl KnownUsers {
 
     /// Whether the user keyed by `key` is remembered.
     pub(crate) fn contains(&self, project: i64, key: &str) -> bool {
-        self.users.get(&project).is_some_and(|u| u.contains_key(key))
+        self.users
+            .get(&project)
+            .is_some_and(|u| u.contains_key(key))
     }
 
     /// The row id of the event's user (by its user key), created when new. Same effect as
