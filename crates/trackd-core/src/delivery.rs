@@ -227,6 +227,17 @@ impl DestinationSpec {
                 ),
             ));
         }
+        // A Vero base URL gets each call's path appended (`/events/track?auth_token=…`): a
+        // query or a fragment in it would send every call somewhere else.
+        if self.kind == DestinationKind::Vero
+            && url::Url::parse(&self.url)
+                .is_ok_and(|u| u.query().is_some() || u.fragment().is_some())
+        {
+            return Err(FieldError::new(
+                "url",
+                "must be Vero's API base URL, without a query or a fragment",
+            ));
+        }
         self.events.sort();
         self.events.dedup();
         if self.events.len() > MAX_FILTER_KEYS {
@@ -323,9 +334,13 @@ impl DestinationSpec {
         })
     }
 
-    /// Whether an item of this kind (and event key) goes to this destination.
+    /// Whether an item of this kind (and event key) goes to this destination. A user's
+    /// deletion goes to every destination, whatever its filter: DESIGN §8, "the delete
+    /// itself is still delivered" (a receiver that got the user's events must learn they
+    /// are gone; a `vero` destination deletes the user at Vero).
     pub fn wants(&self, item: &OutboxItem) -> bool {
         match (&item.kind, self.only) {
+            (ItemKind::UserDelete, _) => true,
             (ItemKind::Event, Only::Users) => false,
             (ItemKind::Event, _) => {
                 self.events.is_empty()
@@ -1018,6 +1033,14 @@ mod tests {
                 json!({"name": "a", "kind": "webhook", "url": "http://x", "events": "Paid"}),
                 "events",
             ),
+            (
+                json!({"name": "a", "kind": "vero", "token": "t", "url": "http://x/api/v2?r=eu"}),
+                "url",
+            ),
+            (
+                json!({"name": "a", "kind": "vero", "token": "t", "url": "http://x/api/v2#f"}),
+                "url",
+            ),
         ] {
             assert_eq!(
                 spec(body.clone()).expect_err(&body.to_string()).field,
@@ -1079,6 +1102,37 @@ mod tests {
         assert_eq!(body, r#"{"id":"42","add":["vip"],"remove":[]}"#);
         assert_eq!(kind.vero_call(), ("PUT", "/users/tags/edit"));
         assert_eq!(ItemKind::from_code(kind.code()), Some(kind));
+    }
+
+    #[test]
+    fn filters_choose_events_and_changes_but_every_destination_gets_deletes() {
+        let item = |kind| OutboxItem {
+            pos: 1,
+            kind,
+            user_ref: 1,
+            received_at: 0,
+            event: None,
+            body: Some("{}".into()),
+        };
+        let spec = |only: &str, events: Value| {
+            DestinationSpec::from_json(
+                json!({"name": "d", "kind": "webhook", "url": "http://x", "only": only,
+                       "events": events})
+                .as_object()
+                .expect("object"),
+            )
+            .expect("valid")
+        };
+        let events_only = spec("events", json!([]));
+        let paid_only = spec("all", json!(["Paid"]));
+        let users_only = spec("users", json!([]));
+        for d in [&events_only, &paid_only, &users_only] {
+            assert!(d.wants(&item(ItemKind::UserDelete)), "{:?}", d.only);
+        }
+        assert!(!events_only.wants(&item(ItemKind::UserTrack)));
+        assert!(paid_only.wants(&item(ItemKind::UserEdit)));
+        assert!(users_only.wants(&item(ItemKind::UserReidentify)));
+        assert!(!users_only.wants(&item(ItemKind::Event)));
     }
 
     #[test]

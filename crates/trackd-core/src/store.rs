@@ -71,8 +71,9 @@ pub trait Store: Send + Sync + 'static {
         actor: crate::privacy::Actor,
     ) -> StoreFuture<'_, crate::privacy::Suppressed>;
 
-    /// Lifts the suppression made for `key` (every hash it kept), recording the act;
-    /// `false` (nothing recorded) when `key` is not suppressed.
+    /// Lifts every suppression covering `key` (made for it, or for the id or email of the
+    /// user it deleted), each with every hash it kept, recording the act; `false` (nothing
+    /// recorded) when nothing covers `key`.
     fn unsuppress(
         &self,
         project: ProjectId,

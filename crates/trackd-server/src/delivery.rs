@@ -102,6 +102,8 @@ pub struct DeliveryMetrics {
     dead_letters: Family<DestinationLabels, Gauge>,
     delivered: Family<DestinationLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
+    /// The destinations with series: a removed one's go at the next refresh.
+    shown: std::sync::Mutex<std::collections::HashSet<DestinationLabels>>,
 }
 
 impl DeliveryMetrics {
@@ -134,7 +136,20 @@ impl DeliveryMetrics {
         );
     }
 
+    /// Notes that `d` has series (so its removal drops them).
+    fn showing(&self, d: &Destination) {
+        let labels = DestinationLabels {
+            project: d.project_name.clone(),
+            destination: d.spec.name.clone(),
+        };
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        if !shown.contains(&labels) {
+            shown.insert(labels);
+        }
+    }
+
     fn attempt(&self, d: &Destination, outcome: &'static str) {
+        self.showing(d);
         self.attempts
             .get_or_create(&AttemptLabels {
                 project: d.project_name.clone(),
@@ -144,16 +159,37 @@ impl DeliveryMetrics {
             .inc();
     }
 
-    fn refresh(&self, d: &Destination, now: trackd_core::Timestamp) {
-        let labels = DestinationLabels {
-            project: d.project_name.clone(),
-            destination: d.spec.name.clone(),
-        };
-        self.backlog.get_or_create(&labels).set(d.backlog);
-        self.oldest
-            .get_or_create(&labels)
-            .set(d.oldest_undelivered_secs(now));
-        self.dead_letters.get_or_create(&labels).set(d.dead_letters);
+    /// Sets every destination's gauges, and drops the series of destinations gone since
+    /// the last refresh (removed: an alert on their dead letters must not fire forever).
+    fn refresh(&self, destinations: &[Destination], now: trackd_core::Timestamp) {
+        let mut present = std::collections::HashSet::new();
+        for d in destinations {
+            let labels = DestinationLabels {
+                project: d.project_name.clone(),
+                destination: d.spec.name.clone(),
+            };
+            self.backlog.get_or_create(&labels).set(d.backlog);
+            self.oldest
+                .get_or_create(&labels)
+                .set(d.oldest_undelivered_secs(now));
+            self.dead_letters.get_or_create(&labels).set(d.dead_letters);
+            present.insert(labels);
+        }
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in shown.difference(&present) {
+            self.backlog.remove(gone);
+            self.oldest.remove(gone);
+            self.dead_letters.remove(gone);
+            self.delivered.remove(gone);
+            for outcome in ["ok", "retry", "dead", "paused"] {
+                self.attempts.remove(&AttemptLabels {
+                    project: gone.project.clone(),
+                    destination: gone.destination.clone(),
+                    outcome,
+                });
+            }
+        }
+        *shown = present;
     }
 }
 
@@ -217,10 +253,7 @@ pub async fn run(
         };
         if refresh {
             last_refresh = Some(tokio::time::Instant::now());
-            let now = shared.clock.now();
-            for d in &destinations {
-                shared.metrics.refresh(d, now);
-            }
+            shared.metrics.refresh(&destinations, shared.clock.now());
             let keep = i64::try_from(shared.config.keep.as_micros()).unwrap_or(i64::MAX);
             let store = shared.store.clone();
             tokio::spawn(async move {
@@ -438,6 +471,7 @@ impl Loop {
     /// Counts acknowledged items in the metrics, once they are recorded.
     fn count_delivered(&self, n: i64) {
         if n > 0 {
+            self.shared.metrics.showing(&self.d);
             self.shared
                 .metrics
                 .delivered
@@ -1375,9 +1409,11 @@ async fn keep_lease(shared: Arc<Shared>, destination: i64, stop: CancellationTok
     }
 }
 
-/// A project name as one subject token: `.` (a separator in NATS) becomes `_`.
+/// A project name as one subject token: `.` (a separator in NATS) becomes `%2E`. `%` is
+/// not in project names, so two projects never share a subject (`a.b` and `a_b` did when
+/// `.` became `_`).
 fn subject_token(name: &str) -> String {
-    name.replace('.', "_")
+    name.replace('.', "%2E")
 }
 
 /// A transport error, briefly.
@@ -1415,4 +1451,18 @@ fn one_line(s: &str) -> String {
         .take(200)
         .collect();
     line.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn projects_never_share_a_subject_token() {
+        let names = ["a.b", "a_b", "a-b", "ab", ".", "..", "a.", "_"];
+        let tokens: std::collections::HashSet<String> =
+            names.iter().map(|n| super::subject_token(n)).collect();
+        assert_eq!(tokens.len(), names.len(), "{tokens:?}");
+        assert!(tokens.iter().all(|t| !t.contains('.') && !t.is_empty()));
+        assert_eq!(super::subject_token("shop.eu"), "shop%2Eeu");
+        assert_eq!(super::subject_token("shop_eu"), "shop_eu");
+    }
 }

@@ -2308,6 +2308,21 @@ async fn a_suppression_by_email_deletes_the_user_the_read_api_finds_by_it(b: &Ba
         b.store.change_profile(delete).await.expect("answered"),
         InsertOutcome::Suppressed
     );
+    // Lifted by the user's other identifier (suppressed by email, lifted by id): it covers
+    // that id, so it is lifted whole.
+    let actor = trackd_core::privacy::Actor::Key("abcd1234".into());
+    assert!(b
+        .store
+        .unsuppress(b.project, "u42".into(), actor.clone())
+        .await
+        .expect("lifted"));
+    let back = json!({"identity": {"id": "u42", "email": "ann@example.com"}, "event_name": "Paid"});
+    assert_eq!(b.track(back).await, InsertOutcome::Inserted);
+    assert!(!b
+        .store
+        .unsuppress(b.project, "ann@example.com".into(), actor)
+        .await
+        .expect("answered"));
 }
 
 /// DESIGN §3: an event naming its user by email alone belongs to the user keyed by that

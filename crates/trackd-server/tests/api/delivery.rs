@@ -305,6 +305,26 @@ async fn a_refused_batch_becomes_dead_letters_delivery_moves_on_and_redrive_send
         dead_letters(&app, "").await,
         json!({"dead_letters": [], "next_after": null})
     );
+    // Removed, its series leave /metrics at the next refresh (every 5 s): an alert on its
+    // dead letters or backlog does not go on firing.
+    assert!(app.metrics().await.contains(r#"destination="hook""#));
+    let removed = app
+        .send(
+            app.client
+                .delete(app.url("/api/v2/destinations/hook"))
+                .bearer_auth(&app.secret),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.metrics().await;
+        if !m.contains(r#"destination="hook""#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still there:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

@@ -155,11 +155,14 @@ pub(super) async fn unsuppress(
 ) -> Result<bool, StoreError> {
     let tx = client.transaction().await.map_err(unavailable)?;
     lock(&tx, project).await?;
-    let origin = key.hash(project, user_key).to_vec();
+    // Every suppression that covers `user_key`: the one made for it, and one made for the
+    // user's other identifier (suppressed by email, lifted by id, or the reverse).
+    let hash = key.hash(project, user_key).to_vec();
     let n = tx
         .execute(
-            "DELETE FROM suppressions WHERE project_id = $1 AND origin = $2",
-            &[&project.get(), &origin],
+            "DELETE FROM suppressions WHERE project_id = $1 AND origin IN \
+             (SELECT origin FROM suppressions WHERE project_id = $1 AND hash = $2)",
+            &[&project.get(), &hash],
         )
         .await
         .map_err(unavailable)?;

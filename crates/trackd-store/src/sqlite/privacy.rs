@@ -95,17 +95,22 @@ impl Suppressions {
         Ok(already)
     }
 
-    /// Lifts every hash the suppression of `key` kept; `false` when there was none.
+    /// Lifts every suppression covering `key` (each with every hash it kept); `false` when none does.
     pub fn lift(
         &self,
         tx: &Transaction<'_>,
         project: ProjectId,
         key: &str,
     ) -> rusqlite::Result<bool> {
-        let origin = self.key.hash(project, key);
+        // Every suppression that covers `key`: the one made for it, and one made for the
+        // user's other identifier (suppressed by email, lifted by id, or the reverse).
+        let hash = self.key.hash(project, key);
         let n = tx
-            .prepare_cached("DELETE FROM suppressions WHERE project_id = ?1 AND origin = ?2")?
-            .execute(params![project.get(), &origin[..]])?;
+            .prepare_cached(
+                "DELETE FROM suppressions WHERE project_id = ?1 AND origin IN \
+                 (SELECT origin FROM suppressions WHERE project_id = ?1 AND hash = ?2)",
+            )?
+            .execute(params![project.get(), &hash[..]])?;
         Ok(n > 0)
     }
 
