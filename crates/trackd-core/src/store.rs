@@ -235,10 +235,12 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` dead letters of a destination marked for redrive, in position order.
     fn redrive_items(&self, destination: i64, limit: usize) -> StoreFuture<'_, Vec<OutboxItem>>;
 
-    /// Up to `limit` dead letters of a destination after position `after`, in position
-    /// order (what the operator lists before a redrive).
+    /// Up to `limit` dead letters of the project's destination after position `after`, in
+    /// position order (what the operator lists before a redrive); none for a destination
+    /// of another project. Read within the project's share of the readers.
     fn dead_letters(
         &self,
+        project: ProjectId,
         destination: i64,
         after: i64,
         limit: usize,

@@ -790,7 +790,7 @@ async fn destination(cmd: DestinationCommand) -> Result<(), CliError> {
             let listed = async {
                 let p = store.project(&which.project).await?;
                 let d = crate::api::destinations::find(&store, p.id, &which.name).await?;
-                Ok::<_, CliError>((p.id, store.dead_letters(d.id, after, limit).await?))
+                Ok::<_, CliError>((p.id, store.dead_letters(p.id, d.id, after, limit).await?))
             }
             .await;
             store.shutdown().await?;

@@ -184,7 +184,7 @@ pub async fn handle(
             };
             let limit = params.limit()?;
             let d = find(store, project, name_ref).await?;
-            let letters = store.dead_letters(d.id, after, limit).await?;
+            let letters = store.dead_letters(project, d.id, after, limit).await?;
             let next_after = match letters.last() {
                 Some(last) if letters.len() == limit => Some(last.pos),
                 _ => None,

@@ -271,7 +271,7 @@ async fn decode_authenticated(
         Ok(decoded) => decoded,
         Err(e) => {
             let found = write_key(headers, &Map::new()).ok().flatten();
-            super::track::count_undecodable(state, found, &e).await;
+            super::track::count_undecodable(state, peer, found, &e).await;
             return Err(e);
         }
     };

@@ -44,7 +44,7 @@ async fn decode_authenticated(
         Ok(decoded) => decoded,
         Err(e) => {
             let found = auth::find(&query, &Map::new(), headers).ok().flatten();
-            count_undecodable(state, found, &e).await;
+            count_undecodable(state, peer, found, &e).await;
             return Err(e);
         }
     };
@@ -62,9 +62,12 @@ async fn decode_authenticated(
 /// rejection of the project whose valid credential the query or the headers carry
 /// (`found`), counted by the refused field like any other; one sent only inside the
 /// unreadable body cannot be known. Never changes the answer: an unknown or rate-limited
-/// credential is simply not counted.
+/// credential is simply not counted. The lookup goes through [`admit`], as every other
+/// does: an unknown token counts against its address's failed-credential limit, so broken
+/// bodies cannot be used to look up tokens unchecked.
 pub(super) async fn count_undecodable(
     state: &AppState,
+    peer: SocketAddr,
     found: Option<(trackd_core::Token, auth::Location)>,
     e: &ApiError,
 ) {
@@ -74,10 +77,9 @@ pub(super) async fn count_undecodable(
     if found.is_none() {
         return;
     }
-    if let Ok(credential) = auth::tracking_credential(&state.credentials, found).await {
-        if state.admission.check_token(&credential.hash).is_ok() {
-            state.rejections.record(credential.project, &refused.field);
-        }
+    let resolve = auth::tracking_credential(&state.credentials, found);
+    if let Ok(credential) = admit(state, peer, resolve).await {
+        state.rejections.record(credential.project, &refused.field);
     }
 }
 

@@ -38,6 +38,16 @@ pub async fn add_webhook(app: &TestApp, name: &str, url: &str, extra: Value) -> 
     secret
 }
 
+/// `DELETE /api/v2/destinations/{name}` with the secret key.
+async fn remove_destination(app: &TestApp, name: &str) -> Answer {
+    app.send(
+        app.client
+            .delete(app.url(&format!("/api/v2/destinations/{name}")))
+            .bearer_auth(&app.secret),
+    )
+    .await
+}
+
 /// An action on a destination (`pause`, `resume`, `redrive`, `replay?since=…`).
 pub async fn act(app: &TestApp, name: &str, action: &str) -> Answer {
     app.send(
@@ -308,13 +318,7 @@ async fn a_refused_batch_becomes_dead_letters_delivery_moves_on_and_redrive_send
     // Removed, its series leave /metrics at the next refresh (every 5 s): an alert on its
     // dead letters or backlog does not go on firing.
     assert!(app.metrics().await.contains(r#"destination="hook""#));
-    let removed = app
-        .send(
-            app.client
-                .delete(app.url("/api/v2/destinations/hook"))
-                .bearer_auth(&app.secret),
-        )
-        .await;
+    let removed = remove_destination(&app, "hook").await;
     assert_eq!(removed.status, 200, "{}", removed.body);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -512,13 +516,7 @@ async fn the_destinations_api_checks_what_it_is_given() {
         json!({"events": [long]}),
     )
     .await;
-    let removed = app
-        .send(
-            app.client
-                .delete(app.url("/api/v2/destinations/long"))
-                .bearer_auth(&app.secret),
-        )
-        .await;
+    let removed = remove_destination(&app, "long").await;
     assert_eq!(removed.status, 200, "{}", removed.body);
     add_webhook(&app, "a", "http://127.0.0.1:9/hook", json!({})).await;
     post_destination(
@@ -559,13 +557,7 @@ async fn the_destinations_api_checks_what_it_is_given() {
     let list = app.read_json("/api/v2/destinations").await;
     assert_eq!(list["destinations"].as_array().map(Vec::len), Some(1));
     assert!(!list.to_string().contains("whsec_"), "{list}");
-    let removed = app
-        .send(
-            app.client
-                .delete(app.url("/api/v2/destinations/a"))
-                .bearer_auth(&app.secret),
-        )
-        .await;
+    let removed = remove_destination(&app, "a").await;
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert_eq!(removed.json(), json!({"name": "a", "removed": true}));
     app.read("/api/v2/destinations/a")

@@ -838,6 +838,30 @@ async fn failed_credentials_past_the_per_address_limit_get_429() {
     assert_eq!(app.count("events"), 0);
 }
 
+/// A body that cannot be read is still answered 400, but its unknown token (looked up to
+/// count the rejection) counts against the address's limit like any other guess.
+#[tokio::test]
+async fn unreadable_bodies_with_unknown_tokens_count_as_guesses() {
+    crate::skip_without_postgres!();
+    let app = TestApp::spawn_with_limits(trackd_server::api::Limits {
+        failed_auth_per_ip: 3,
+        ..Default::default()
+    })
+    .await;
+    let wrong = app.url("/api/v2/events/track?auth_token=guess");
+    for _ in 0..3 {
+        app.send(app.client.post(&wrong).body(r#"{"a":1,"a":2}"#))
+            .await
+            .assert_error(400, "a: duplicate key");
+    }
+    app.send(app.client.post(&wrong).body(event("u", 1).to_string()))
+        .await
+        .assert_error(
+            429,
+            "auth_token: more than 3 requests with a missing or unknown credential in a second from this address",
+        );
+}
+
 #[tokio::test]
 async fn a_body_that_trickles_in_too_slowly_is_408_and_nothing_is_stored() {
     crate::skip_without_postgres!();

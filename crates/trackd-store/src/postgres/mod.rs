@@ -362,13 +362,14 @@ impl Store for PostgresStore {
 
     fn dead_letters(
         &self,
+        project: ProjectId,
         destination: i64,
         after: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<trackd_core::delivery::DeadLetter>> {
         Box::pin(async move {
             let client = self.client().await?;
-            outbox::dead_letters(&client, destination, after, limit)
+            outbox::dead_letters(&client, project, destination, after, limit)
                 .await
                 .map_err(unavailable)
         })

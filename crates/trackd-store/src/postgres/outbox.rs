@@ -590,6 +590,7 @@ pub(super) async fn items(
 /// A destination's dead letters after `after`, in position order.
 pub(super) async fn dead_letters(
     client: &Client,
+    project: ProjectId,
     destination: i64,
     after: i64,
     limit: usize,
@@ -598,8 +599,10 @@ pub(super) async fn dead_letters(
     client
         .query(
             "SELECT pos, status, response, failed_at, redrive FROM dead_letters \
-             WHERE destination_id = $1 AND pos > $2 ORDER BY pos LIMIT $3",
-            &[&destination, &after, &rows],
+             WHERE destination_id = $1 AND pos > $2 \
+               AND $1 IN (SELECT id FROM destinations WHERE project_id = $4) \
+             ORDER BY pos LIMIT $3",
+            &[&destination, &after, &rows, &project.get()],
         )
         .await?
         .iter()

@@ -784,11 +784,14 @@ impl Store for SqliteStore {
 
     fn dead_letters(
         &self,
+        project: ProjectId,
         destination: i64,
         after: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<trackd_core::delivery::DeadLetter>> {
-        self.read(move |conn| outbox::dead_letters(conn, destination, after, limit))
+        self.read_in(project, move |conn| {
+            outbox::dead_letters(conn, project, destination, after, limit)
+        })
     }
 
     fn report_delivery(&self, report: DeliveryReport) -> StoreFuture<'_, bool> {

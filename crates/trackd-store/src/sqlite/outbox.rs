@@ -370,23 +370,29 @@ pub(crate) fn redrive_items(
 /// A destination's dead letters after `after`, in position order.
 pub(crate) fn dead_letters(
     conn: &Connection,
+    project: ProjectId,
     destination: i64,
     after: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<trackd_core::delivery::DeadLetter>> {
     conn.prepare_cached(
         "SELECT pos, status, response, failed_at, redrive FROM dead_letters \
-         WHERE destination_id = ?1 AND pos > ?2 ORDER BY pos LIMIT ?3",
+         WHERE destination_id = ?1 AND pos > ?2 \
+           AND ?1 IN (SELECT id FROM destinations WHERE project_id = ?4) \
+         ORDER BY pos LIMIT ?3",
     )?
-    .query_map(params![destination, after, limit as i64], |r| {
-        Ok(trackd_core::delivery::DeadLetter {
-            pos: r.get(0)?,
-            status: r.get(1)?,
-            response: r.get(2)?,
-            failed_at: r.get(3)?,
-            redrive: r.get(4)?,
-        })
-    })?
+    .query_map(
+        params![destination, after, limit as i64, project.get()],
+        |r| {
+            Ok(trackd_core::delivery::DeadLetter {
+                pos: r.get(0)?,
+                status: r.get(1)?,
+                response: r.get(2)?,
+                failed_at: r.get(3)?,
+                redrive: r.get(4)?,
+            })
+        },
+    )?
     .collect()
 }
 
